@@ -1,0 +1,19 @@
+"""jattn: attention kernels for JAX (FlashInfer for JAX).
+
+Public API: `attention`, `decode`, `prefill`, `prefill_ragged`, `merge_states`,
+`append_kv`, `PagedKVCache`, `Variant`, `compose`, `variants`. See README.md.
+"""
+
+from jattn import reference, variants
+from jattn.api import (append_kv, attention, decode, merge_states, prefill,
+                       prefill_ragged)
+from jattn.cache import PagedKVCache
+from jattn.dispatch import implementations
+from jattn.variants import Context, Variant, compose
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "attention", "decode", "prefill", "prefill_ragged", "merge_states", "append_kv",
+    "PagedKVCache", "Variant", "Context", "compose", "variants", "implementations",
+]

@@ -1,0 +1,341 @@
+"""The public ops. Each validates its inputs at trace time, folds the keyword shorthands
+(causal, sliding_window, logits_soft_cap) into one `Variant`, asks the dispatcher for an
+implementation and calls it. The math of every op is in `jattn.reference`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Union
+
+import jax.numpy as jnp
+
+from jattn import dispatch, registry  # noqa: F401  (registry fills the dispatcher's table)
+from jattn import variants as V
+from jattn.cache import PagedKVCache, is_float8
+
+FLOAT_DTYPES = (jnp.bfloat16, jnp.float16, jnp.float32, jnp.float64)
+Window = Union[int, tuple[int, int], None]
+
+
+# ----------------------------------------------------------------------------- checks
+
+def _fail(op, msg):
+  raise ValueError(f"jattn.{op}: {msg}")
+
+
+def _rank(op, name, x, rank, layout):
+  if jnp.ndim(x) != rank:
+    _fail(op, f"{name} must have rank {rank} {layout}, got shape {jnp.shape(x)}")
+
+
+def _int32(op, name, x, shape=None):
+  if jnp.asarray(x).dtype != jnp.int32:
+    raise TypeError(f"jattn.{op}: {name} must be int32, got {jnp.asarray(x).dtype}")
+  if shape is not None and tuple(jnp.shape(x)) != tuple(shape):
+    _fail(op, f"{name} must have shape {tuple(shape)}, got {tuple(jnp.shape(x))}")
+
+
+def _float(op, name, x, allowed=FLOAT_DTYPES):
+  if not any(x.dtype == jnp.dtype(d) for d in allowed):
+    raise TypeError(f"jattn.{op}: {name} dtype {x.dtype} not supported; "
+                    f"use one of {[jnp.dtype(d).name for d in allowed]}")
+
+
+def _heads(op, nq, nkv):
+  if nkv == 0 or nq % nkv:
+    _fail(op, f"number of query heads ({nq}) must be a multiple of kv heads ({nkv})")
+
+
+def _cache(op, cache):
+  if not isinstance(cache, PagedKVCache):
+    raise TypeError(f"jattn.{op}: cache must be a jattn.PagedKVCache, got {type(cache)}")
+  _rank(op, "cache.k_pages", cache.k_pages, 4, "[P, page_size, Nkv, D]")
+  _rank(op, "cache.v_pages", cache.v_pages, 4, "[P, page_size, Nkv, Dv]")
+  if cache.k_pages.shape[:3] != cache.v_pages.shape[:3]:
+    _fail(op, f"cache.k_pages {cache.k_pages.shape} and cache.v_pages "
+              f"{cache.v_pages.shape} disagree on [P, page_size, Nkv]")
+  if is_float8(cache.k_pages.dtype) or is_float8(cache.v_pages.dtype):
+    if cache.k_scale is None or cache.v_scale is None:
+      raise TypeError(f"jattn.{op}: float8 pages need cache.k_scale and cache.v_scale "
+                      "(float32 [Nkv]); build the cache with PagedKVCache.create")
+    for name, s in (("k_scale", cache.k_scale), ("v_scale", cache.v_scale)):
+      if jnp.shape(s) != (cache.num_kv_heads,):
+        _fail(op, f"cache.{name} must have shape [Nkv]=({cache.num_kv_heads},), "
+                  f"got {jnp.shape(s)}")
+
+
+def _page_table(op, page_table, batch):
+  _rank(op, "page_table", page_table, 2, "[B, max_pages]")
+  _int32(op, "page_table", page_table)
+  if page_table.shape[0] != batch:
+    _fail(op, f"page_table has {page_table.shape[0]} rows, expected batch {batch}")
+
+
+def build_variant(op, causal=False, sliding_window: Window = None,
+                  logits_soft_cap: Optional[float] = None,
+                  variant: Optional[V.Variant] = None) -> V.Variant:
+  """The one Variant an implementation sees: mask band, soft-cap, then the user's."""
+  parts = []
+  if causal:
+    parts.append(V.causal())
+  if sliding_window is not None:
+    if isinstance(sliding_window, int):
+      left, right = sliding_window, 0
+    elif isinstance(sliding_window, tuple) and len(sliding_window) == 2:
+      left, right = sliding_window
+      right = 0 if causal else right
+    else:
+      _fail(op, f"sliding_window must be an int or a (left, right) tuple, got {sliding_window!r}")
+    parts.append(V.sliding_window(left, right))
+  if logits_soft_cap is not None:
+    parts.append(V.soft_cap(logits_soft_cap))
+  if variant is not None:
+    if not isinstance(variant, V.Variant):
+      raise TypeError(f"jattn.{op}: variant must be a jattn.Variant, got {type(variant)}")
+    parts.append(variant)
+  return V.compose(*parts) if parts else V.Variant(name="identity")
+
+
+def _check_params(op, variant, nq):
+  for k, p in variant.params.items():
+    if jnp.shape(p) != (nq,):
+      _fail(op, f"variant params[{k!r}] must have shape [Nq]=({nq},), got {jnp.shape(p)}")
+
+
+def _scale(sm_scale, d):
+  return 1.0 / math.sqrt(d) if sm_scale is None else float(sm_scale)
+
+
+def _run(spec, implementation, *args, **kw):
+  choice = dispatch.select(spec, implementation)
+  return choice.fn(*args, interpret=choice.interpret, **kw)
+
+
+def _ret(out, lse, return_lse):
+  return (out, lse) if return_lse else out
+
+
+# ----------------------------------------------------------------------------- ops
+
+def attention(q, k, v, *, causal: bool = False, sm_scale: Optional[float] = None,
+              variant: Optional[V.Variant] = None, sliding_window: Window = None,
+              logits_soft_cap: Optional[float] = None, q_lengths=None, kv_lengths=None,
+              return_lse: bool = False, implementation: Optional[str] = None):
+  """Dense attention, BTNH layout.
+
+  q [B,T,Nq,D], k [B,S,Nkv,D], v [B,S,Nkv,Dv] -> [B,T,Nq,Dv] (q's dtype), and with
+  `return_lse` also lse [B,T,Nq] float32. Causal is bottom-right aligned: query t sees
+  key s iff s <= t + (kv_len - q_len). `q_lengths`/`kv_lengths` (int32 [B]) are valid
+  prefix lengths; rows past q_len and rows that see no key return 0 (lse -inf).
+
+  >>> o = jattn.attention(q, k, v, causal=True)
+  """
+  op = "attention"
+  _rank(op, "q", q, 4, "[B, T, Nq, D]")
+  _rank(op, "k", k, 4, "[B, S, Nkv, D]")
+  _rank(op, "v", v, 4, "[B, S, Nkv, Dv]")
+  for name, x in (("q", q), ("k", k), ("v", v)):
+    _float(op, name, x)
+  if k.dtype != v.dtype:
+    raise TypeError(f"jattn.{op}: k ({k.dtype}) and v ({v.dtype}) must share a dtype")
+  B, T, Nq, D = q.shape
+  _, S, Nkv, Dk = k.shape
+  if k.shape[0] != B or v.shape[0] != B:
+    _fail(op, f"batch sizes differ: q {B}, k {k.shape[0]}, v {v.shape[0]}")
+  if Dk != D:
+    _fail(op, f"q head_dim {D} != k head_dim {Dk}")
+  if v.shape[1:3] != (S, Nkv):
+    _fail(op, f"v shape {v.shape} must match k's [B, S, Nkv] = {k.shape[:3]}")
+  _heads(op, Nq, Nkv)
+  for name, x in (("q_lengths", q_lengths), ("kv_lengths", kv_lengths)):
+    if x is not None:
+      _int32(op, name, x, (B,))
+  var = build_variant(op, causal, sliding_window, logits_soft_cap, variant)
+  _check_params(op, var, Nq)
+  spec = dispatch.Spec(op=op, platform=dispatch.current_platform(), dtype=q.dtype,
+                       kv_dtype=k.dtype, head_dim=D, v_head_dim=v.shape[3], num_q_heads=Nq,
+                       num_kv_heads=Nkv, variant=var, q_len=T, kv_len=S, batch=B,
+                       extra=(("has_lengths", q_lengths is not None or kv_lengths is not None),))
+  out, lse = _run(spec, implementation, q, k, v, sm_scale=_scale(sm_scale, D), variant=var,
+                  q_lengths=q_lengths, kv_lengths=kv_lengths)
+  return _ret(out, lse, return_lse)
+
+
+def decode(q, cache: PagedKVCache, page_table, kv_lens, *, sm_scale: Optional[float] = None,
+           variant: Optional[V.Variant] = None, sliding_window: Window = None,
+           logits_soft_cap: Optional[float] = None, return_lse: bool = False, plan=None,
+           implementation: Optional[str] = None):
+  """One new query per sequence against the paged cache.
+
+  q [B,Nq,D]; sequence b's kv_lens[b] tokens (the query's own already appended) are read
+  through page_table [B, max_pages] (int32). Output [B,Nq,Dv]. The query sits at position
+  kv_lens[b] - 1, so decode is causal by construction. kv_lens are clipped to
+  [0, max_pages * page_size] and page ids to [0, P): reads never leave the cache.
+  `plan` (from `jattn.plan_decode`) lets kernels balance skewed lengths across SMs.
+
+  >>> o = jattn.decode(q, cache, page_table, kv_lens)
+  """
+  op = "decode"
+  _rank(op, "q", q, 3, "[B, Nq, D]")
+  _float(op, "q", q, FLOAT_DTYPES)
+  _cache(op, cache)
+  B, Nq, D = q.shape
+  _page_table(op, page_table, B)
+  _int32(op, "kv_lens", kv_lens, (B,))
+  if cache.head_dim != D:
+    _fail(op, f"q head_dim {D} != cache head_dim {cache.head_dim}")
+  _heads(op, Nq, cache.num_kv_heads)
+  var = build_variant(op, False, sliding_window, logits_soft_cap, variant)
+  _check_params(op, var, Nq)
+  spec = dispatch.Spec(op=op, platform=dispatch.current_platform(), dtype=q.dtype,
+                       kv_dtype=cache.dtype, head_dim=D, v_head_dim=cache.v_head_dim,
+                       num_q_heads=Nq, num_kv_heads=cache.num_kv_heads, variant=var,
+                       page_size=cache.page_size, q_len=1,
+                       kv_len=page_table.shape[1] * cache.page_size, batch=B,
+                       extra=(("plan", plan is not None),))
+  out, lse = _run(spec, implementation, q, cache, page_table, kv_lens,
+                  sm_scale=_scale(sm_scale, D), variant=var, plan=plan)
+  return _ret(out, lse, return_lse)
+
+
+def _offsets(op, name, x, batch=None):
+  _rank(op, name, x, 1, "[B + 1]")
+  _int32(op, name, x)
+  if batch is not None and x.shape[0] != batch + 1:
+    _fail(op, f"{name} must have B + 1 = {batch + 1} entries, got {x.shape[0]}")
+
+
+def prefill(q, cache: PagedKVCache, page_table, kv_lens, q_offsets, *, causal: bool = True,
+            sm_scale: Optional[float] = None, variant: Optional[V.Variant] = None,
+            sliding_window: Window = None, logits_soft_cap: Optional[float] = None,
+            return_lse: bool = False, implementation: Optional[str] = None):
+  """Packed queries against the paged cache (prefill and append).
+
+  q [Tq,Nq,D]; sequence b owns rows q_offsets[b]:q_offsets[b+1] (int32 [B+1]), and they
+  are the LAST tokens of its kv_lens[b] cached tokens (append semantics; a plain prefill
+  has q_len == kv_len). Rows past q_offsets[B] are padding and return 0.
+
+  >>> o = jattn.prefill(q, cache, page_table, kv_lens, q_offsets)
+  """
+  op = "prefill"
+  _rank(op, "q", q, 3, "[Tq, Nq, D]")
+  _float(op, "q", q, FLOAT_DTYPES)
+  _cache(op, cache)
+  B = page_table.shape[0] if jnp.ndim(page_table) == 2 else -1
+  _page_table(op, page_table, B)
+  _int32(op, "kv_lens", kv_lens, (B,))
+  _offsets(op, "q_offsets", q_offsets, B)
+  Tq, Nq, D = q.shape
+  if cache.head_dim != D:
+    _fail(op, f"q head_dim {D} != cache head_dim {cache.head_dim}")
+  _heads(op, Nq, cache.num_kv_heads)
+  var = build_variant(op, causal, sliding_window, logits_soft_cap, variant)
+  _check_params(op, var, Nq)
+  spec = dispatch.Spec(op=op, platform=dispatch.current_platform(), dtype=q.dtype,
+                       kv_dtype=cache.dtype, head_dim=D, v_head_dim=cache.v_head_dim,
+                       num_q_heads=Nq, num_kv_heads=cache.num_kv_heads, variant=var,
+                       page_size=cache.page_size, q_len=Tq,
+                       kv_len=page_table.shape[1] * cache.page_size, batch=B)
+  out, lse = _run(spec, implementation, q, cache, page_table, kv_lens, q_offsets,
+                  sm_scale=_scale(sm_scale, D), variant=var)
+  return _ret(out, lse, return_lse)
+
+
+def prefill_ragged(q, k, v, q_offsets, kv_offsets, *, causal: bool = True,
+                   sm_scale: Optional[float] = None, variant: Optional[V.Variant] = None,
+                   sliding_window: Window = None, logits_soft_cap: Optional[float] = None,
+                   return_lse: bool = False, implementation: Optional[str] = None):
+  """Packed queries against contiguous packed keys/values.
+
+  q [Tq,Nq,D], k [Tk,Nkv,D], v [Tk,Nkv,Dv]; sequence b owns q rows
+  q_offsets[b]:q_offsets[b+1] and kv rows kv_offsets[b]:kv_offsets[b+1]; its queries are
+  the last q_len_b of its kv_len_b tokens. Padding rows return 0.
+
+  >>> o = jattn.prefill_ragged(q, k, v, q_offsets, kv_offsets)
+  """
+  op = "prefill_ragged"
+  _rank(op, "q", q, 3, "[Tq, Nq, D]")
+  _rank(op, "k", k, 3, "[Tk, Nkv, D]")
+  _rank(op, "v", v, 3, "[Tk, Nkv, Dv]")
+  for name, x in (("q", q), ("k", k), ("v", v)):
+    _float(op, name, x)
+  if k.dtype != v.dtype:
+    raise TypeError(f"jattn.{op}: k ({k.dtype}) and v ({v.dtype}) must share a dtype")
+  _offsets(op, "q_offsets", q_offsets)
+  _offsets(op, "kv_offsets", kv_offsets, q_offsets.shape[0] - 1)
+  Tq, Nq, D = q.shape
+  Tk, Nkv, Dk = k.shape
+  if Dk != D:
+    _fail(op, f"q head_dim {D} != k head_dim {Dk}")
+  if v.shape[:2] != (Tk, Nkv):
+    _fail(op, f"v shape {v.shape} must match k's [Tk, Nkv] = {k.shape[:2]}")
+  _heads(op, Nq, Nkv)
+  var = build_variant(op, causal, sliding_window, logits_soft_cap, variant)
+  _check_params(op, var, Nq)
+  spec = dispatch.Spec(op=op, platform=dispatch.current_platform(), dtype=q.dtype,
+                       kv_dtype=k.dtype, head_dim=D, v_head_dim=v.shape[2], num_q_heads=Nq,
+                       num_kv_heads=Nkv, variant=var, q_len=Tq, kv_len=Tk,
+                       batch=q_offsets.shape[0] - 1)
+  out, lse = _run(spec, implementation, q, k, v, q_offsets, kv_offsets,
+                  sm_scale=_scale(sm_scale, D), variant=var)
+  return _ret(out, lse, return_lse)
+
+
+def merge_states(o_a, lse_a, o_b, lse_b, *, implementation: Optional[str] = None):
+  """Exact merge of two partial attentions over disjoint key sets (cascade attention):
+  o [..., H, Dv], lse [..., H] natural-log sums. Returns (o, lse).
+
+  >>> o, lse = jattn.merge_states(o_prefix, lse_prefix, o_suffix, lse_suffix)
+  """
+  op = "merge_states"
+  if o_a.shape != o_b.shape or lse_a.shape != lse_b.shape:
+    _fail(op, f"shapes differ: o {o_a.shape} vs {o_b.shape}, lse {lse_a.shape} vs {lse_b.shape}")
+  if o_a.shape[:-1] != lse_a.shape:
+    _fail(op, f"lse shape {lse_a.shape} must be o's shape without the last dim {o_a.shape[:-1]}")
+  _float(op, "o_a", o_a)
+  if lse_a.dtype not in (jnp.float32, jnp.float64) or lse_b.dtype != lse_a.dtype:
+    raise TypeError(f"jattn.{op}: lse must be float32 (got {lse_a.dtype}, {lse_b.dtype})")
+  spec = dispatch.Spec(op=op, platform=dispatch.current_platform(), dtype=o_a.dtype,
+                       kv_dtype=o_a.dtype, head_dim=o_a.shape[-1], v_head_dim=o_a.shape[-1],
+                       num_q_heads=o_a.shape[-2] if o_a.ndim >= 2 else 1,
+                       num_kv_heads=o_a.shape[-2] if o_a.ndim >= 2 else 1)
+  return _run(spec, implementation, o_a, lse_a, o_b, lse_b)
+
+
+def append_kv(cache: PagedKVCache, k_new, v_new, page_table, batch_ids, positions, *,
+              implementation: Optional[str] = None) -> PagedKVCache:
+  """Write new tokens into the paged cache and return the updated cache.
+
+  k_new [T,Nkv,D], v_new [T,Nkv,Dv]: token i goes to sequence batch_ids[i] at position
+  positions[i] (int32 [T]). Tokens with batch_ids < 0 (padding), or whose position or
+  page id falls outside the table or the cache, are dropped: nothing outside the cache is
+  written. float8 pages are quantized with the cache's scales (saturating). Under
+  `jax.jit(..., donate_argnums=...)` the cache is updated in place.
+
+  >>> cache = jattn.append_kv(cache, k_new, v_new, page_table, batch_ids, positions)
+  """
+  op = "append_kv"
+  _cache(op, cache)
+  _rank(op, "k_new", k_new, 3, "[T, Nkv, D]")
+  _rank(op, "v_new", v_new, 3, "[T, Nkv, Dv]")
+  _float(op, "k_new", k_new)
+  _float(op, "v_new", v_new)
+  T = k_new.shape[0]
+  if k_new.shape != (T, cache.num_kv_heads, cache.head_dim):
+    _fail(op, f"k_new must be [T, Nkv, D] = [T, {cache.num_kv_heads}, {cache.head_dim}], "
+              f"got {k_new.shape}")
+  if v_new.shape != (T, cache.num_kv_heads, cache.v_head_dim):
+    _fail(op, f"v_new must be [T, Nkv, Dv] = [T, {cache.num_kv_heads}, {cache.v_head_dim}], "
+              f"got {v_new.shape}")
+  _rank(op, "page_table", page_table, 2, "[B, max_pages]")
+  _int32(op, "page_table", page_table)
+  _int32(op, "batch_ids", batch_ids, (T,))
+  _int32(op, "positions", positions, (T,))
+  spec = dispatch.Spec(op=op, platform=dispatch.current_platform(), dtype=k_new.dtype,
+                       kv_dtype=cache.dtype, head_dim=cache.head_dim,
+                       v_head_dim=cache.v_head_dim, num_q_heads=cache.num_kv_heads,
+                       num_kv_heads=cache.num_kv_heads, page_size=cache.page_size, q_len=T)
+  choice = dispatch.select(spec, implementation)
+  return choice.fn(cache, k_new, v_new, page_table, batch_ids, positions,
+                   interpret=choice.interpret)

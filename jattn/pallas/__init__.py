@@ -1,0 +1,1 @@
+"""Pallas kernels, one module per workload. Imported lazily by the dispatcher."""

@@ -1,0 +1,232 @@
+"""Composable attention variants: plain jnp functions traced into every kernel.
+
+A `Variant` holds up to four functions. Every implementation (the XLA reference and
+each Pallas kernel) calls them on whatever tile it holds, so they must be elementwise
+jnp code that broadcasts:
+
+  query_transform(q, ctx)     q: [..., D]   before the q.k product (e.g. RoPE)
+  key_transform(k, ctx)       k: [..., D]   before the q.k product
+  logits_transform(s, ctx)    s: float32, already multiplied by sm_scale
+  logits_mask(ctx) -> bool    True keeps the key; False removes it (weight 0)
+
+`ctx` is a `Context` of int32 arrays that broadcast against the tile:
+  q_pos   absolute position of the query in its sequence (kv_len - q_len + t)
+  kv_pos  absolute position of the key
+  head    query head (kv head for key_transform)
+  batch   sequence index
+  params  per-query-head parameters (`Variant.params`), already gathered at `head`
+
+For `query_transform`/`key_transform` the arrays broadcast against `x[..., :1]` (one
+trailing 1); for `logits_transform`/`logits_mask` against the logits tile. The reference
+uses logits laid out [B, Nq, T, S]; kernels use their own tiles, which is why functions
+must only broadcast, never index or reshape.
+
+`band = (left, right)` says the mask is known to be contained in the band
+`q_pos - left <= kv_pos <= q_pos + right` (None = unbounded side). Kernels use it to skip
+tiles that lie wholly outside; the mask itself is still applied elementwise, so a band
+never changes results, only work. `causal()` and `sliding_window()` set it.
+
+The final logits are `logits_transform(sm_scale * q'.k')` where masked; the output is
+softmax(final logits) @ v, with rows that see no key returning 0 and lse -inf.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["Context", "Variant", "compose", "causal", "sliding_window", "soft_cap", "alibi"]
+
+Band = Optional[tuple[Optional[int], Optional[int]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+  """Positions and indices a variant function may read (see module docstring)."""
+
+  q_pos: Any
+  kv_pos: Any
+  head: Any
+  batch: Any
+  params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@jax.tree_util.register_pytree_node_class
+@dataclasses.dataclass(frozen=True, eq=False)
+class Variant:
+  """A composable attention variant. `params` values are arrays of shape [Nq] (per query
+  head); they are pytree leaves, so a Variant may be passed through `jax.jit`."""
+
+  query_transform: Optional[Callable] = None
+  key_transform: Optional[Callable] = None
+  logits_transform: Optional[Callable] = None
+  logits_mask: Optional[Callable] = None
+  params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  band: Band = None
+  name: str = "custom"
+
+  def tree_flatten(self):
+    keys = tuple(sorted(self.params))
+    aux = (self.query_transform, self.key_transform, self.logits_transform,
+           self.logits_mask, keys, self.band, self.name)
+    return tuple(self.params[k] for k in keys), aux
+
+  @classmethod
+  def tree_unflatten(cls, aux, children):
+    qt, kt, lt, lm, keys, band, name = aux
+    return cls(qt, kt, lt, lm, dict(zip(keys, children)), band, name)
+
+  @property
+  def is_identity(self) -> bool:
+    return (self.query_transform is None and self.key_transform is None
+            and self.logits_transform is None and self.logits_mask is None)
+
+  @property
+  def has_custom_mask(self) -> bool:
+    """True when the mask is more than the band (kernels must evaluate it per tile)."""
+    return self.logits_mask is not None and not getattr(self.logits_mask, "_is_band_mask", False)
+
+  def __repr__(self):
+    parts = [self.name]
+    if self.band is not None:
+      parts.append(f"band={self.band}")
+    if self.params:
+      parts.append(f"params={sorted(self.params)}")
+    return f"Variant({', '.join(parts)})"
+
+
+def _chain(fs):
+  fs = [f for f in fs if f is not None]
+  if not fs:
+    return None
+  if len(fs) == 1:
+    return fs[0]
+
+  def chained(x, ctx):
+    for f in fs:
+      x = f(x, ctx)
+    return x
+
+  return chained
+
+
+def _all_masks(ms):
+  ms = [m for m in ms if m is not None]
+  if not ms:
+    return None
+  if len(ms) == 1:
+    return ms[0]
+
+  def mask(ctx):
+    keep = ms[0](ctx)
+    for m in ms[1:]:
+      keep = jnp.logical_and(keep, m(ctx))
+    return keep
+
+  mask._is_band_mask = all(getattr(m, "_is_band_mask", False) for m in ms)
+  return mask
+
+
+def _intersect(a: Band, b: Band) -> Band:
+  if a is None:
+    return b
+  if b is None:
+    return a
+
+  def tighter(x, y):
+    if x is None:
+      return y
+    if y is None:
+      return x
+    return min(x, y)
+
+  return (tighter(a[0], b[0]), tighter(a[1], b[1]))
+
+
+def compose(*variants: Optional[Variant]) -> Variant:
+  """Chain variants left to right: transforms apply in order, masks are AND-ed, bands
+  intersect. `params` names must not clash."""
+  vs = [v for v in variants if v is not None]
+  if len(vs) == 1:
+    return vs[0]
+  params: dict[str, Any] = {}
+  band: Band = None
+  for v in vs:
+    for k, val in v.params.items():
+      if k in params:
+        raise ValueError(f"compose: two variants define params[{k!r}]")
+      params[k] = val
+    band = _intersect(band, v.band)
+  return Variant(
+      query_transform=_chain([v.query_transform for v in vs]),
+      key_transform=_chain([v.key_transform for v in vs]),
+      logits_transform=_chain([v.logits_transform for v in vs]),
+      logits_mask=_all_masks([v.logits_mask for v in vs]),
+      params=params,
+      band=band,
+      name="+".join(v.name for v in vs) if vs else "identity",
+  )
+
+
+def _band_mask(left: Optional[int], right: Optional[int]):
+  def mask(ctx):
+    d = ctx.kv_pos - ctx.q_pos
+    keep = jnp.ones(jnp.broadcast_shapes(jnp.shape(d)), dtype=bool)
+    if left is not None:
+      keep = jnp.logical_and(keep, d >= -left)
+    if right is not None:
+      keep = jnp.logical_and(keep, d <= right)
+    return keep
+
+  mask._is_band_mask = True
+  return mask
+
+
+def causal() -> Variant:
+  """Key s is visible to query t iff kv_pos <= q_pos (bottom-right aligned)."""
+  return Variant(logits_mask=_band_mask(None, 0), band=(None, 0), name="causal")
+
+
+def sliding_window(left: int, right: int = 0) -> Variant:
+  """Keep keys with q_pos - left <= kv_pos <= q_pos + right."""
+  left, right = int(left), int(right)
+  if left < 0 or right < 0:
+    raise ValueError(f"sliding_window: left and right must be >= 0, got ({left}, {right})")
+  return Variant(logits_mask=_band_mask(left, right), band=(left, right),
+                 name=f"window({left},{right})")
+
+
+def soft_cap(cap: float) -> Variant:
+  """logits = cap * tanh(logits / cap) (Gemma-2 / Grok style)."""
+  cap = float(cap)
+  if not cap > 0:
+    raise ValueError(f"soft_cap: cap must be > 0, got {cap}")
+
+  def transform(s, ctx):
+    return cap * jnp.tanh(s / cap)
+
+  return Variant(logits_transform=transform, name=f"soft_cap({cap:g})")
+
+
+def alibi(slopes) -> Variant:
+  """ALiBi: logits += slopes[head] * (kv_pos - q_pos); `slopes` float32 [Nq]."""
+  slopes = jnp.asarray(slopes, jnp.float32)
+  if slopes.ndim != 1:
+    raise ValueError(f"alibi: slopes must be 1-D [num_q_heads], got shape {slopes.shape}")
+
+  def transform(s, ctx):
+    return s + ctx.params["alibi_slopes"] * (ctx.kv_pos - ctx.q_pos).astype(jnp.float32)
+
+  return Variant(logits_transform=transform, params={"alibi_slopes": slopes}, name="alibi")
+
+
+def alibi_slopes(num_heads: int):
+  """The standard ALiBi slopes (Press et al.) for `num_heads` heads, float32 [num_heads]."""
+  import math
+  n = 2 ** math.floor(math.log2(num_heads))
+  base = [2 ** (-8 * (i + 1) / n) for i in range(n)]
+  extra = [2 ** (-4 * (2 * i + 1) / n) for i in range(num_heads - n)]
+  return jnp.asarray(base + extra, jnp.float32)
