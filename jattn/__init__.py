@@ -5,8 +5,8 @@ Public API: `attention`, `decode`, `prefill`, `prefill_ragged`, `merge_states`,
 """
 
 from jattn import reference, variants
-from jattn.api import (append_kv, attention, decode, merge_states, prefill,
-                       prefill_ragged)
+from jattn.api import (append_kv, attention, decode, merge_states, mla_append, mla_decode,
+                       prefill, prefill_ragged)
 from jattn.cache import PagedKVCache
 from jattn.dispatch import implementations
 from jattn.variants import Context, Variant, compose
@@ -15,5 +15,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "attention", "decode", "prefill", "prefill_ragged", "merge_states", "append_kv",
+    "mla_decode", "mla_append",
     "PagedKVCache", "Variant", "Context", "compose", "variants", "implementations",
 ]

@@ -339,3 +339,73 @@ def append_kv(cache: PagedKVCache, k_new, v_new, page_table, batch_ids, position
   choice = dispatch.select(spec, implementation)
   return choice.fn(cache, k_new, v_new, page_table, batch_ids, positions,
                    interpret=choice.interpret)
+
+
+# ----------------------------------------------------------------------------- MLA
+
+def _latent_scale(op, name, s):
+  if s is not None and jnp.size(s) != 1:
+    _fail(op, f"{name} must be a scalar float32 scale, got shape {jnp.shape(s)}")
+
+
+def mla_decode(q_nope, q_pe, ckv_cache, kpe_cache, page_table, kv_lens, *,
+               sm_scale: float, ckv_scale=None, kpe_scale=None, return_lse: bool = False,
+               implementation: Optional[str] = None):
+  """Multi-head latent attention (DeepSeek-V2/V3) over a paged latent cache, absorbed form.
+
+  q_nope [B,H,R] (W_UK absorbed; R = kv_lora_rank, 512 in DeepSeek-V3), q_pe [B,H,Dr]
+  (Dr = 64); ckv_cache [P,page_size,R], kpe_cache [P,page_size,Dr]; float8 caches need
+  scalar `ckv_scale`/`kpe_scale`. logits = sm_scale * (q_nope.ckv + q_pe.kpe), output
+  softmax(logits) @ ckv: [B,H,R] (apply W_UV afterwards). Pass q with a token axis,
+  [B,T,H,R] / [B,T,H,Dr], for T > 1 new tokens per sequence (speculative decoding,
+  chunked prefill): they are the last T of kv_lens[b] tokens, causal among themselves.
+  `sm_scale` is required: MLA scales by the un-absorbed head dim (1/sqrt(128 + 64)).
+
+  >>> o = jattn.mla_decode(q_nope, q_pe, ckv, kpe, page_table, kv_lens, sm_scale=192**-0.5)
+  """
+  op = "mla_decode"
+  single = jnp.ndim(q_nope) == 3
+  if single:
+    q_nope, q_pe = q_nope[:, None], q_pe[:, None]
+  _rank(op, "q_nope", q_nope, 4, "[B, H, R] or [B, T, H, R]")
+  _rank(op, "q_pe", q_pe, 4, "[B, H, Dr] or [B, T, H, Dr]")
+  _rank(op, "ckv_cache", ckv_cache, 3, "[P, page_size, R]")
+  _rank(op, "kpe_cache", kpe_cache, 3, "[P, page_size, Dr]")
+  _float(op, "q_nope", q_nope)
+  B, T, H, R = q_nope.shape
+  if q_pe.shape[:3] != (B, T, H):
+    _fail(op, f"q_pe shape {q_pe.shape} must match q_nope's [B, T, H] = {(B, T, H)}")
+  if ckv_cache.shape[-1] != R or kpe_cache.shape[-1] != q_pe.shape[-1]:
+    _fail(op, f"cache dims (ckv {ckv_cache.shape[-1]}, kpe {kpe_cache.shape[-1]}) must match "
+              f"q_nope ({R}) and q_pe ({q_pe.shape[-1]})")
+  if ckv_cache.shape[:2] != kpe_cache.shape[:2]:
+    _fail(op, f"ckv_cache {ckv_cache.shape} and kpe_cache {kpe_cache.shape} disagree on [P, page_size]")
+  for name, c, s in (("ckv", ckv_cache, ckv_scale), ("kpe", kpe_cache, kpe_scale)):
+    if is_float8(c.dtype) and s is None:
+      raise TypeError(f"jattn.{op}: float8 {name}_cache needs {name}_scale")
+    _latent_scale(op, f"{name}_scale", s)
+  _page_table(op, page_table, B)
+  _int32(op, "kv_lens", kv_lens, (B,))
+  spec = dispatch.Spec(op=op, platform=dispatch.current_platform(), dtype=q_nope.dtype,
+                       kv_dtype=ckv_cache.dtype, head_dim=R + q_pe.shape[-1], v_head_dim=R,
+                       num_q_heads=H, num_kv_heads=1, page_size=ckv_cache.shape[1],
+                       q_len=T, kv_len=page_table.shape[1] * ckv_cache.shape[1], batch=B)
+  out, lse = _run(spec, implementation, q_nope, q_pe, ckv_cache, kpe_cache, page_table,
+                  kv_lens, sm_scale=float(sm_scale), ckv_scale=ckv_scale, kpe_scale=kpe_scale)
+  if single:
+    out, lse = out[:, 0], lse[:, 0]
+  return _ret(out, lse, return_lse)
+
+
+def mla_append(ckv_cache, kpe_cache, ckv_new, kpe_new, page_table, batch_ids, positions, *,
+               ckv_scale=None, kpe_scale=None, implementation: Optional[str] = None):
+  """Write new latent tokens (ckv_new [T,R], kpe_new [T,Dr]) into the paged latent cache,
+  with `append_kv`'s conventions (page_table, batch_ids < 0 = padding, drops out of range,
+  float8 quantized with the scalar scales). Returns (ckv_cache, kpe_cache)."""
+  def view(c, s):
+    return c[:, :, None, :], None if s is None else jnp.reshape(jnp.asarray(s, jnp.float32), (1,))
+
+  (ck, cs), (kk, ks) = view(ckv_cache, ckv_scale), view(kpe_cache, kpe_scale)
+  out = append_kv(PagedKVCache(ck, kk, cs, ks), ckv_new[:, None], kpe_new[:, None],
+                  page_table, batch_ids, positions, implementation=implementation)
+  return out.k_pages[:, :, 0], out.v_pages[:, :, 0]

@@ -230,3 +230,33 @@ def append_kv(cache, k_new, v_new, page_table, batch_ids, positions):
 
   return cache.replace(k_pages=write(cache.k_pages, cache.k_scale, k_new),
                        v_pages=write(cache.v_pages, cache.v_scale, v_new))
+
+
+def mla_decode(q_nope, q_pe, ckv_cache, kpe_cache, page_table, kv_lens, *, sm_scale: float,
+               ckv_scale=None, kpe_scale=None):
+  """Absorbed multi-head latent attention over a paged latent cache.
+
+  q_nope [B,T,H,R] (up-projections absorbed), q_pe [B,T,H,Dr]; ckv_cache [P,ps,R],
+  kpe_cache [P,ps,Dr] (float8 with scalar scales allowed). It is attention with one kv
+  head whose key is concat(ckv, kpe) and whose value is ckv:
+  logits = sm_scale * (q_nope . ckv + q_pe . kpe), o = softmax(logits) @ ckv  ([B,T,H,R]).
+  The T queries are the last T of sequence b's kv_lens[b] tokens, causal among themselves.
+  """
+  from jattn.cache import PagedKVCache  # local: cache imports nothing from here
+  from jattn.variants import causal
+  acc = _acc_dtype(q_nope.dtype)
+
+  def view(pages, scale):
+    s = None if scale is None else jnp.reshape(jnp.asarray(scale, jnp.float32), (1,))
+    return pages[:, :, None, :], s
+
+  ck, cs = view(ckv_cache, ckv_scale)
+  kk, ks = view(kpe_cache, kpe_scale)
+  cache = PagedKVCache(ck, kk, cs, ks)
+  ckv, kpe = gather_pages(cache, page_table, acc)           # [B,S,1,R], [B,S,1,Dr]
+  B, T = q_nope.shape[:2]
+  q = jnp.concatenate([q_nope.astype(acc), q_pe.astype(acc)], axis=-1)
+  k = jnp.concatenate([ckv, kpe], axis=-1)
+  o, lse = attention(q, k, ckv, sm_scale=sm_scale, variant=causal(),
+                     q_lengths=jnp.full((B,), T, jnp.int32), kv_lengths=kv_lens)
+  return o.astype(q_nope.dtype), lse

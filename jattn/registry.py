@@ -21,5 +21,6 @@ def _xla(op: str) -> Impl:
                        loader=lazy("jattn.xla", op), priority=0))
 
 
-for _op in ("attention", "decode", "prefill", "prefill_ragged", "merge_states", "append_kv"):
+for _op in ("attention", "decode", "prefill", "prefill_ragged", "merge_states", "append_kv",
+            "mla_decode"):
   _xla(_op)

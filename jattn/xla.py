@@ -32,3 +32,9 @@ def merge_states(o_a, lse_a, o_b, lse_b, *, interpret=False):
 
 def append_kv(cache, k_new, v_new, page_table, batch_ids, positions, *, interpret=False):
   return reference.append_kv(cache, k_new, v_new, page_table, batch_ids, positions)
+
+
+def mla_decode(q_nope, q_pe, ckv_cache, kpe_cache, page_table, kv_lens, *, sm_scale,
+               ckv_scale=None, kpe_scale=None, interpret=False):
+  return reference.mla_decode(q_nope, q_pe, ckv_cache, kpe_cache, page_table, kv_lens,
+                              sm_scale=sm_scale, ckv_scale=ckv_scale, kpe_scale=kpe_scale)

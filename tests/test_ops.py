@@ -381,3 +381,14 @@ def test_compose_semantics():
   m = np.asarray(c.logits_mask(ctx))
   d = np.arange(12)[None, :] - np.arange(12)[:, None]
   np.testing.assert_array_equal(m, (d <= 0) & (d >= -8))
+
+
+def test_append_kv_donation_updates_in_place():
+  """Under jit with donation the pages alias the outputs and no copy of them is made."""
+  cache = jattn.PagedKVCache.create(64, 16, 2, 32)
+  f = jax.jit(lambda c, *a: jattn.append_kv(c, *a), donate_argnums=0)
+  k = jnp.ones((5, 2, 32))
+  hlo = f.lower(cache, k, k, jnp.zeros((2, 4), jnp.int32), jnp.zeros(5, jnp.int32),
+                jnp.arange(5, dtype=jnp.int32)).compile().as_text()
+  assert "input_output_alias={ {0}: (0, {}, may-alias), {1}: (1, {}, may-alias) }" in hlo
+  assert "bf16[64,16,2,32]{3,2,1,0} copy(" not in hlo
