@@ -4,8 +4,8 @@ Public API: `attention`, `decode`, `prefill`, `prefill_ragged`, `merge_states`,
 `append_kv`, `PagedKVCache`, `Variant`, `compose`, `variants`. See README.md.
 """
 
-from jattn import reference, variants
-from jattn.api import (append_kv, attention, decode, merge_states, mla_append, mla_decode,
+from jattn import block_sparse, reference, variants
+from jattn.api import (append_kv, attention, block_sparse_attention, decode, merge_states, mla_append, mla_decode,
                        prefill, prefill_ragged)
 from jattn.cache import PagedKVCache
 from jattn.dispatch import implementations
@@ -15,6 +15,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "attention", "decode", "prefill", "prefill_ragged", "merge_states", "append_kv",
-    "mla_decode", "mla_append",
+    "mla_decode", "mla_append", "block_sparse_attention", "block_sparse",
     "PagedKVCache", "Variant", "Context", "compose", "variants", "implementations",
 ]

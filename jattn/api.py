@@ -409,3 +409,50 @@ def mla_append(ckv_cache, kpe_cache, ckv_new, kpe_new, page_table, batch_ids, po
   out = append_kv(PagedKVCache(ck, kk, cs, ks), ckv_new[:, None], kpe_new[:, None],
                   page_table, batch_ids, positions, implementation=implementation)
   return out.k_pages[:, :, 0], out.v_pages[:, :, 0]
+
+
+# ----------------------------------------------------------------------------- block-sparse
+
+def block_sparse_attention(q, k, v, layout, *, causal: bool = False,
+                           sm_scale: Optional[float] = None,
+                           variant: Optional[V.Variant] = None, return_lse: bool = False,
+                           implementation: Optional[str] = None):
+  """Attention over the (query block, key block) tiles a `BlockSparseLayout` lists.
+
+  q [B,T,Nq,D], k/v [B,S,Nkv,D|Dv]; the layout (`jattn.block_sparse`) covers (T, S) with
+  one shared or Nq per-head block masks; query t sees key s iff its tile is listed (and
+  the variant keeps it). Rows that see nothing return 0.
+
+  >>> layout = jattn.block_sparse.local_global(T, S, block=64, window_blocks=4)
+  >>> o = jattn.block_sparse_attention(q, k, v, layout)
+  """
+  from jattn.block_sparse import BlockSparseLayout
+  op = "block_sparse_attention"
+  if not isinstance(layout, BlockSparseLayout):
+    raise TypeError(f"jattn.{op}: layout must be a jattn.block_sparse.BlockSparseLayout")
+  _rank(op, "q", q, 4, "[B, T, Nq, D]")
+  _rank(op, "k", k, 4, "[B, S, Nkv, D]")
+  _rank(op, "v", v, 4, "[B, S, Nkv, Dv]")
+  for name, x in (("q", q), ("k", k), ("v", v)):
+    _float(op, name, x)
+  B, T, Nq, D = q.shape
+  S, Nkv = k.shape[1], k.shape[2]
+  if k.shape[3] != D or v.shape[:3] != k.shape[:3] or k.shape[0] != B:
+    _fail(op, f"shapes q {q.shape}, k {k.shape}, v {v.shape} are inconsistent")
+  _heads(op, Nq, Nkv)
+  if layout.num_heads not in (1, Nq):
+    _fail(op, f"layout has {layout.num_heads} heads; expected 1 or Nq = {Nq}")
+  if layout.block_size is not None:
+    R, C = layout.block_size
+    if (-(-T // R), -(-S // C)) != layout.block_mask.shape[1:]:
+      _fail(op, f"layout has {layout.block_mask.shape[1:]} blocks of {layout.block_size}; "
+                f"inputs (T, S) = {(T, S)} need {(-(-T // R), -(-S // C))}")
+  var = build_variant(op, causal, None, None, variant)
+  _check_params(op, var, Nq)
+  spec = dispatch.Spec(op=op, platform=dispatch.current_platform(), dtype=q.dtype,
+                       kv_dtype=k.dtype, head_dim=D, v_head_dim=v.shape[3], num_q_heads=Nq,
+                       num_kv_heads=Nkv, variant=var, q_len=T, kv_len=S, batch=B,
+                       extra=(("block_size", layout.block_size),))
+  out, lse = _run(spec, implementation, q, k, v, layout, sm_scale=_scale(sm_scale, D),
+                  variant=var)
+  return _ret(out, lse, return_lse)

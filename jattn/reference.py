@@ -260,3 +260,11 @@ def mla_decode(q_nope, q_pe, ckv_cache, kpe_cache, page_table, kv_lens, *, sm_sc
   o, lse = attention(q, k, ckv, sm_scale=sm_scale, variant=causal(),
                      q_lengths=jnp.full((B,), T, jnp.int32), kv_lengths=kv_lens)
   return o.astype(q_nope.dtype), lse
+
+
+def block_sparse_attention(q, k, v, layout, *, sm_scale: float, variant: Variant):
+  """Dense attention restricted to the layout's blocks (see `jattn.block_sparse`): the
+  layout becomes a mask over (t, s), composed with the variant."""
+  from jattn.variants import compose
+  T, S = q.shape[1], k.shape[1]
+  return attention(q, k, v, sm_scale=sm_scale, variant=compose(layout.as_variant(T, S), variant))

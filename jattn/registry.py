@@ -22,5 +22,9 @@ def _xla(op: str) -> Impl:
 
 
 for _op in ("attention", "decode", "prefill", "prefill_ragged", "merge_states", "append_kv",
-            "mla_decode"):
+            "mla_decode", "block_sparse_attention"):
   _xla(_op)
+
+register(Impl(op="attention", name="pallas_mosaic", family="pallas", platforms=("gpu",),
+              loader=lazy("jattn.pallas.prefill", "attention"),
+              check=_lazy_check("jattn.pallas.prefill"), priority=10, interpretable=True))

@@ -38,3 +38,7 @@ def mla_decode(q_nope, q_pe, ckv_cache, kpe_cache, page_table, kv_lens, *, sm_sc
                ckv_scale=None, kpe_scale=None, interpret=False):
   return reference.mla_decode(q_nope, q_pe, ckv_cache, kpe_cache, page_table, kv_lens,
                               sm_scale=sm_scale, ckv_scale=ckv_scale, kpe_scale=kpe_scale)
+
+
+def block_sparse_attention(q, k, v, layout, *, sm_scale, variant, interpret=False):
+  return reference.block_sparse_attention(q, k, v, layout, sm_scale=sm_scale, variant=variant)

@@ -1,0 +1,204 @@
+"""Block-sparse layouts: which (query block, key block) tiles attention computes.
+
+A `BlockSparseLayout` is stored in one canonical form that covers fixed and variable
+block sizes and per-head layouts:
+
+  block_mask   bool  [Hl, nqb, nkb]   Hl = 1 (shared by all heads) or Nq (per query head)
+  row_offsets  int32 [Hl, nqb + 1]    query block i covers rows row_offsets[h, i]:[h, i+1]
+  col_offsets  int32 [Hl, nkb + 1]    key block j covers keys col_offsets[h, j]:[h, j+1]
+
+Query t sees key s iff block_mask[h, block_of(t), block_of(s)] (and whatever the variant
+adds). Build one with `from_dense`, `from_bsr` (FlashInfer's indptr/indices), `variable`,
+or the helpers `local_global`, `strided`, `topk`, `from_mask_fn`. `to_bsr` gives the
+indptr/indices form that kernels iterate (no work for empty blocks).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jattn.variants import Context, Variant
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class BlockSparseLayout:
+  block_mask: Any
+  row_offsets: Any
+  col_offsets: Any
+  block_size: Optional[tuple[int, int]] = dataclasses.field(default=None,
+                                                             metadata=dict(static=True))
+
+  @property
+  def num_heads(self) -> int:
+    return self.block_mask.shape[0]
+
+  @property
+  def shape(self) -> tuple[int, int]:
+    """(T, S) covered by the layout (static for fixed block sizes)."""
+    if self.block_size is None:
+      raise ValueError("variable-size layouts have a data-dependent shape")
+    return (self.block_mask.shape[1] * self.block_size[0],
+            self.block_mask.shape[2] * self.block_size[1])
+
+  def density(self):
+    """Fraction of the (T, S) plane the layout computes (float32, per head)."""
+    rows = jnp.diff(self.row_offsets, axis=-1).astype(jnp.float32)
+    cols = jnp.diff(self.col_offsets, axis=-1).astype(jnp.float32)
+    area = jnp.einsum("hi,hij,hj->h", rows, self.block_mask.astype(jnp.float32), cols)
+    return area / (rows.sum(-1) * cols.sum(-1))
+
+  def element_mask(self, T: int, S: int):
+    """bool [Hl, T, S]: the mask the layout stands for (the oracle's view)."""
+    def block_of(offsets, n):
+      i = jnp.arange(n, dtype=jnp.int32)
+      b = jax.vmap(lambda o: jnp.searchsorted(o, i, side="right") - 1)(offsets)
+      inside = (i[None] >= offsets[:, :1]) & (i[None] < offsets[:, -1:])
+      return jnp.clip(b, 0, offsets.shape[1] - 2), inside
+
+    rb, rin = block_of(self.row_offsets, T)
+    cb, cin = block_of(self.col_offsets, S)
+    m = jax.vmap(lambda bm, r, c: bm[r[:, None], c[None, :]])(self.block_mask, rb, cb)
+    return m & rin[:, :, None] & cin[:, None, :]
+
+  def to_bsr(self):
+    """(indptr int32 [Hl, nqb+1], indices int32 [Hl, nqb*nkb]) with the nonzero key blocks
+    of each query block first, padded with -1 (static shapes)."""
+    m = self.block_mask
+    counts = m.sum(-1).astype(jnp.int32)
+    indptr = jnp.concatenate([jnp.zeros(counts.shape[:1] + (1,), jnp.int32),
+                              jnp.cumsum(counts, -1, dtype=jnp.int32)], -1)
+    nkb = m.shape[2]
+    order = jnp.argsort(~m, axis=-1, stable=True).astype(jnp.int32)  # nonzeros first
+    idx = jnp.where(jnp.arange(nkb)[None, None] < counts[..., None], order, -1)
+    flat = idx.reshape(m.shape[0], -1)
+    keep = flat >= 0
+    pos = jnp.argsort(~keep, axis=-1, stable=True)
+    return indptr, jnp.take_along_axis(flat, pos, -1)
+
+  def as_variant(self, T: int, S: int) -> Variant:
+    """The layout as a mask variant over (t, s) = (q_pos - (S - T), kv_pos)."""
+    mask = self.element_mask(T, S)
+    per_head = mask.shape[0] > 1
+
+    def logits_mask(ctx: Context):
+      t = ctx.q_pos - (S - T)
+      h = ctx.head if per_head else jnp.zeros_like(ctx.head)
+      ok = (t >= 0) & (t < T) & (ctx.kv_pos >= 0) & (ctx.kv_pos < S)
+      return ok & mask[h, jnp.clip(t, 0, T - 1), jnp.clip(ctx.kv_pos, 0, S - 1)]
+
+    return Variant(logits_mask=logits_mask, name="block_sparse")
+
+
+def _fixed_offsets(n_blocks, size, heads):
+  off = jnp.arange(n_blocks + 1, dtype=jnp.int32) * size
+  return jnp.broadcast_to(off, (heads, n_blocks + 1))
+
+
+def from_dense(block_mask, block_size: tuple[int, int]) -> BlockSparseLayout:
+  """From a bool block mask [nqb, nkb] or [Hl, nqb, nkb] with fixed block size (R, C)."""
+  m = jnp.asarray(block_mask, bool)
+  if m.ndim == 2:
+    m = m[None]
+  if m.ndim != 3:
+    raise ValueError(f"block_mask must be [nqb, nkb] or [H, nqb, nkb], got {m.shape}")
+  R, C = (int(b) for b in block_size)
+  return BlockSparseLayout(m, _fixed_offsets(m.shape[1], R, m.shape[0]),
+                           _fixed_offsets(m.shape[2], C, m.shape[0]), (R, C))
+
+
+def from_bsr(indptr, indices, block_size: tuple[int, int], num_key_blocks: int):
+  """From BSR: indptr [nqb+1] (or [Hl, nqb+1]), indices [nnz] (or [Hl, nnz]) of key blocks."""
+  indptr, indices = np.asarray(indptr), np.asarray(indices)
+  if indptr.ndim == 1:
+    indptr, indices = indptr[None], indices[None]
+  H, nqb = indptr.shape[0], indptr.shape[1] - 1
+  m = np.zeros((H, nqb, num_key_blocks), bool)
+  for h in range(H):
+    for i in range(nqb):
+      cols = indices[h, indptr[h, i]:indptr[h, i + 1]]
+      if ((cols < 0) | (cols >= num_key_blocks)).any():
+        raise ValueError(f"from_bsr: key block index out of [0, {num_key_blocks}) in row {i}")
+      m[h, i, cols] = True
+  return from_dense(m, block_size)
+
+
+def variable(block_mask, row_sizes, col_sizes) -> BlockSparseLayout:
+  """Per-head variable block sizes: row_sizes [Hl, nqb], col_sizes [Hl, nkb] (int)."""
+  m = jnp.asarray(block_mask, bool)
+  m = m[None] if m.ndim == 2 else m
+  rs = jnp.atleast_2d(jnp.asarray(row_sizes, jnp.int32))
+  cs = jnp.atleast_2d(jnp.asarray(col_sizes, jnp.int32))
+  if rs.shape != m.shape[:2] or cs.shape != (m.shape[0], m.shape[2]):
+    raise ValueError(f"variable: row_sizes {rs.shape} / col_sizes {cs.shape} do not match "
+                     f"block_mask {m.shape}")
+  cum = lambda x: jnp.concatenate([jnp.zeros((x.shape[0], 1), jnp.int32),
+                                   jnp.cumsum(x, -1, dtype=jnp.int32)], -1)
+  return BlockSparseLayout(m, cum(rs), cum(cs), None)
+
+
+def local_global(T: int, S: int, block: int, window_blocks: int, global_blocks: int = 1,
+                 causal: bool = True) -> BlockSparseLayout:
+  """Sliding window of `window_blocks` key blocks plus the first `global_blocks` ones."""
+  nq, nk = -(-T // block), -(-S // block)
+  i = np.arange(nq)[:, None] + (nk - nq)   # bottom-right aligned block diagonal
+  j = np.arange(nk)[None, :]
+  m = (np.abs(i - j) < window_blocks) | (j < global_blocks)
+  if causal:
+    m &= j <= i
+  return from_dense(m, (block, block))
+
+
+def strided(T: int, S: int, block: int, stride: int, causal: bool = True):
+  """Local diagonal block plus every `stride`-th key block (Sparse-Transformer style)."""
+  nq, nk = -(-T // block), -(-S // block)
+  i = np.arange(nq)[:, None] + (nk - nq)
+  j = np.arange(nk)[None, :]
+  m = (i == j) | (j % stride == stride - 1)
+  if causal:
+    m &= j <= i
+  return from_dense(m, (block, block))
+
+
+def topk(q, k, block: int, k_blocks: int, causal: bool = False) -> BlockSparseLayout:
+  """Per-head top-k key blocks by mean-pooled q.k block scores (a scoring pass).
+  q [T, Nq, D], k [S, Nkv, D] of one sequence; always keeps the diagonal block."""
+  T, Nq, D = q.shape
+  S, Nkv, _ = k.shape
+  nq, nk = T // block, S // block
+  qb = q[:nq * block].reshape(nq, block, Nq, D).mean(1).astype(jnp.float32)
+  kb = k[:nk * block].reshape(nk, block, Nkv, D).mean(1).astype(jnp.float32)
+  kb = jnp.repeat(kb, Nq // Nkv, axis=1)
+  score = jnp.einsum("ihd,jhd->hij", qb, kb)
+  i = jnp.arange(nq)[:, None] + (nk - nq)
+  j = jnp.arange(nk)[None, :]
+  if causal:
+    score = jnp.where(j <= i, score, -jnp.inf)
+  score = jnp.where(i == j, jnp.inf, score)
+  kth = jax.lax.top_k(score, min(k_blocks, nk))[0][..., -1:]
+  m = (score >= kth) & (score > -jnp.inf)
+  if causal:
+    m &= j <= i
+  return from_dense(m, (block, block))
+
+
+def from_mask_fn(mask_fn: Callable[[Context], Any], T: int, S: int, block: tuple[int, int],
+                 num_heads: int = 1) -> BlockSparseLayout:
+  """FlexAttention-style: evaluate a `logits_mask(ctx)` on every tile once and keep the
+  tiles where any element is visible. ctx.q_pos is bottom-right aligned (S - T + t)."""
+  R, C = block
+  nq, nk = -(-T // R), -(-S // C)
+  t = jnp.arange(nq * R, dtype=jnp.int32)
+  s = jnp.arange(nk * C, dtype=jnp.int32)
+  ctx = Context(q_pos=(S - T + t)[None, :, None], kv_pos=s[None, None, :],
+                head=jnp.arange(num_heads, dtype=jnp.int32)[:, None, None],
+                batch=jnp.zeros((), jnp.int32))
+  m = jnp.broadcast_to(mask_fn(ctx), (num_heads, nq * R, nk * C))
+  m = m & (t < T)[None, :, None] & (s < S)[None, None, :]
+  m = m.reshape(num_heads, nq, R, nk, C).any(axis=(2, 4))
+  return from_dense(m, block)
