@@ -1,0 +1,1 @@
+"""jattn benchmark harness: `python -m benchmarks.run`, `python -m benchmarks.report`."""

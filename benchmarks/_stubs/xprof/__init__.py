@@ -1,0 +1,1 @@
+"""Stub of xprof for tokamax on machines without xprof (see benchmarks/README.md)."""

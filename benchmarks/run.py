@@ -1,0 +1,234 @@
+"""Side-by-side benchmark of jattn and its peers on this machine, in one process.
+
+  python -m benchmarks.run --suite prefill|decode|append|bwd|all --out DIR [--quick]
+         [--tiny] [--workloads PATTERNS] [--impls PATTERNS] [--deadline SECONDS]
+
+Writes DIR/<date>-<gpu>.json (rows merged into an existing file of the same name, keyed
+by (workload, impl)), then the markdown table and the plot next to it (benchmarks.report).
+Each row: device, JAX version, date, workload, shape, dtype, implementation, status, median
+ms, TFLOP/s, GB/s, fraction of the roofline of the ceilings measured in this run, largest
+relative error vs a float32 reference on slices, and speed relative to the best peer of the
+same run (best peer time / this time; > 1 is faster). `--tiny` scales every workload down
+for the CPU test; `--quick` times fewer repetitions (smoke runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import fnmatch
+import gc
+import json
+import os
+import re
+import sys
+import time
+import traceback
+import uuid
+
+import jax
+
+import jattn
+from benchmarks import check, impls, timing
+from benchmarks import workloads as W
+
+SUITES = ("prefill", "decode", "append", "bwd")
+ERR_FLAG = 2e-2      # bf16 outputs land near 4e-3; above this the row is flagged
+
+
+def gpu_slug(device_kind: str) -> str:
+  s = re.sub(r"^nvidia\s+", "", device_kind.strip().lower())
+  return re.sub(r"[^a-z0-9]+", "-", s).strip("-") or "unknown"
+
+
+def _matches(name: str, patterns) -> bool:
+  return not patterns or any(fnmatch.fnmatch(name, p) for p in patterns)
+
+
+def select(suite: str, workloads=None, tiny=False) -> list[W.Workload]:
+  wls = [w for w in W.STANDARD if (suite == "all" or w.kind == suite) and _matches(w.name, workloads)]
+  return [W.tiny(w) for w in wls] if tiny else wls
+
+
+def _short(e: BaseException) -> str:
+  msg = str(e).strip().splitlines()
+  head = msg[0] if msg else ""
+  # XLA errors put the useful line last; keep both ends, bounded.
+  tail = msg[-1] if len(msg) > 1 else ""
+  text = f"{type(e).__name__}: {head}" + (f" ... {tail}" if tail and tail != head else "")
+  return text[:400]
+
+
+def measure(wl, data, label, family, build, ceil, cfg) -> dict:
+  row = dict(workload=wl.name, suite=wl.suite, shape=wl.shape_str(), shape_info=wl.shape(),
+             dtype=jax.numpy.dtype(W.DTYPE).name, impl=label, family=family, status="ok",
+             reason=None, note="", chosen=None, flops=wl.flops(), bytes=wl.bytes(),
+             ceil_tflops=ceil["matmul_tflops"], ceil_gbps=ceil["copy_gbps"])
+  try:
+    prep = build(wl, data)
+    row["note"] = prep.note
+    row["input_sets"] = len(prep.args)
+    t = timing.bench(prep.fn, prep.args, **cfg)
+    if prep.chosen is not None:
+      row["chosen"] = prep.chosen()
+    out = prep.canon(t.out)
+    t.out = None
+    err = check.check(wl, data, out)
+    del out
+    sec = t.median_s
+    t_flops = wl.flops() / (ceil["matmul_tflops"] * 1e12)
+    t_bytes = wl.bytes() / (ceil["copy_gbps"] * 1e9)
+    row.update(median_ms=sec * 1e3, min_ms=t.min_s * 1e3, max_ms=t.max_s * 1e3,
+               reps=t.reps, calls=t.calls, compile_s=round(t.compile_s, 2),
+               tflops=wl.flops() / sec / 1e12, gbps=wl.bytes() / sec / 1e9,
+               bound="compute" if t_flops >= t_bytes else "memory",
+               frac_ceiling=max(t_flops, t_bytes) / sec,
+               max_rel_err=err, err_flag=bool(not err <= ERR_FLAG))
+  except impls.Unavailable as e:
+    row.update(status="unavailable", reason=str(e))
+  except NotImplementedError as e:
+    row.update(status="unavailable", reason=_short(e))
+  except Exception as e:  # noqa: BLE001  (the row records it; the run goes on)
+    row.update(status="error", reason=_short(e))
+    if os.environ.get("JATTN_BENCH_TRACEBACK"):
+      traceback.print_exc()
+  return row
+
+
+def best_peer_ratios(rows: list[dict]) -> None:
+  """vs_best_peer = (fastest peer of the same run and workload) / this time."""
+  best = {}
+  for r in rows:
+    if r["family"] == "peer" and r["status"] == "ok":
+      k = (r["run_id"], r["workload"])
+      best[k] = min(best.get(k, float("inf")), r["median_ms"])
+  for r in rows:
+    b = best.get((r.get("run_id"), r["workload"]))
+    r["vs_best_peer"] = (b / r["median_ms"]) if (b and r["status"] == "ok") else None
+
+
+def merge(path: str, meta: dict, rows: list[dict]) -> dict:
+  old = {"runs": [], "rows": []}
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+  done = {(r["workload"], r["impl"]) for r in rows}
+  kept = [r for r in old["rows"] if (r["workload"], r["impl"]) not in done]
+  live = {r["run_id"] for r in kept}
+  runs = [m for m in old["runs"] if m["run_id"] in live and m["run_id"] != meta["run_id"]]
+  res = {"runs": runs + [meta], "rows": kept + rows}
+  best_peer_ratios(res["rows"])
+  order = {w.name: i for i, w in enumerate(W.STANDARD)}
+  res["rows"].sort(key=lambda r: order.get(r["workload"], 99))
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(res, f, indent=1, default=float)
+  os.replace(tmp, path)
+  return res
+
+
+def _fmt(r) -> str:
+  if r["status"] != "ok":
+    return f"  {r['impl']:28s} {r['status']}: {r['reason']}"
+  from benchmarks.report import num
+  metric = (f"{num(r['tflops']):>7s} TFLOP/s" if r["bound"] == "compute"
+            else f"{num(r['gbps']):>7s} GB/s   ")
+  chosen = f" ({r['chosen']})" if r.get("chosen") else ""
+  return (f"  {r['impl']:28s} {r['median_ms']:9.3f} ms {metric} {r['frac_ceiling']:6.1%}"
+          f"  err {r['max_rel_err']:.1e}{' !' if r['err_flag'] else ''}"
+          f"  compile {r['compile_s']:.1f}s{chosen}")
+
+
+def main(argv=None) -> int:
+  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  ap.add_argument("--suite", default="all", choices=SUITES + ("all",))
+  ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+  ap.add_argument("--quick", action="store_true", help="fewer repetitions (smoke runs)")
+  ap.add_argument("--tiny", action="store_true", help="tiny shapes (CPU test of the harness)")
+  ap.add_argument("--workloads", default="", help="comma-separated fnmatch patterns")
+  ap.add_argument("--impls", default="", help="comma-separated fnmatch patterns, e.g. 'jattn.*,cudnn'")
+  ap.add_argument("--deadline", type=float, default=0,
+                  help="seconds; workloads not started by then are recorded as skipped")
+  ap.add_argument("--xla-cap-gib", type=float, default=impls.XLA_CAP_GIB["fwd"],
+                  help="largest float32 intermediate the forward XLA reference may build")
+  ap.add_argument("--no-report", action="store_true", help="JSON only")
+  args = ap.parse_args(argv)
+
+  start = time.time()
+  impls.XLA_CAP_GIB["fwd"] = args.xla_cap_gib
+  pats = [p for p in args.workloads.split(",") if p]
+  ipats = [p for p in args.impls.split(",") if p]
+  wls = select(args.suite, pats, args.tiny)
+  if not wls:
+    print(f"no workload matches suite={args.suite} workloads={pats}", file=sys.stderr)
+    return 2
+  if args.tiny:
+    cfg = dict(reps=2, max_calls=3, budget_s=0.05)
+  elif args.quick:
+    cfg = dict(reps=3, max_calls=10, budget_s=0.5)
+  else:
+    cfg = dict(reps=7, max_calls=20, budget_s=1.5)
+
+  dev = jax.devices()[0]
+  kind = getattr(dev, "device_kind", dev.platform)
+  date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+  slug = gpu_slug(kind) if dev.platform == "gpu" else dev.platform
+  name = f"{date}-{slug}" + ("-tiny" if args.tiny else "")
+  os.makedirs(args.out, exist_ok=True)
+  path = os.path.join(args.out, name + ".json")
+
+  print(f"# device {kind} | jax {jax.__version__} | jattn {jattn.__version__} | {date}", flush=True)
+  ceil = timing.ceilings(tiny=args.tiny, reps=cfg["reps"])
+  print(f"# ceilings: copy {ceil['copy_gbps']:.0f} GB/s (read+write), "
+        f"bf16 matmul {ceil['matmul_n']}^3 {ceil['matmul_tflops']:.0f} TFLOP/s "
+        f"({time.time() - start:.1f}s)", flush=True)
+  tk, why = impls.import_tokamax()
+  meta = dict(run_id=uuid.uuid4().hex[:8], device=kind, platform=dev.platform,
+              jax_version=jax.__version__, jattn_version=jattn.__version__, date=date,
+              started=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              argv=sys.argv[1:] if argv is None else list(argv), timing=cfg, tiny=args.tiny,
+              quick=args.quick, ceilings=ceil,
+              tokamax=getattr(tk, "__version__", None) if tk else why)
+  base = dict(device=kind, jax_version=jax.__version__, date=date, run_id=meta["run_id"])
+
+  rows = []
+  for wl in wls:
+    print(f"\n## {wl.name}  [{wl.shape_str()}]", flush=True)
+    t_wl = time.time()
+    data = impls.Data(wl)
+    auto = {}
+    if not args.deadline or time.time() - start < args.deadline:
+      auto = {op: impls.auto_choice(wl, data, op) for op in impls.jattn_ops(wl)}
+    for label, family, build in impls.entries(wl):
+      if not _matches(label, ipats):
+        continue
+      if args.deadline and time.time() - start > args.deadline:
+        r = dict(workload=wl.name, suite=wl.suite, shape=wl.shape_str(), shape_info=wl.shape(),
+                 impl=label, family=family, status="skipped",
+                 reason=f"--deadline {args.deadline:g}s reached")
+      else:
+        r = measure(wl, data, label, family, build, ceil, cfg)
+        if family == "jattn":
+          r["auto"] = auto.get(label.split("[")[0].split(".")[1])
+      r.update(base)
+      rows.append(r)
+      print(_fmt(r), flush=True)
+      gc.collect()
+    del data
+    gc.collect()
+    print(f"  ({time.time() - t_wl:.1f}s)", flush=True)
+    meta["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    meta["wall_s"] = round(time.time() - start, 1)
+    res = merge(path, meta, rows)
+
+  print(f"\n# wrote {path} ({len(rows)} rows, {time.time() - start:.0f}s)", flush=True)
+  if not args.no_report:
+    from benchmarks import report
+    md, png = report.write(path)
+    print(f"# wrote {md}" + (f" and {png}" if png else ""), flush=True)
+    print("\n" + report.summary_table(res), flush=True)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,77 @@
+"""Timing and the machine's two ceilings, measured in the same process as the workloads.
+
+`bench(fn, args)`: the first call compiles (its time is `compile_s`), a second call
+measures roughly one call, then `reps` repetitions of `calls` back-to-back calls over the
+rotated input sets, each repetition timed on the host clock from before the first launch
+to `block_until_ready` on the last output (the device runs one stream in order). The
+figure is the median over repetitions of (repetition time / calls). `calls` is at most
+`max_calls`, fewer for slow functions so one implementation takes about `budget_s`.
+
+Ceilings: memory = an elementwise pass over a 2 GiB bf16 buffer, counting bytes read plus
+bytes written; compute = a bf16 8192^3 matrix product (random data), 2*N^3 FLOPs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass
+class Timing:
+  median_s: float
+  min_s: float
+  max_s: float
+  reps: int
+  calls: int
+  compile_s: float
+  out: object = None
+
+  @property
+  def spread(self) -> float:
+    return (self.max_s - self.min_s) / self.median_s if self.median_s > 0 else 0.0
+
+
+def bench(fn, args: list[tuple], *, reps: int = 7, max_calls: int = 20,
+          budget_s: float = 1.5) -> Timing:
+  n = len(args)
+  t0 = time.perf_counter()
+  out = jax.block_until_ready(fn(*args[0]))
+  compile_s = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  jax.block_until_ready(fn(*args[1 % n]))
+  one = max(time.perf_counter() - t0, 1e-6)
+  calls = int(max(1, min(max_calls, budget_s / (reps * one))))
+  times = []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    for i in range(calls):
+      last = fn(*args[i % n])
+    jax.block_until_ready(last)
+    times.append((time.perf_counter() - t0) / calls)
+    del last
+  return Timing(statistics.median(times), min(times), max(times), reps, calls, compile_s, out)
+
+
+def ceilings(*, tiny: bool = False, reps: int = 7) -> dict:
+  """{'copy_gbps', 'matmul_tflops', ...}: the measured memory and bf16 compute ceilings."""
+  n_copy = (4 << 20) if tiny else (1 << 30)         # bf16 elements: 8 MiB or 2 GiB
+  n_mm = 256 if tiny else 8192
+  key = jax.random.key(42, impl="rbg")
+  x = jax.jit(lambda k: jax.random.normal(k, (n_copy,), jnp.float32).astype(jnp.bfloat16))(key)
+  copy = bench(jax.jit(lambda x: -x), [(x,)], reps=reps, max_calls=10, budget_s=1.0)
+  copy_bytes = 2 * x.size * x.dtype.itemsize
+  del x
+  ka, kb = jax.random.split(key)
+  a = jax.random.normal(ka, (n_mm, n_mm), jnp.float32).astype(jnp.bfloat16)
+  b = jax.random.normal(kb, (n_mm, n_mm), jnp.float32).astype(jnp.bfloat16)
+  mm = bench(jax.jit(jnp.matmul), [(a, b), (b, a)], reps=reps, max_calls=10, budget_s=1.0)
+  del a, b
+  return dict(copy_gbps=copy_bytes / copy.median_s / 1e9,
+              copy_bytes=copy_bytes, copy_ms=copy.median_s * 1e3,
+              matmul_tflops=2 * n_mm**3 / mm.median_s / 1e12,
+              matmul_n=n_mm, matmul_ms=mm.median_s * 1e3)

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# GPU check for jattn: the whole pytest suite on the GPU (Pallas/CUDA cases compiled, not
+# interpreted), then optionally the side-by-side benchmark. Runs from a copy of the repo
+# with no install:  PYTHONPATH=. (set here), python3 with jax[cuda] + pytest.
+#
+#   scripts/gpu_check.sh [--bench] [--suite all|prefill|decode|append|bwd] [--quick]
+#                        [--no-tests] [--budget SECONDS] [-- extra benchmarks.run args]
+#
+# --budget S: the whole script should end within about S seconds; the benchmark starts no
+# new implementation after S - 60 s from the script's start (what is left is recorded as
+# skipped), so one call of the device tool (10 minutes) always brings results back.
+#
+# Outputs go to $OUT when set (the device tool brings back at most 8 files), else to
+# ./gpu-check-out: gpu_tests.log, junit.xml, and with --bench bench.log plus the
+# benchmark's <date>-<gpu>.json/.md/.png. tokamax is benchmarked when its wheels are in
+# .whl/ (see benchmarks/README.md); they are installed into a scratch folder that only
+# the benchmark process sees. PYTEST_ARGS (default: tests) picks what pytest runs.
+# Exit status: pytest's, else the benchmark's.
+set -u -o pipefail
+
+cd "$(dirname "$0")/.."
+OUT_DIR="${OUT:-$PWD/gpu-check-out}"
+mkdir -p "$OUT_DIR"
+PY="${PYTHON:-python3}"
+
+bench=0; tests=1; suite=all; quick=(); budget=0; extra=()
+t_start=$(date +%s)
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --bench) bench=1 ;;
+    --no-tests) tests=0 ;;
+    --suite) suite="$2"; bench=1; shift ;;
+    --quick) quick=(--quick) ;;
+    --budget) budget="$2"; shift ;;
+    --) shift; extra=("$@"); bench=1; break ;;
+    *) echo "gpu_check.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+export PYTHONDONTWRITEBYTECODE=1
+
+{
+  echo "# $(date -u +%FT%TZ) $(hostname)"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader 2>&1 || true
+  "$PY" -c 'import jax; print("jax", jax.__version__, jax.devices())' 2>&1
+} | tee "$OUT_DIR/gpu_tests.log"
+
+rc_tests=0
+if [ "$tests" = 1 ]; then
+  t0=$(date +%s)
+  # shellcheck disable=SC2086  (PYTEST_ARGS is word-split on purpose)
+  "$PY" -m pytest ${PYTEST_ARGS:-tests} -q -rs -p no:cacheprovider --junitxml="$OUT_DIR/junit.xml" 2>&1 \
+    | tee -a "$OUT_DIR/gpu_tests.log"
+  rc_tests=${PIPESTATUS[0]}
+  echo "# pytest exit $rc_tests in $(( $(date +%s) - t0 ))s" | tee -a "$OUT_DIR/gpu_tests.log"
+fi
+
+rc_bench=0
+if [ "$bench" = 1 ]; then
+  site=""
+  if ls .whl/*.whl >/dev/null 2>&1; then
+    site=/tmp/jattn-bench-site
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target "$site" .whl/*.whl 2>&1 | tail -3 | tee "$OUT_DIR/bench.log" || site=""
+  else
+    echo "# no .whl/: tokamax rows will say it is absent" | tee "$OUT_DIR/bench.log"
+  fi
+  deadline=()
+  if [ "$budget" -gt 0 ]; then
+    left=$(( budget - 60 - ($(date +%s) - t_start) ))
+    deadline=(--deadline "$(( left > 30 ? left : 30 ))")
+  fi
+  PYTHONPATH="$PYTHONPATH${site:+:$site}" "$PY" -m benchmarks.run --suite "$suite" \
+    --out "$OUT_DIR" "${quick[@]}" "${deadline[@]}" "${extra[@]}" 2>&1 | tee -a "$OUT_DIR/bench.log"
+  rc_bench=${PIPESTATUS[0]}
+fi
+
+[ "$rc_tests" != 0 ] && exit "$rc_tests"
+exit "$rc_bench"

@@ -1,0 +1,114 @@
+"""The benchmark harness end to end on tiny shapes (`--tiny`) with jattn's XLA path, plus
+peers that are absent here (their rows must say why): JSON, markdown and plot appear
+with sane fields. The real runs are on the GPU (scripts/gpu_check.sh --bench)."""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+from benchmarks import report, run, workloads  # noqa: E402
+
+# One of each kind but plain prefill (append covers the dense and paged forward paths).
+WORKLOADS = ("decode_skewed_lengths", "append_b8_q256_kv4096_gqa32x8",
+             "attention_bwd_causal_b4_t4096_h32_d128")
+IMPLS = "jattn.*[[]xla],tokamax.mosaic"
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+  out = tmp_path_factory.mktemp("bench")
+  rc = run.main(["--suite", "all", "--tiny", "--out", str(out),
+                 "--workloads", ",".join(WORKLOADS), "--impls", IMPLS])
+  assert rc == 0
+  (path,) = glob.glob(str(out / "*-tiny.json"))
+  with open(path) as f:
+    return path, json.load(f)
+
+
+def test_standard_workload_names():
+  names = [w.name for w in workloads.STANDARD]
+  for name in ("prefill_causal_b4_t4096_h32_d128", "prefill_causal_b1_t8192_h32_d128",
+               "prefill_causal_gqa32x8_b4_t4096_d128", "prefill_causal_b4_t4096_h16_d256",
+               "prefill_causal_b4_t4096_h32_d64", "decode_gqa32x8_b32_s4096_d128_p16",
+               "decode_gqa32x8_b128_s2048_d128_p16", "decode_mha32_b32_s4096_d128_p16",
+               "decode_skewed_lengths", "append_b8_q256_kv4096_gqa32x8",
+               "attention_bwd_causal_b4_t4096_h32_d128", "prefill_window1024_b1_t8192_h32_d128",
+               "prefill_noncausal_b4_t4096_h32_d128"):
+    assert name in names
+  lens = next(w for w in workloads.STANDARD if w.name == "decode_skewed_lengths").kv_lens()
+  assert len(lens) == 64 and lens.max() == 32768 and 1500 < lens.mean() < 2600
+
+
+def test_flop_counts():
+  wl = workloads.STANDARD[0]  # causal B4 T4096 H32 D128: 4*B*N*T*T*D / 2 (+ the diagonal)
+  b, t, n, d = 4, 4096, 32, 128
+  assert wl.flops() == pytest.approx(4 * b * n * t * t * d / 2, rel=1e-3)
+  noncausal = next(w for w in workloads.STANDARD if not w.causal)
+  assert noncausal.flops() == pytest.approx(4 * b * n * t * t * d)
+
+
+def test_rows_are_complete(result):
+  _, res = result
+  (meta,) = res["runs"]
+  assert meta["tiny"] and meta["ceilings"]["copy_gbps"] > 0 and meta["ceilings"]["matmul_tflops"] > 0
+  rows = res["rows"]
+  assert {r["workload"] for r in rows} == set(WORKLOADS)
+  for r in rows:
+    for key in ("device", "jax_version", "date", "workload", "shape", "dtype", "impl", "status"):
+      assert r[key], (key, r)
+    assert r["status"] in ("ok", "unavailable", "error"), r
+    if r["status"] != "ok":
+      assert r["reason"], r
+  xla = [r for r in rows if r["impl"].endswith("[xla]")]
+  assert len(xla) == 4  # decode; append: attention + prefill; bwd
+  for r in xla:
+    assert r["status"] == "ok", r
+    assert r["median_ms"] > 0 and math.isfinite(r["median_ms"])
+    assert r["tflops"] > 0 and r["gbps"] > 0 and 0 < r["frac_ceiling"]
+    assert r["max_rel_err"] < 2e-2, r  # bf16 vs a float32 reference
+    assert r["chosen"] == "xla" and r["bound"] in ("compute", "memory")
+
+
+def test_absent_peer_says_why(result):
+  _, res = result
+  tok = [r for r in res["rows"] if r["impl"] == "tokamax.mosaic"]
+  assert tok and all(r["status"] == "ok" or r["reason"] for r in tok)
+
+
+def test_markdown_and_plot(result):
+  path, res = result
+  stem = os.path.splitext(path)[0]
+  with open(stem + ".md") as f:
+    md = f.read()
+  for w in WORKLOADS:
+    assert f"`{w}`" in md
+  assert "| workload |" in md and "jattn.attention[xla]" in md
+  if _has_matplotlib():
+    assert os.path.getsize(stem + ".png") > 1000
+
+
+def test_readme_markers(result, tmp_path):
+  _, res = result
+  readme = tmp_path / "README.md"
+  readme.write_text("intro\n<!-- bench:begin -->\nold\n<!-- bench:end -->\noutro\n")
+  assert report.update_readme(str(readme), res)
+  text = readme.read_text()
+  assert "old" not in text and "decode_skewed_lengths" in text and text.endswith("outro\n")
+
+
+def _has_matplotlib():
+  try:
+    import matplotlib  # noqa: F401
+    return True
+  except ImportError:
+    return False
