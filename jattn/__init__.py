@@ -9,7 +9,11 @@ from jattn.api import (append_kv, attention, block_sparse_attention, decode, mer
                        prefill, prefill_ragged)
 from jattn.cache import PagedKVCache
 from jattn.dispatch import implementations
+from jattn.pallas.decode import DecodePlan, plan_decode
 from jattn.variants import Context, Variant, compose
+from jattn import ring, sharding
+from jattn.ring import ring_attention
+from jattn.sharding import ShardingError
 
 __version__ = "0.1.0"
 
@@ -17,4 +21,6 @@ __all__ = [
     "attention", "decode", "prefill", "prefill_ragged", "merge_states", "append_kv",
     "mla_decode", "mla_append", "block_sparse_attention", "block_sparse",
     "PagedKVCache", "Variant", "Context", "compose", "variants", "implementations",
+    "plan_decode", "DecodePlan",
+    "ring_attention", "ring", "sharding", "ShardingError",
 ]

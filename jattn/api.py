@@ -11,8 +11,9 @@ from typing import Optional, Union
 import jax.numpy as jnp
 
 from jattn import dispatch, registry  # noqa: F401  (registry fills the dispatcher's table)
+from jattn import sharding
 from jattn import variants as V
-from jattn.cache import PagedKVCache, is_float8
+from jattn.cache import FLOAT8_DTYPES, PagedKVCache, is_float8
 
 FLOAT_DTYPES = (jnp.bfloat16, jnp.float16, jnp.float32, jnp.float64)
 Window = Union[int, tuple[int, int], None]
@@ -108,6 +109,11 @@ def _scale(sm_scale, d):
 
 
 def _run(spec, implementation, *args, **kw):
+  # Sharded inputs run once per shard (jattn.sharding); the dispatcher sees local shapes.
+  return sharding.run(spec, implementation, args, kw, _run_local)
+
+
+def _run_local(spec, implementation, *args, **kw):
   choice = dispatch.select(spec, implementation)
   return choice.fn(*args, interpret=choice.interpret, **kw)
 
@@ -121,13 +127,18 @@ def _ret(out, lse, return_lse):
 def attention(q, k, v, *, causal: bool = False, sm_scale: Optional[float] = None,
               variant: Optional[V.Variant] = None, sliding_window: Window = None,
               logits_soft_cap: Optional[float] = None, q_lengths=None, kv_lengths=None,
-              return_lse: bool = False, implementation: Optional[str] = None):
+              return_lse: bool = False, implementation: Optional[str] = None,
+              q_scale=None, k_scale=None, v_scale=None):
   """Dense attention, BTNH layout.
 
   q [B,T,Nq,D], k [B,S,Nkv,D], v [B,S,Nkv,Dv] -> [B,T,Nq,Dv] (q's dtype), and with
   `return_lse` also lse [B,T,Nq] float32. Causal is bottom-right aligned: query t sees
   key s iff s <= t + (kv_len - q_len). `q_lengths`/`kv_lengths` (int32 [B]) are valid
   prefix lengths; rows past q_len and rows that see no key return 0 (lse -inf).
+
+  float8 (e4m3fn / e5m2) q, k, v take float32 scales `q_scale` ([Nq] or scalar),
+  `k_scale`, `v_scale` ([Nkv] or scalar; default 1): the real value is stored * scale.
+  The output is then bfloat16 (see `_fp8_scales`).
 
   >>> o = jattn.attention(q, k, v, causal=True)
   """
@@ -136,11 +147,12 @@ def attention(q, k, v, *, causal: bool = False, sm_scale: Optional[float] = None
   _rank(op, "k", k, 4, "[B, S, Nkv, D]")
   _rank(op, "v", v, 4, "[B, S, Nkv, Dv]")
   for name, x in (("q", q), ("k", k), ("v", v)):
-    _float(op, name, x)
+    _float(op, name, x, FLOAT_DTYPES + FLOAT8_DTYPES)
   if k.dtype != v.dtype:
     raise TypeError(f"jattn.{op}: k ({k.dtype}) and v ({v.dtype}) must share a dtype")
   B, T, Nq, D = q.shape
   _, S, Nkv, Dk = k.shape
+  fp8_kw = _fp8_scales(op, q, k, v, q_scale, k_scale, v_scale)
   if k.shape[0] != B or v.shape[0] != B:
     _fail(op, f"batch sizes differ: q {B}, k {k.shape[0]}, v {v.shape[0]}")
   if Dk != D:
@@ -158,8 +170,29 @@ def attention(q, k, v, *, causal: bool = False, sm_scale: Optional[float] = None
                        num_kv_heads=Nkv, variant=var, q_len=T, kv_len=S, batch=B,
                        extra=(("has_lengths", q_lengths is not None or kv_lengths is not None),))
   out, lse = _run(spec, implementation, q, k, v, sm_scale=_scale(sm_scale, D), variant=var,
-                  q_lengths=q_lengths, kv_lengths=kv_lengths)
+                  q_lengths=q_lengths, kv_lengths=kv_lengths, **fp8_kw)
   return _ret(out, lse, return_lse)
+
+
+def _fp8_scales(op, q, k, v, q_scale, k_scale, v_scale) -> dict:
+  """For float8 q/k/v: the scales as float32 [Nq], [Nkv], [Nkv] keyword arguments (the
+  "cuda_fp8" and "xla_fp8" implementations take them; other implementations reject
+  float8 specs). Non-float8 inputs take no scales: {}."""
+  if not any(is_float8(x.dtype) for x in (q, k, v)):
+    for name, s in (("q_scale", q_scale), ("k_scale", k_scale), ("v_scale", v_scale)):
+      if s is not None:
+        _fail(op, f"{name} is only for float8 inputs")
+    return {}
+  out = {}
+  for name, s, n in (("q_scale", q_scale, q.shape[2]), ("k_scale", k_scale, k.shape[2]),
+                     ("v_scale", v_scale, v.shape[2])):
+    s = jnp.asarray(1.0 if s is None else s, jnp.float32)
+    if s.size == 1:
+      s = jnp.broadcast_to(s.reshape(()), (n,))
+    if s.shape != (n,):
+      _fail(op, f"{name} must be a scalar or have shape [{n}], got {s.shape}")
+    out[name] = s
+  return out
 
 
 def decode(q, cache: PagedKVCache, page_table, kv_lens, *, sm_scale: Optional[float] = None,
@@ -336,9 +369,7 @@ def append_kv(cache: PagedKVCache, k_new, v_new, page_table, batch_ids, position
                        kv_dtype=cache.dtype, head_dim=cache.head_dim,
                        v_head_dim=cache.v_head_dim, num_q_heads=cache.num_kv_heads,
                        num_kv_heads=cache.num_kv_heads, page_size=cache.page_size, q_len=T)
-  choice = dispatch.select(spec, implementation)
-  return choice.fn(cache, k_new, v_new, page_table, batch_ids, positions,
-                   interpret=choice.interpret)
+  return _run(spec, implementation, cache, k_new, v_new, page_table, batch_ids, positions)
 
 
 # ----------------------------------------------------------------------------- MLA

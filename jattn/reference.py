@@ -268,3 +268,20 @@ def block_sparse_attention(q, k, v, layout, *, sm_scale: float, variant: Variant
   from jattn.variants import compose
   T, S = q.shape[1], k.shape[1]
   return attention(q, k, v, sm_scale=sm_scale, variant=compose(layout.as_variant(T, S), variant))
+
+
+def dequantize(x, scale, dtype):
+  """float8 (or any) x [..., N, D] times a per-head scale [N] -> dtype."""
+  return x.astype(dtype) * jnp.asarray(scale, dtype)[:, None]
+
+
+def attention_fp8(q, k, v, q_scale, k_scale, v_scale, *, sm_scale: float, variant: Variant,
+                  q_lengths=None, kv_lengths=None):
+  """float8 attention: q, k, v [B,T|S,N,D] dequantized with their per-head scales
+  (q_scale [Nq], k_scale / v_scale [Nkv]), then `attention` in float32 (float64 when the
+  scales are float64, as in the oracle). Returns (o, lse) in that precision; the
+  implementations return o as bfloat16."""
+  acc = jnp.promote_types(jnp.asarray(q_scale).dtype, jnp.float32)
+  q, k, v = (dequantize(x, s, acc) for x, s in ((q, q_scale), (k, k_scale), (v, v_scale)))
+  return attention(q, k, v, sm_scale=sm_scale, variant=variant, q_lengths=q_lengths,
+                   kv_lengths=kv_lengths)

@@ -25,6 +25,28 @@ for _op in ("attention", "decode", "prefill", "prefill_ragged", "merge_states", 
             "mla_decode", "block_sparse_attention"):
   _xla(_op)
 
-register(Impl(op="attention", name="pallas_mosaic", family="pallas", platforms=("gpu",),
-              loader=lazy("jattn.pallas.prefill", "attention"),
-              check=_lazy_check("jattn.pallas.prefill"), priority=10, interpretable=True))
+# Dense attention, paged prefill/append and ragged prefill: one Pallas Mosaic GPU kernel.
+for _op in ("attention", "prefill", "prefill_ragged"):
+  register(Impl(op=_op, name="pallas_mosaic", family="pallas", platforms=("gpu",),
+                loader=lazy("jattn.pallas.prefill", _op),
+                check=_lazy_check("jattn.pallas.prefill"), priority=10, interpretable=True))
+
+# float8 attention: the CUDA FP8 kernels (sm_90a / sm_100a, nvcc JIT) first; elsewhere
+# "xla_fp8" dequantizes and runs the reference (it passes non-float8 calls over).
+register(Impl(op="attention", name="cuda_fp8", family="cuda", platforms=("gpu",),
+              loader=lazy("jattn.ffi.fp8", "attention"),
+              check=_lazy_check("jattn.ffi.fp8", "supports_attention"), priority=20))
+register(Impl(op="attention", name="xla_fp8", family="xla", platforms=("cpu", "gpu", "tpu"),
+              loader=lazy("jattn.xla_fp8", "attention"), check=_lazy_check("jattn.xla_fp8"),
+              priority=1))
+register(Impl(op="decode", name="cuda_fp8", family="cuda", platforms=("gpu",),
+              loader=lazy("jattn.ffi.fp8", "decode"),
+              check=_lazy_check("jattn.ffi.fp8", "supports_decode"), priority=20))
+
+# Paged decode (split-K with a plan) and merge_states: Pallas Mosaic GPU kernels.
+register(Impl(op="decode", name="pallas_mosaic", family="pallas", platforms=("gpu",),
+              loader=lazy("jattn.pallas.decode", "decode"),
+              check=_lazy_check("jattn.pallas.decode"), priority=10, interpretable=True))
+register(Impl(op="merge_states", name="pallas_mosaic", family="pallas", platforms=("gpu",),
+              loader=lazy("jattn.pallas.merge", "merge_states"),
+              check=_lazy_check("jattn.pallas.merge"), priority=10, interpretable=True))

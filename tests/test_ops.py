@@ -184,7 +184,7 @@ def test_decode_float8_pages_and_zero_length(impl, rng):
 def test_decode_out_of_range_is_contained(impl, rng):
   """Lengths past the table and junk page ids read only inside the cache."""
   B, S, Nq, Nkv, D = 2, 16, 2, 1, 32
-  dtype = jnp.float32
+  dtype = jnp.bfloat16
   kd, vd = randn(rng, (B, S, Nkv, D), dtype), randn(rng, (B, S, Nkv, D), dtype)
   cache, table = paged_cache(rng, kd, vd, 8, dtype)
   table = table.at[1, 1].set(10_000)

@@ -1,0 +1,256 @@
+"""GPU probe for the CUDA FP8 kernels (csrc/, jattn.ffi): JIT build time and cache, then
+timings next to cuDNN bf16 in one process.
+
+  PYTHONPATH=. python3 -m benchmarks.fp8_probe [--out DIR]     timings
+  PYTHONPATH=. python3 -m benchmarks.fp8_probe --build-check   first build in an empty
+      cache (seconds), then a second process on that cache (its compile count)
+  PYTHONPATH=. python3 -m benchmarks.fp8_probe --sanitize CASE one small call, for
+      compute-sanitizer --tool memcheck|racecheck --kernel-name kns=jattn python3 ...
+
+Prefill: B4 T4096 H32 D128 causal; FP8 (implementation="cuda", V^T pass included, and
+the kernel alone on a pre-transposed V) vs cuDNN bf16 and jattn's bf16 prefill. Causal
+FLOPs = 2 B N T^2 D. Decode: B32 S4096 Hq32 Hkv8 D128, FP8 pages of 16 tokens vs cuDNN
+bf16 dense decode and jattn's bf16 paged decode; bytes = K + V read once. Timing:
+benchmarks.timing.bench (median of 7 repetitions of back-to-back jitted calls).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jattn
+from benchmarks.timing import bench, ceilings
+from jattn import reference, variants as V
+from jattn.ffi import build, fp8
+
+T0 = time.time()
+F8 = jnp.float8_e4m3fn
+
+
+def log(*a):
+  print(f"[{time.time() - T0:6.1f}s]", *a, flush=True)
+
+
+def rel(x, ref):
+  x = np.asarray(jnp.asarray(x, jnp.float32), np.float64)
+  ref = np.asarray(jnp.asarray(ref, jnp.float32), np.float64)
+  return float(np.linalg.norm(x - ref) / np.linalg.norm(ref))
+
+
+def build_check() -> dict:
+  """First build of one instantiation in an empty cache, then a second process."""
+  with tempfile.TemporaryDirectory() as d:
+    os.environ["JATTN_CACHE_DIR"], old = d, os.environ.get("JATTN_CACHE_DIR")
+    arch = fp8.device_arch()
+    k = build.prefill_kernel(64, False, arch)
+    t0 = time.perf_counter()
+    build.build(k, arch)
+    first = time.perf_counter() - t0
+    code = ("from jattn.ffi import build; import sys; "
+            f"build.build(build.prefill_kernel(64, False, {arch!r}), {arch!r}); "
+            "print(build.stats['compiles'])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    if old is None:
+      del os.environ["JATTN_CACHE_DIR"]
+    else:
+      os.environ["JATTN_CACHE_DIR"] = old
+  return dict(first_build_s=first, second_process_compiles=r.stdout.strip() or r.stderr[-300:])
+
+
+def prefill_inputs(key, B, T, H, D, n=2):
+  sets = []
+  for i in range(n):
+    ks = jax.random.split(jax.random.fold_in(key, i), 3)
+    sets.append(tuple(jax.random.normal(k, (B, T, H, D), jnp.float32) for k in ks))
+  return sets
+
+
+def prefill_bench(B=4, T=4096, H=32, D=128) -> dict:
+  key = jax.random.key(0)
+  f32 = prefill_inputs(key, B, T, H, D)
+  bf = [tuple(x.astype(jnp.bfloat16) for x in s) for s in f32]
+  s8 = [tuple(x.astype(F8) for x in s) for s in f32]
+  del f32
+  one = jnp.ones((H,), jnp.float32)
+  flops = 2 * B * H * T * T * D
+  res = {}
+
+  def fp8_call(q, k, v):
+    return jattn.attention(q, k, v, causal=True, q_scale=one, k_scale=one, v_scale=one,
+                           implementation="cuda")
+
+  name = fp8._target(build.prefill_kernel(D, True, fp8.device_arch()), fp8.device_arch())
+  kernel = jax.ffi.ffi_call(name, (jax.ShapeDtypeStruct((B, T, H, D), jnp.bfloat16),
+                                   jax.ShapeDtypeStruct((B, T, H), jnp.float32)))
+
+  def fp8_kernel_only(q, k, vt):
+    return kernel(q, k, vt, one, one, one, sm_scale=np.float32(D ** -0.5),
+                  causal=np.bool_(True))[0]
+
+  vts = [(q, k, jax.jit(fp8.transpose_v)(v)) for q, k, v in s8]
+  cands = {
+      "cudnn_bf16": (jax.jit(lambda q, k, v: jax.nn.dot_product_attention(
+          q, k, v, is_causal=True, implementation="cudnn")), bf),
+      "jattn_fp8_cuda": (jax.jit(fp8_call), s8),
+      "jattn_fp8_kernel_only": (jax.jit(fp8_kernel_only), vts),
+      "v_transpose_only": (jax.jit(fp8.transpose_v), [(s[2],) for s in s8]),
+      "jattn_bf16_pallas": (jax.jit(lambda q, k, v: jattn.attention(
+          q, k, v, causal=True, implementation="pallas")), bf),
+  }
+  outs = {}
+  for name, (fn, args) in cands.items():
+    try:
+      t = bench(fn, args)
+      outs[name] = t.out
+      res[name] = dict(ms=t.median_s * 1e3, tflops=flops / t.median_s / 1e12,
+                       spread=t.spread, compile_s=t.compile_s)
+      log(f"prefill {name:24s} {t.median_s * 1e3:8.3f} ms {flops / t.median_s / 1e12:7.1f} "
+          f"TFLOP/s (spread {t.spread:.2f})")
+    except Exception as e:  # noqa: BLE001  (report and go on)
+      res[name] = dict(error=f"{type(e).__name__}: {str(e)[:300]}")
+      log(f"prefill {name} failed: {res[name]['error']}")
+  if "jattn_fp8_cuda" in outs and "cudnn_bf16" in outs:
+    res["rel_err_fp8_vs_cudnn_bf16"] = rel(outs["jattn_fp8_cuda"], outs["cudnn_bf16"])
+  return res
+
+
+def decode_bench(B=32, S=4096, Hq=32, Hkv=8, D=128, page=16) -> dict:
+  key = jax.random.key(1)
+  kq, kk, kv = jax.random.split(key, 3)
+  q = jax.random.normal(kq, (B, Hq, D), jnp.float32).astype(jnp.bfloat16)
+  k = jax.random.normal(kk, (B, S, Hkv, D), jnp.float32)
+  v = jax.random.normal(kv, (B, S, Hkv, D), jnp.float32)
+  M = S // page
+  perm = np.random.default_rng(0).permutation(B * M)
+  table = jnp.asarray(perm.reshape(B, M), jnp.int32)
+  inv = jnp.asarray(np.argsort(perm), jnp.int32)
+
+  def pages(x):  # [B, S, H, D] -> [P, page, H, D] in table order
+    return x.reshape(B * M, page, Hkv, D)[inv]
+
+  scale = jnp.full((Hkv,), 1 / 64, jnp.float32)
+  c8 = jattn.PagedKVCache(reference.quantize(pages(k), scale, F8),
+                          reference.quantize(pages(v), scale, F8), scale, scale)
+  cbf = jattn.PagedKVCache(pages(k).astype(jnp.bfloat16), pages(v).astype(jnp.bfloat16))
+  kb, vb = k.astype(jnp.bfloat16), v.astype(jnp.bfloat16)
+  del k, v
+  lens = jnp.full((B,), S, jnp.int32)
+  bytes8 = 2 * B * S * Hkv * D
+  res = {}
+  cands = {
+      "cudnn_bf16_dense": (jax.jit(lambda q, k, v: jax.nn.dot_product_attention(
+          q[:, None], k, v, implementation="cudnn")[:, 0]), [(q, kb, vb)], 2 * bytes8),
+      "jattn_fp8_cuda_paged": (jax.jit(lambda q, c, t, l: jattn.decode(
+          q, c, t, l, implementation="cuda")), [(q, c8, table, lens)], bytes8),
+      "jattn_bf16_pallas_paged": (jax.jit(lambda q, c, t, l: jattn.decode(
+          q, c, t, l, implementation="pallas")), [(q, cbf, table, lens)], 2 * bytes8),
+  }
+  outs = {}
+  for name, (fn, args, nbytes) in cands.items():
+    try:
+      t = bench(fn, args)
+      outs[name] = t.out
+      res[name] = dict(us=t.median_s * 1e6, gbps=nbytes / t.median_s / 1e9,
+                       tokens_per_s=B / t.median_s, spread=t.spread)
+      log(f"decode  {name:24s} {t.median_s * 1e6:8.1f} us {nbytes / t.median_s / 1e9:7.0f} GB/s "
+          f"(spread {t.spread:.2f})")
+    except Exception as e:  # noqa: BLE001
+      res[name] = dict(error=f"{type(e).__name__}: {str(e)[:300]}")
+      log(f"decode {name} failed: {res[name]['error']}")
+  if "jattn_fp8_cuda_paged" in outs and "cudnn_bf16_dense" in outs:
+    res["rel_err_fp8_vs_cudnn_bf16"] = rel(outs["jattn_fp8_cuda_paged"], outs["cudnn_bf16_dense"])
+  return res
+
+
+SANITIZE_PREFILL = ((128, True, 150, 300), (64, False, 70, 130), (256, True, 130, 90))
+SANITIZE_DECODE = ((700, 16, 4), (40, 8, 16))
+
+
+def sanitize_calls(case: int):
+  """One small call (case < 3: prefill, else decode), one per process: with all calls in
+  one process (run 1) compute-sanitizer segfaulted after the first; one per process let
+  most of them finish (run 2; see benchmarks/NOTES.md)."""
+  rng = np.random.default_rng(0)
+  r = lambda *s: jnp.asarray(rng.standard_normal(s), jnp.float32)
+  prefill = SANITIZE_PREFILL[case:case + 1]
+  decode = SANITIZE_DECODE[max(0, case - len(SANITIZE_PREFILL)):][:1] if case >= 3 else ()
+  for D, causal, T, S in prefill:
+    q, k, v = r(2, T, 2, D).astype(F8), r(2, S, 1, D).astype(F8), r(2, S, 1, D).astype(F8)
+    o = jattn.attention(q, k, v, causal=causal, implementation="cuda")
+    ref = reference.attention_fp8(q, k, v, *(jnp.ones((n,), jnp.float32) for n in (2, 1, 1)),
+                                  sm_scale=D ** -0.5, variant=V.causal() if causal
+                                  else V.Variant(name="identity"))[0]
+    log(f"sanitize prefill D{D} causal={causal}: rel err {rel(o, ref):.3e}")
+  for S, page, G in decode:
+    k, v = r(2, S, 2, 128), r(2, S, 2, 128)
+    M = -(-S // page)
+    kp = jnp.pad(k, ((0, 0), (0, M * page - S), (0, 0), (0, 0))).reshape(2 * M, page, 2, 128)
+    vp = jnp.pad(v, ((0, 0), (0, M * page - S), (0, 0), (0, 0))).reshape(2 * M, page, 2, 128)
+    s = jnp.full((2,), 0.02, jnp.float32)
+    c = jattn.PagedKVCache(reference.quantize(kp, s, F8), reference.quantize(vp, s, F8), s, s)
+    table = jnp.arange(2 * M, dtype=jnp.int32).reshape(2, M)
+    lens = jnp.asarray([S, S // 3], jnp.int32)
+    q = r(2, 2 * G, 128).astype(jnp.bfloat16)
+    o = jattn.decode(q, c, table, lens, implementation="cuda")
+    ref = reference.decode(q.astype(jnp.float32), c, table, lens, sm_scale=128 ** -0.5,
+                           variant=V.Variant(name="identity"))[0]
+    log(f"sanitize decode S{S} G{G}: rel err {rel(o, ref):.3e}")
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--out", default=os.environ.get("OUT", "."))
+  ap.add_argument("--sanitize", type=int, default=None, metavar="CASE",
+                  help=f"one small call, CASE in 0..{len(SANITIZE_PREFILL) + len(SANITIZE_DECODE) - 1}")
+  ap.add_argument("--build-check", action="store_true")
+  args = ap.parse_args()
+  dev = jax.devices()[0]
+  log("device", dev.device_kind, getattr(dev, "compute_capability", "?"))
+  if args.sanitize is not None:
+    sanitize_calls(args.sanitize)
+    return
+  if args.build_check:
+    log("build", build_check())
+    return
+  res = dict(device=dev.device_kind)
+  res["ceilings"] = ceilings()
+  log("ceilings", res["ceilings"])
+  res["prefill"] = prefill_bench()
+  res["decode"] = decode_bench()
+  with open(os.path.join(args.out, "fp8_probe.json"), "w") as f:
+    json.dump(res, f, indent=1, default=str)
+  p, d = res["prefill"], res["decode"]
+
+  def ratio(a, b, key):
+    try:
+      return a[key] / b[key]
+    except (KeyError, TypeError, ZeroDivisionError):
+      return float("nan")
+
+  print("\n| what | figure |\n|---|---|")
+  for name, r in p.items():
+    if isinstance(r, dict) and "ms" in r:
+      print(f"| prefill {name} | {r['ms']:.3f} ms, {r['tflops']:.0f} TFLOP/s |")
+  print(f"| prefill fp8 / cuDNN bf16 speed | {ratio(p.get('jattn_fp8_cuda', {}), p.get('cudnn_bf16', {}), 'tflops'):.2f}x |")
+  for name, r in d.items():
+    if isinstance(r, dict) and "us" in r:
+      print(f"| decode {name} | {r['us']:.1f} us, {r['gbps']:.0f} GB/s |")
+  print(f"| decode fp8 / cuDNN bf16 tokens/s | "
+        f"{ratio(d.get('jattn_fp8_cuda_paged', {}), d.get('cudnn_bf16_dense', {}), 'tokens_per_s'):.2f}x |")
+  print(f"| decode fp8 GB/s / copy GB/s | "
+        f"{d.get('jattn_fp8_cuda_paged', {}).get('gbps', float('nan')) / res['ceilings']['copy_gbps']:.2f} |")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,307 @@
+// FP8-KV paged decode: one bf16 query per sequence against a float8_e4m3fn paged cache.
+//
+// Layouts (jattn.PagedKVCache / jattn.decode):
+//   q [B, Nq, D] bf16; k_pages, v_pages [P, page_size, Nkv, D] e4m3;
+//   k_scale, v_scale [Nkv] float32; page_table [B, M] int32; kv_lens [B] int32.
+//   Sequence b's token s is in page page_table[b, s / page_size], slot s % page_size.
+//   Page ids are clamped to [0, P) and kv_lens to [0, M * page_size]: reads stay in the cache.
+//   Outputs: o [B, Nq, D] bf16, lse [B, Nq] float32 (natural log; -inf if kv_len == 0).
+//
+// Grid (splits, Nkv, B), 4 warps per CTA. A CTA serves the G = Nq / Nkv query heads of one
+// kv head over one split of the keys; its warps take interleaved chunks of 32 tokens.
+// Both products run on f16 tensor cores (mma.m16n8k16), with K and V converted from e4m3
+// (exact) in registers, loaded straight from global memory (16-byte loads, the next
+// chunk's loads in flight while the current one is computed):
+//   S^T [16 heads x 8 tokens] = Q [16 x D] . K^T: the K tile is the B operand, so each
+//     thread needs D/4 contiguous bytes of one token (the d order is permuted the same way
+//     in q's A fragment, which the dot product does not see).
+//   O^T [D x 8 heads] += V^T [D x 16 tokens] . P^T: V^T is the A operand; a thread loads
+//     D/8 contiguous bytes of 4 tokens and interleaves byte pairs with prmt; P^T is the B
+//     operand and comes out of S^T's accumulator layout unchanged.
+// Heads beyond G (up to 16) are zero rows. The softmax scale is folded into q (as f16);
+// k_scale * log2(e) scales the logits, v_scale the output.
+// One split writes o and lse directly; several write f32 partials that
+// decode_combine_kernel merges (flash-decoding).
+#pragma once
+
+#include "common.cuh"
+
+namespace jattn {
+
+struct DecodeParams {
+  const __nv_bfloat16* q;
+  const uint8_t* k_pages;
+  const uint8_t* v_pages;
+  const float* k_scale;
+  const float* v_scale;
+  const int* page_table;
+  const int* kv_lens;
+  __nv_bfloat16* o;
+  float* lse;
+  float* part_o;    // [B, Nq, splits, D]
+  float* part_lse;  // [B, Nq, splits]
+  int B, Nq, Nkv, P, page_size, M, splits, split_tokens;
+  float sm_scale;
+};
+
+constexpr int kDecodeWarps = 4;
+
+template <int N>
+__device__ __forceinline__ void load_words(uint32_t (&dst)[N], const uint8_t* src) {
+  if constexpr (N % 4 == 0) {
+#pragma unroll
+    for (int i = 0; i < N / 4; ++i) {
+      uint4 v = __ldg(reinterpret_cast<const uint4*>(src) + i);
+      dst[4 * i] = v.x, dst[4 * i + 1] = v.y, dst[4 * i + 2] = v.z, dst[4 * i + 3] = v.w;
+    }
+  } else {
+    static_assert(N == 2, "8-byte loads for D = 64");
+    uint2 v = __ldg(reinterpret_cast<const uint2*>(src));
+    dst[0] = v.x, dst[1] = v.y;
+  }
+}
+
+template <int D, int HT>  // HT: 8-head tiles of the group (1: G <= 8, 2: G <= 16)
+__global__ void __launch_bounds__(kDecodeWarps * 32) decode_fp8_kernel(const DecodeParams prm) {
+  constexpr int KW = D / 16;  // K words per thread per token (D/4 bytes)
+  constexpr int VW = D / 32;  // V words per thread per token (D/8 bytes)
+  // Prefetching the next chunk doubles the load registers: only where they fit.
+  constexpr bool kPrefetch = D * HT <= 128;
+  const int split = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
+  const int G = prm.Nq / prm.Nkv;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;
+
+  const int max_len = prm.M * prm.page_size;
+  const int kv_len = min(max(prm.kv_lens[b], 0), max_len);
+  const int begin = split * prm.split_tokens;
+  const int end = min(kv_len, begin + prm.split_tokens);
+  const int* table = prm.page_table + size_t(b) * prm.M;
+
+  // q A fragments (rows = heads g, g + 8; k16 chunk c covers d = t*D/4 + 4c + 0..3).
+  uint32_t qa[KW][4];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int head = g + 8 * r;
+    const bool ok = head < G && (r == 0 || HT == 2);
+    const __nv_bfloat16* qp = prm.q + (size_t(b) * prm.Nq + hk * G + head) * D + t * (D / 4);
+#pragma unroll
+    for (int c = 0; c < KW; ++c) {
+      float x[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) x[e] = ok ? __bfloat162float(qp[4 * c + e]) * prm.sm_scale : 0.f;
+      qa[c][r] = f32x2_to_f16x2(x[0], x[1]);
+      qa[c][2 + r] = f32x2_to_f16x2(x[2], x[3]);
+    }
+  }
+  const float k_log2 = prm.k_scale[hk] * kLog2e;
+
+  float o[HT][D / 16][4];
+#pragma unroll
+  for (int h = 0; h < HT; ++h)
+#pragma unroll
+    for (int i = 0; i < D / 16; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o[h][i][e] = 0.f;
+  float m[HT], l[HT];
+#pragma unroll
+  for (int h = 0; h < HT; ++h) m[h] = -INFINITY, l[h] = 0.f;
+
+  // Token of each load slot within a 32-token chunk: K slot n -> 8n + g; V slot
+  // 4*ks + u -> 16 ks + {2t, 2t+1, 2t+8, 2t+9}[u].
+  auto token_offset = [&](int tok, int col) -> size_t {
+    int page = table[tok / prm.page_size];
+    page = min(max(page, 0), prm.P - 1);
+    return ((size_t(page) * prm.page_size + tok % prm.page_size) * prm.Nkv + hk) * D + col;
+  };
+  uint32_t kc[4][KW], vc[8][VW], kn[kPrefetch ? 4 : 1][KW], vn[kPrefetch ? 8 : 1][VW];
+  auto load_chunk = [&](int base, auto& kd, auto& vd) {
+#pragma unroll
+    for (int n = 0; n < 4; ++n) {
+      const int tok = base + 8 * n + g;
+      if (tok < end) load_words(kd[n], prm.k_pages + token_offset(tok, t * (D / 4)));
+      else
+#pragma unroll
+        for (int w = 0; w < KW; ++w) kd[n][w] = 0;
+    }
+#pragma unroll
+    for (int s = 0; s < 8; ++s) {
+      const int tok = base + 16 * (s / 4) + 2 * t + (s % 2) + 8 * ((s / 2) % 2);
+      if (tok < end) load_words(vd[s], prm.v_pages + token_offset(tok, g * (D / 8)));
+      else
+#pragma unroll
+        for (int w = 0; w < VW; ++w) vd[s][w] = 0;
+    }
+  };
+
+  const int stride = 32 * kDecodeWarps;
+  int base = begin + 32 * warp;
+  if (kPrefetch && base < end) load_chunk(base, kc, vc);
+  for (; base < end; base += stride) {
+    if constexpr (kPrefetch) {
+      if (base + stride < end) load_chunk(base + stride, kn, vn);
+    } else {
+      load_chunk(base, kc, vc);
+    }
+
+    // S^T: 4 tiles of 8 tokens; s[n][0..1] head g tokens 8n+2t+{0,1}, s[n][2..3] head g+8.
+    float s[4][4];
+#pragma unroll
+    for (int n = 0; n < 4; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[n][e] = 0.f;
+#pragma unroll
+      for (int c = 0; c < KW; ++c)
+        mma_f16_16816(s[n], qa[c], e4m3x2_to_f16x2(uint16_t(kc[n][c])),
+                      e4m3x2_to_f16x2(uint16_t(kc[n][c] >> 16)));
+    }
+    // Online softmax per head (quad lanes share a head), base 2.
+    uint32_t pb[HT][2][2];  // [head tile][k16 step][b0/b1]
+    float alpha_t[HT][2];   // alpha of heads 8h + 2t + e (the O^T columns of this thread)
+#pragma unroll
+    for (int h = 0; h < HT; ++h) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int n = 0; n < 4; ++n)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int tok = base + 8 * n + 2 * t + e;
+          float x = tok < end ? s[n][2 * h + e] * k_log2 : -INFINITY;
+          s[n][2 * h + e] = x;
+          mx = fmaxf(mx, x);
+        }
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
+      const float m_new = fmaxf(m[h], mx);
+      const float m_use = m_new == -INFINITY ? 0.f : m_new;
+      const float alpha = exp2_approx(m[h] - m_use);
+      m[h] = m_new;
+      float sum = 0.f;
+#pragma unroll
+      for (int n = 0; n < 4; ++n)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const float p = exp2_approx(s[n][2 * h + e] - m_use);
+          s[n][2 * h + e] = p;
+          sum += p;
+        }
+      l[h] = l[h] * alpha + sum;
+#pragma unroll
+      for (int ks = 0; ks < 2; ++ks) {
+        pb[h][ks][0] = f32x2_to_f16x2(s[2 * ks][2 * h], s[2 * ks][2 * h + 1]);
+        pb[h][ks][1] = f32x2_to_f16x2(s[2 * ks + 1][2 * h], s[2 * ks + 1][2 * h + 1]);
+      }
+      alpha_t[h][0] = __shfl_sync(0xffffffff, alpha, 4 * (2 * t));
+      alpha_t[h][1] = __shfl_sync(0xffffffff, alpha, 4 * (2 * t + 1));
+    }
+    // O^T += V^T P^T; o[h][i][0..1] = d g*D/8 + 2i, heads 8h + 2t + {0,1}; [2..3] = d + 1.
+#pragma unroll
+    for (int h = 0; h < HT; ++h)
+#pragma unroll
+      for (int i = 0; i < D / 16; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) o[h][i][e] *= alpha_t[h][e % 2];
+#pragma unroll
+    for (int ks = 0; ks < 2; ++ks)
+#pragma unroll
+      for (int w = 0; w < VW; ++w) {
+        const uint32_t x0 = vc[4 * ks][w], y0 = vc[4 * ks + 1][w];      // tokens 2t, 2t+1
+        const uint32_t x1 = vc[4 * ks + 2][w], y1 = vc[4 * ks + 3][w];  // tokens 2t+8, 2t+9
+        const uint32_t lo0 = prmt(x0, y0, 0x5140), hi0 = prmt(x0, y0, 0x7362);
+        const uint32_t lo1 = prmt(x1, y1, 0x5140), hi1 = prmt(x1, y1, 0x7362);
+        uint32_t a_lo[4] = {e4m3x2_to_f16x2(uint16_t(lo0)), e4m3x2_to_f16x2(uint16_t(lo0 >> 16)),
+                            e4m3x2_to_f16x2(uint16_t(lo1)), e4m3x2_to_f16x2(uint16_t(lo1 >> 16))};
+        uint32_t a_hi[4] = {e4m3x2_to_f16x2(uint16_t(hi0)), e4m3x2_to_f16x2(uint16_t(hi0 >> 16)),
+                            e4m3x2_to_f16x2(uint16_t(hi1)), e4m3x2_to_f16x2(uint16_t(hi1 >> 16))};
+#pragma unroll
+        for (int h = 0; h < HT; ++h) {
+          mma_f16_16816(o[h][2 * w], a_lo, pb[h][ks][0], pb[h][ks][1]);
+          mma_f16_16816(o[h][2 * w + 1], a_hi, pb[h][ks][0], pb[h][ks][1]);
+        }
+      }
+    if constexpr (kPrefetch) {
+#pragma unroll
+      for (int n = 0; n < 4; ++n)
+#pragma unroll
+        for (int w = 0; w < KW; ++w) kc[n][w] = kn[n][w];
+#pragma unroll
+      for (int s2 = 0; s2 < 8; ++s2)
+#pragma unroll
+        for (int w = 0; w < VW; ++w) vc[s2][w] = vn[s2][w];
+    }
+  }
+
+  // ------------------------------------------------ merge the warps of the CTA
+  constexpr int GH = 8 * HT;
+  __shared__ float m_w[kDecodeWarps][GH], l_w[kDecodeWarps][GH];
+  extern __shared__ float o_w[];  // [warps][GH][D]
+#pragma unroll
+  for (int h = 0; h < HT; ++h) {
+    float lt = l[h];
+    lt += __shfl_xor_sync(0xffffffff, lt, 1);
+    lt += __shfl_xor_sync(0xffffffff, lt, 2);
+    if (t == 0) m_w[warp][g + 8 * h] = m[h], l_w[warp][g + 8 * h] = lt;
+  }
+  __syncthreads();
+#pragma unroll
+  for (int h = 0; h < HT; ++h)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int head = 8 * h + 2 * t + e;
+      float mx = -INFINITY;
+#pragma unroll
+      for (int w = 0; w < kDecodeWarps; ++w) mx = fmaxf(mx, m_w[w][head]);
+      const float f = m_w[warp][head] == -INFINITY ? 0.f : exp2_approx(m_w[warp][head] - mx);
+      float* dst = o_w + (warp * GH + head) * D + g * (D / 8);
+#pragma unroll
+      for (int i = 0; i < D / 16; ++i) {
+        dst[2 * i] = o[h][i][e] * f;
+        dst[2 * i + 1] = o[h][i][2 + e] * f;
+      }
+    }
+  __syncthreads();
+  const float v_scale = prm.v_scale[hk];
+  for (int idx = threadIdx.x; idx < G * D; idx += blockDim.x) {
+    const int head = idx / D, d = idx % D;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kDecodeWarps; ++w) mx = fmaxf(mx, m_w[w][head]);
+    float lt = 0.f, acc = 0.f;
+#pragma unroll
+    for (int w = 0; w < kDecodeWarps; ++w) {
+      if (m_w[w][head] == -INFINITY) continue;
+      lt += l_w[w][head] * exp2_approx(m_w[w][head] - mx);
+      acc += o_w[(w * GH + head) * D + d];
+    }
+    const size_t row = size_t(b) * prm.Nq + hk * G + head;
+    const float lse = lt > 0.f ? (mx + __log2f(lt)) * kLn2 : -INFINITY;
+    if (prm.splits == 1) {
+      prm.o[row * D + d] = __float2bfloat16(lt > 0.f ? acc * v_scale / lt : 0.f);
+      if (d == 0) prm.lse[row] = lse;
+    } else {
+      prm.part_o[(row * prm.splits + split) * D + d] = lt > 0.f ? acc / lt : 0.f;
+      if (d == 0) prm.part_lse[row * prm.splits + split] = lse;
+    }
+  }
+}
+
+// Merges the splits' partials: o = v_scale * sum_s w_s o_s / sum_s w_s, w_s = e^(lse_s - max).
+template <int D>
+__global__ void __launch_bounds__(D) decode_combine_kernel(const DecodeParams prm) {
+  const int row = blockIdx.x, d = threadIdx.x;  // row = b * Nq + head
+  const float* lse = prm.part_lse + size_t(row) * prm.splits;
+  float mx = -INFINITY;
+  for (int s = 0; s < prm.splits; ++s) mx = fmaxf(mx, lse[s]);
+  float wsum = 0.f, acc = 0.f;
+  if (mx != -INFINITY)
+    for (int s = 0; s < prm.splits; ++s) {
+      const float w = __expf(lse[s] - mx);
+      wsum += w;
+      acc += w * prm.part_o[(size_t(row) * prm.splits + s) * D + d];
+    }
+  const float v_scale = prm.v_scale[(row % prm.Nq) / (prm.Nq / prm.Nkv)];
+  prm.o[size_t(row) * D + d] = __float2bfloat16(wsum > 0.f ? acc * v_scale / wsum : 0.f);
+  if (d == 0) prm.lse[row] = wsum > 0.f ? mx + __logf(wsum) : -INFINITY;
+}
+
+}  // namespace jattn

@@ -1,0 +1,114 @@
+// XLA FFI handler of the FP8 prefill kernel (prefill_fp8.cuh), one instantiation per
+// shared object: the JIT build (jattn/ffi/build.py) defines
+//   JATTN_HEAD_DIM (64 | 128 | 256), JATTN_CAUSAL (0 | 1), JATTN_WGMMA (0 | 1).
+// Exported symbol: JattnFp8Prefill. Every shape problem or CUDA error is returned as an
+// ffi::Error, which XLA raises as a Python exception.
+#include <string>
+
+#include "prefill_fp8.cuh"
+#include "tma_host.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int kD = JATTN_HEAD_DIM;
+constexpr bool kCausal = JATTN_CAUSAL;
+using Cfg = jattn::PrefillConfig<kD>;
+
+std::string dims_str(ffi::Span<const int64_t> d) {
+  std::string s = "[";
+  for (size_t i = 0; i < d.size(); ++i) s += (i ? ", " : "") + std::to_string(d[i]);
+  return s + "]";
+}
+
+ffi::Error bad(const std::string& what) {
+  return ffi::Error::InvalidArgument("jattn fp8 prefill (head_dim " + std::to_string(kD) +
+                                     (kCausal ? ", causal" : "") + "): " + what);
+}
+
+ffi::Error Prefill(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer vt,
+                   ffi::Buffer<ffi::F32> q_scale, ffi::Buffer<ffi::F32> k_scale,
+                   ffi::Buffer<ffi::F32> v_scale, float sm_scale, bool causal,
+                   ffi::ResultBuffer<ffi::BF16> o, ffi::ResultBuffer<ffi::F32> lse) {
+  for (auto* x : {&q, &k, &vt})
+    if (x->element_type() != ffi::DataType::F8E4M3FN) return bad("q, k, vt must be float8_e4m3fn");
+  auto qd = q.dimensions(), kd = k.dimensions(), vd = vt.dimensions();
+  if (qd.size() != 4 || kd.size() != 4 || vd.size() != 4)
+    return bad("q, k, vt must be rank 4, got " + dims_str(qd) + ", " + dims_str(kd) + ", " +
+               dims_str(vd));
+  const int64_t B = qd[0], T = qd[1], Nq = qd[2], D = qd[3];
+  const int64_t S = kd[1], Nkv = kd[2], Sp = vd[3];
+  if (causal != kCausal) return bad("called with causal=" + std::to_string(causal));
+  if (D != kD || kd[3] != kD) return bad("head_dim must be " + std::to_string(kD));
+  if (kd[0] != B || vd[0] != B || vd[1] != Nkv || vd[2] != kD)
+    return bad("k " + dims_str(kd) + " / vt " + dims_str(vd) + " do not match q " +
+               dims_str(qd) + " (vt is [B, Nkv, D, Sp])");
+  if (Nkv <= 0 || Nq % Nkv) return bad("Nq must be a multiple of Nkv");
+  if (T <= 0 || S <= 0 || Sp < S || Sp % 32) return bad("need T, S > 0 and Sp >= S, Sp % 32 == 0");
+  if (B > 65535 || Nq > 65535 || T > (int64_t(1) << 30) || S > (int64_t(1) << 30))
+    return bad("shape too large");
+  if (q_scale.element_count() != size_t(Nq) || k_scale.element_count() != size_t(Nkv) ||
+      v_scale.element_count() != size_t(Nkv))
+    return bad("scales must be float32 [Nq], [Nkv], [Nkv]");
+  if (o->dimensions().size() != 4 || o->element_count() != q.element_count() ||
+      lse->element_count() != size_t(B * T * Nq))
+    return bad("output shapes must be [B, T, Nq, D] and [B, T, Nq]");
+
+  CUtensorMap q_map, k_map, v_map;
+  std::string err;
+  // Boxes: Q [BM rows x panel], K [BN rows x panel], V^T [D rows x BN] (keys innermost).
+  if (!jattn::make_map_4d(&q_map, q.untyped_data(), {uint64_t(kD), uint64_t(Nq), uint64_t(T),
+                                                     uint64_t(B)},
+                          {Cfg::QK_PANEL, 1, Cfg::BM, 1}, Cfg::QK_PANEL, &err) ||
+      !jattn::make_map_4d(&k_map, k.untyped_data(), {uint64_t(kD), uint64_t(Nkv), uint64_t(S),
+                                                     uint64_t(B)},
+                          {Cfg::QK_PANEL, 1, Cfg::BN, 1}, Cfg::QK_PANEL, &err) ||
+      !jattn::make_map_4d(&v_map, vt.untyped_data(), {uint64_t(Sp), uint64_t(kD),
+                                                      uint64_t(Nkv), uint64_t(B)},
+                          {Cfg::BN, kD, 1, 1}, Cfg::V_PANEL, &err))
+    return ffi::Error::Internal("jattn fp8 prefill: " + err);
+
+  jattn::PrefillParams prm;
+  prm.o = reinterpret_cast<__nv_bfloat16*>(o->untyped_data());
+  prm.lse = lse->typed_data();
+  prm.q_scale = q_scale.typed_data();
+  prm.k_scale = k_scale.typed_data();
+  prm.v_scale = v_scale.typed_data();
+  prm.B = int(B);
+  prm.T = int(T);
+  prm.S = int(S);
+  prm.Nq = int(Nq);
+  prm.Nkv = int(Nkv);
+  prm.sm_scale = sm_scale;
+
+  auto kernel = jattn::prefill_fp8_kernel<kD, kCausal>;
+  // Per call: the attribute is per device, and setting it costs about a microsecond.
+  cudaError_t e =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::SMEM);
+  if (e != cudaSuccess)
+    return ffi::Error::Internal(std::string("jattn fp8 prefill: ") + cudaGetErrorString(e));
+  dim3 grid(unsigned((T + Cfg::BM - 1) / Cfg::BM), unsigned(Nq), unsigned(B));
+  kernel<<<grid, Cfg::THREADS, Cfg::SMEM, stream>>>(q_map, k_map, v_map, prm);
+  e = cudaGetLastError();
+  if (e != cudaSuccess)
+    return ffi::Error::Internal(std::string("jattn fp8 prefill launch: ") + cudaGetErrorString(e));
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JattnFp8Prefill, Prefill,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Arg<ffi::AnyBuffer>()  // q   float8_e4m3fn
+                                  .Arg<ffi::AnyBuffer>()  // k   float8_e4m3fn
+                                  .Arg<ffi::AnyBuffer>()  // vt  float8_e4m3fn
+                                  .Arg<ffi::Buffer<ffi::F32>>()       // q_scale
+                                  .Arg<ffi::Buffer<ffi::F32>>()       // k_scale
+                                  .Arg<ffi::Buffer<ffi::F32>>()       // v_scale
+                                  .Attr<float>("sm_scale")
+                                  .Attr<bool>("causal")
+                                  .Ret<ffi::Buffer<ffi::BF16>>()  // o
+                                  .Ret<ffi::Buffer<ffi::F32>>()); // lse

@@ -1,0 +1,363 @@
+// FP8 attention (prefill): e4m3 Q, K, V with float32 per-head scales, bf16 output, lse.
+//
+// Layouts (BTNH, as jattn.attention):
+//   q  [B, T, Nq, D]   e4m3      k [B, S, Nkv, D] e4m3
+//   vt [B, Nkv, D, Sp] e4m3: V transposed by the caller, keys contiguous, and inside each
+//      group of 32 keys permuted by `key_of_slot` (below), Sp = S rounded up to 32.
+//   q_scale [Nq], k_scale [Nkv], v_scale [Nkv] float32 (real value = stored * scale)
+//   o  [B, T, Nq, D] bf16,  lse [B, T, Nq] float32 (natural log; -inf for empty rows)
+// Query head h reads kv head h / (Nq / Nkv). Causal is bottom-right aligned: query t
+// sees key s iff s <= t + S - T.
+//
+// Math per row: x_j = (q.k_j) * sm_scale * q_scale * k_scale * log2(e); online softmax in
+// base 2 with a +8 exponent offset, so p = 2^(x - m + 8) lies in [0, 256] and keeps its
+// small values out of e4m3's subnormal range when it is cast to e4m3 for the P.V product;
+// l sums the unrounded p; o = v_scale * (P.V) / l, lse = (m + log2 l - 8) * ln 2.
+//
+// One CTA = 128 query rows of one (batch, head): warpgroup 0 is the producer (one thread
+// issues TMA loads of Q once and of K / V^T blocks into a STAGES-deep ring), warpgroups 1
+// and 2 each own 64 rows. Each consumer iteration issues S_j = Q K_j^T together with
+// O += P_{j-1} V_{j-1} as one group, then runs the softmax of S_j while the other
+// consumer's group uses the tensor cores (ping-pong through named barriers 1 and 2).
+// KV blocks are visited from the last (diagonal, masked) to the first.
+//
+// The GEMMs come in two flavours sharing everything else (the accumulator layouts agree):
+//   JATTN_WGMMA=1 (sm_90a): wgmma.m64nNk32 e4m3 (QGMMA), A = Q from shared memory for S,
+//                           A = P from registers for O; B from shared memory.
+//   JATTN_WGMMA=0 (sm_100a, or forced): mma.sync.m16n8k32 e4m3 per warp, fragments read
+//                           from the same swizzled shared-memory tiles. On sm_90/sm_100
+//                           ptxas lowers it to f16 HMMA plus conversions (no fp8 rate).
+#pragma once
+
+#include "common.cuh"
+#if JATTN_WGMMA
+#include "wgmma_fp8.cuh"
+#endif
+
+namespace jattn {
+
+// Within a group of 32 keys, P's register slot k (the k index of the A fragment) holds
+// the probability of key key_of_slot(k): the softmax accumulator layout packs without
+// shuffles, and V^T's columns are stored in slot order to match.
+__host__ __device__ constexpr int key_of_slot(int k) {
+  return (k & 16) + 8 * ((k >> 1) & 1) + 2 * ((k >> 2) & 3) + (k & 1);
+}
+
+template <int D_> struct PrefillConfig {
+  static constexpr int D = D_;
+  static constexpr int BM = 128;                  // query rows per CTA
+  static constexpr int BN = D <= 128 ? 128 : 64;  // keys per block
+  static constexpr int STAGES = 4;  // K/V ring depth: a TMA load has 3 blocks of lead
+  static constexpr int QK_PANEL = D < 128 ? D : 128;  // swizzle width of Q / K rows (bytes)
+  static constexpr int V_PANEL = BN;                  // V^T rows are BN bytes (<= 128)
+  static constexpr int Q_BYTES = BM * D;
+  static constexpr int K_BYTES = BN * D;
+  static constexpr int V_BYTES = D * BN;
+  static constexpr int THREADS = 384;
+  static constexpr int SMEM = Q_BYTES + STAGES * (K_BYTES + V_BYTES) + 1024 /*align*/ +
+                              64 * 8 /*barriers*/;
+};
+
+struct PrefillParams {
+  __nv_bfloat16* o;
+  float* lse;
+  const float* q_scale;
+  const float* k_scale;
+  const float* v_scale;
+  int B, T, S, Nq, Nkv;
+  float sm_scale;
+};
+
+// Byte offset of (row, col) in a tile of `rows` rows stored as column panels of `panel`
+// bytes with the TMA swizzle of that width (Swizzle<3,4,3> for 128, <2,4,3> for 64).
+template <int PANEL>
+__device__ __forceinline__ uint32_t tile_offset(int rows, int row, int col) {
+  uint32_t lin = (col / PANEL) * rows * PANEL + row * PANEL + (col % PANEL);
+  constexpr uint32_t mask = PANEL == 128 ? 7 : 3;
+  return lin ^ (((lin >> 7) & mask) << 4);
+}
+
+// S[64 x BN] (this warpgroup's rows) = Q K^T, into the wgmma accumulator layout.
+template <class C>
+__device__ __forceinline__ void gemm_qk(float (&s)[C::BN / 2], const uint8_t* q_tile,
+                                        const uint8_t* k_tile, int wg_row0) {
+#if JATTN_WGMMA
+#pragma unroll
+  for (int kk = 0; kk < C::D / 32; ++kk) {
+    const int panel = kk * 32 / C::QK_PANEL, col = kk * 32 % C::QK_PANEL;
+    uint64_t da = wgmma_desc(q_tile + panel * C::BM * C::QK_PANEL + wg_row0 * C::QK_PANEL +
+                                 col, C::QK_PANEL);
+    uint64_t db = wgmma_desc(k_tile + panel * C::BN * C::QK_PANEL + col, C::QK_PANEL);
+    Wgmma<C::BN>::ss(s, da, db, kk > 0);
+  }
+#else
+  const int lane = threadIdx.x % 32, warp = (threadIdx.x / 32) % 4;
+  const int g = lane / 4, t = lane % 4;
+  const int r0 = wg_row0 + warp * 16 + g;
+#pragma unroll
+  for (int i = 0; i < C::BN / 2; ++i) s[i] = 0.f;
+#pragma unroll
+  for (int kk = 0; kk < C::D / 32; ++kk) {
+    uint32_t a[4];
+    const int c0 = kk * 32 + 4 * t;
+    a[0] = *(const uint32_t*)(q_tile + tile_offset<C::QK_PANEL>(C::BM, r0, c0));
+    a[1] = *(const uint32_t*)(q_tile + tile_offset<C::QK_PANEL>(C::BM, r0 + 8, c0));
+    a[2] = *(const uint32_t*)(q_tile + tile_offset<C::QK_PANEL>(C::BM, r0, c0 + 16));
+    a[3] = *(const uint32_t*)(q_tile + tile_offset<C::QK_PANEL>(C::BM, r0 + 8, c0 + 16));
+#pragma unroll
+    for (int nt = 0; nt < C::BN / 8; ++nt) {
+      uint32_t b0 = *(const uint32_t*)(k_tile + tile_offset<C::QK_PANEL>(C::BN, nt * 8 + g, c0));
+      uint32_t b1 =
+          *(const uint32_t*)(k_tile + tile_offset<C::QK_PANEL>(C::BN, nt * 8 + g, c0 + 16));
+      mma_e4m3_16832(*reinterpret_cast<float(*)[4]>(&s[nt * 4]), a, b0, b1);
+    }
+  }
+#endif
+}
+
+// O[64 x D] += P[64 x BN] V[BN x D]; P in registers (e4m3 A fragments), V^T tile [D x BN].
+template <class C>
+__device__ __forceinline__ void gemm_pv(float (&o)[C::D / 2], const uint32_t (&p)[C::BN / 32][4],
+                                        const uint8_t* v_tile) {
+#if JATTN_WGMMA
+#pragma unroll
+  for (int kk = 0; kk < C::BN / 32; ++kk) {
+    uint64_t db = wgmma_desc(v_tile + kk * 32, C::V_PANEL);
+    Wgmma<C::D>::rs(o, p[kk], db, 1);
+  }
+#else
+  const int lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int kk = 0; kk < C::BN / 32; ++kk) {
+    const int c0 = kk * 32 + 4 * t;
+#pragma unroll
+    for (int dt = 0; dt < C::D / 8; ++dt) {
+      uint32_t b0 = *(const uint32_t*)(v_tile + tile_offset<C::V_PANEL>(C::D, dt * 8 + g, c0));
+      uint32_t b1 =
+          *(const uint32_t*)(v_tile + tile_offset<C::V_PANEL>(C::D, dt * 8 + g, c0 + 16));
+      mma_e4m3_16832(*reinterpret_cast<float(*)[4]>(&o[dt * 4]), p[kk], b0, b1);
+    }
+  }
+#endif
+}
+
+template <class C>
+__device__ __forceinline__ void issue_fence(float (&s)[C::BN / 2], float (&o)[C::D / 2]) {
+#if JATTN_WGMMA
+  fence_regs(s);
+  fence_regs(o);
+  wgmma_fence();
+#endif
+}
+
+template <class C>
+__device__ __forceinline__ void commit_and_wait(float (&s)[C::BN / 2], float (&o)[C::D / 2]) {
+#if JATTN_WGMMA
+  wgmma_commit();
+  wgmma_wait<0>();
+  fence_regs(s);
+  fence_regs(o);
+#endif
+}
+
+template <int D, bool CAUSAL>
+__global__ void __launch_bounds__(384, 1)
+    prefill_fp8_kernel(const __grid_constant__ CUtensorMap q_map,
+                       const __grid_constant__ CUtensorMap k_map,
+                       const __grid_constant__ CUtensorMap v_map, const PrefillParams prm) {
+  using C = PrefillConfig<D>;
+  constexpr int BM = C::BM, BN = C::BN, STAGES = C::STAGES;
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) &
+                                             ~uintptr_t(1023));
+  uint8_t* q_tile = smem;
+  uint8_t* k_tiles = q_tile + C::Q_BYTES;
+  uint8_t* v_tiles = k_tiles + STAGES * C::K_BYTES;
+  uint64_t* bars = reinterpret_cast<uint64_t*>(v_tiles + STAGES * C::V_BYTES);
+  uint64_t* q_full = bars;
+  uint64_t* k_full = bars + 1;
+  uint64_t* v_full = k_full + STAGES;
+  uint64_t* empty = v_full + STAGES;
+
+  const int m_blocks = (prm.T + BM - 1) / BM;
+  const int m_block = m_blocks - 1 - blockIdx.x;  // longest (causal) rows first
+  const int hq = blockIdx.y, b = blockIdx.z;
+  const int hk = hq / (prm.Nq / prm.Nkv);
+  const int m0 = m_block * BM;
+  const int offset = prm.S - prm.T;  // bottom-right alignment
+
+  int kv_end = prm.S;
+  if (CAUSAL) kv_end = min(kv_end, max(0, m0 + BM + offset));
+  const int n_blocks = (kv_end + BN - 1) / BN;
+
+  const int wg = threadIdx.x / 128;
+  if (threadIdx.x == 0) {
+    prefetch_tensormap(&q_map);
+    prefetch_tensormap(&k_map);
+    prefetch_tensormap(&v_map);
+    mbar_init(q_full, 1);
+    for (int s = 0; s < STAGES; ++s) {
+      mbar_init(&k_full[s], 1);
+      mbar_init(&v_full[s], 1);
+      mbar_init(&empty[s], 8);  // one arrival per consumer warp
+    }
+    fence_barrier_init();
+  }
+  __syncthreads();
+
+  if (wg == 0) {  // ------------------------------------------------------- producer
+    setmaxnreg_dec<24>();
+    if (threadIdx.x == 0 && n_blocks > 0) {
+      mbar_expect_tx(q_full, C::Q_BYTES);
+#pragma unroll
+      for (int p = 0; p < D / C::QK_PANEL; ++p)
+        tma_load_4d(q_tile + p * BM * C::QK_PANEL, &q_map, q_full, p * C::QK_PANEL, hq, m0, b);
+      for (int it = 0; it < n_blocks; ++it) {
+        const int j = n_blocks - 1 - it, stage = it % STAGES;
+        if (it >= STAGES) mbar_wait(&empty[stage], ((it / STAGES) - 1) & 1);
+        uint8_t* kt = k_tiles + stage * C::K_BYTES;
+        mbar_expect_tx(&k_full[stage], C::K_BYTES);
+#pragma unroll
+        for (int p = 0; p < D / C::QK_PANEL; ++p)
+          tma_load_4d(kt + p * BN * C::QK_PANEL, &k_map, &k_full[stage], p * C::QK_PANEL, hk,
+                      j * BN, b);
+        mbar_expect_tx(&v_full[stage], C::V_BYTES);
+        tma_load_4d(v_tiles + stage * C::V_BYTES, &v_map, &v_full[stage], j * BN, 0, hk, b);
+      }
+    }
+    return;
+  }
+
+  // ---------------------------------------------------------------------- consumers
+  setmaxnreg_inc<240>();
+  const int cw = wg - 1;  // consumer index: rows [64 cw, 64 cw + 64)
+  const int lane = threadIdx.x % 32, warp = (threadIdx.x / 32) % 4;
+  const int g = lane / 4, t = lane % 4;
+  const int row_in_cta = cw * 64 + warp * 16 + g;  // +8 for the second row
+  const float scale_log2 = prm.sm_scale * prm.q_scale[hq] * prm.k_scale[hk] * kLog2e;
+
+  float o[D / 2];
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+
+  if (n_blocks > 0) {
+    float s[BN / 2];
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) s[i] = 0.f;
+    uint32_t p[BN / 32][4];
+    auto sched_wait = [&] { named_sync(1 + cw, 256); };
+    auto sched_arrive = [&](bool last) {
+      if (!(cw == 1 && last)) named_arrive(2 - cw, 256);
+    };
+    if (cw == 1) named_arrive(1, 256);  // consumer 0 issues first
+
+    // Softmax of block j on s: masks, updates m/l, rescales o, writes p.
+    auto softmax = [&](int j) {
+      const int key0 = j * BN + 2 * t;
+      const bool need_mask = (j + 1) * BN > prm.S || (CAUSAL && (j + 1) * BN - 1 > m0 + offset);
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int last_key = CAUSAL ? m0 + row_in_cta + 8 * h + offset : prm.S - 1;
+        float mx = -INFINITY;  // of the raw q.k (scale_log2 > 0 keeps the order)
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            if (need_mask) {
+              const int key = key0 + nt * 8 + e;
+              if (key >= prm.S || key > last_key) s[nt * 4 + 2 * h + e] = -INFINITY;
+            }
+            mx = fmaxf(mx, s[nt * 4 + 2 * h + e]);
+          }
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
+        const float m_new = fmaxf(m[h], mx * scale_log2);  // m is kept in log2 units
+        const float m_use = m_new == -INFINITY ? 0.f : m_new;
+        const float alpha = exp2_approx(m[h] - m_use);
+        m[h] = m_new;
+        const float bias = 8.f - m_use;
+        float sum = 0.f;
+#pragma unroll
+        for (int i = 2 * h; i < BN / 2; i += 4)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const float pv = exp2_approx(fmaf(s[i + e], scale_log2, bias));
+            s[i + e] = pv;
+            sum += pv;
+          }
+        l[h] = l[h] * alpha + sum;
+#pragma unroll
+        for (int i = 2 * h; i < D / 2; i += 4) {
+          o[i] *= alpha;
+          o[i + 1] *= alpha;
+        }
+      }
+#pragma unroll
+      for (int kk = 0; kk < BN / 32; ++kk) {
+        const float* s0 = &s[kk * 16];  // n8 blocks 4kk .. 4kk+3
+        p[kk][0] = pack_e4m3x4(s0[0], s0[1], s0[4], s0[5]);
+        p[kk][1] = pack_e4m3x4(s0[2], s0[3], s0[6], s0[7]);
+        p[kk][2] = pack_e4m3x4(s0[8], s0[9], s0[12], s0[13]);
+        p[kk][3] = pack_e4m3x4(s0[10], s0[11], s0[14], s0[15]);
+      }
+    };
+    auto release = [&](int stage) {
+      __syncwarp();
+      if (lane == 0) mbar_arrive(&empty[stage]);
+    };
+
+    mbar_wait(q_full, 0);
+    // First block: S only.
+    mbar_wait(&k_full[0], 0);
+    sched_wait();
+    issue_fence<C>(s, o);
+    gemm_qk<C>(s, q_tile, k_tiles, cw * 64);
+    sched_arrive(false);
+    commit_and_wait<C>(s, o);
+    softmax(n_blocks - 1);
+    for (int it = 1; it < n_blocks; ++it) {
+      const int stage = it % STAGES, prev = (it - 1) % STAGES;
+      mbar_wait(&k_full[stage], (it / STAGES) & 1);
+      mbar_wait(&v_full[prev], ((it - 1) / STAGES) & 1);
+      sched_wait();
+      issue_fence<C>(s, o);
+      gemm_qk<C>(s, q_tile, k_tiles + stage * C::K_BYTES, cw * 64);
+      gemm_pv<C>(o, p, v_tiles + prev * C::V_BYTES);
+      sched_arrive(false);
+      commit_and_wait<C>(s, o);
+      release(prev);
+      softmax(n_blocks - 1 - it);
+    }
+    // Last block: P.V only.
+    const int last = (n_blocks - 1) % STAGES;
+    mbar_wait(&v_full[last], ((n_blocks - 1) / STAGES) & 1);
+    sched_wait();
+    issue_fence<C>(s, o);
+    gemm_pv<C>(o, p, v_tiles + last * C::V_BYTES);
+    sched_arrive(true);
+    commit_and_wait<C>(s, o);
+    release(last);
+  }
+
+  // ---------------------------------------------------------------------- epilogue
+  const float v_scale = prm.v_scale[hk];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    float lt = l[h];
+    lt += __shfl_xor_sync(0xffffffff, lt, 1);
+    lt += __shfl_xor_sync(0xffffffff, lt, 2);
+    const int row = m0 + row_in_cta + 8 * h;
+    if (row >= prm.T) continue;
+    const float inv = lt > 0.f ? v_scale / lt : 0.f;
+    const size_t base = ((size_t(b) * prm.T + row) * prm.Nq + hq);
+    uint32_t* out = reinterpret_cast<uint32_t*>(prm.o + base * D);
+#pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt)
+      out[dt * 4 + t] = f32x2_to_bf16x2(o[dt * 4 + 2 * h] * inv, o[dt * 4 + 2 * h + 1] * inv);
+    if (t == 0) prm.lse[base] = lt > 0.f ? (m[h] + __log2f(lt) - 8.f) * kLn2 : -INFINITY;
+  }
+}
+
+}  // namespace jattn

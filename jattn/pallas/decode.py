@@ -1,0 +1,593 @@
+"""Paged-KV decode: a Pallas Mosaic GPU kernel with split-K (flash-decoding) and a plan.
+
+Layout. q [B, Nq, D] (bf16/fp16); pages [P, page_size, Nkv, D] (v: Dv) in q's dtype or
+float8; page_table int32 [B, M]; kv_lens int32 [B]. Query head h reads kv head h // G
+(G = Nq / Nkv). page_size must divide 64 or be a multiple of 64; D, Dv multiples of 16.
+
+Work split. The keys of sequence b are cut into 64-key tiles (whole pages, or a slice of
+one page when pages are larger). A `DecodePlan` (`plan_decode`) cuts every sequence into
+units of about equal work, so that one long sequence among short ones is spread over
+many CTAs; a uniform batch that fills the GPU is not cut at all. One CTA handles one
+(unit, kv head): its G query heads are the first rows of a 64-row tile (the other rows
+are zero and discarded), so each KV tile is read from HBM once for the whole group and
+both products run on the tensor cores (wgmma, M = 64; P goes through shared memory):
+
+  S = Q K^T [64, 64] (f32)  ->  online softmax (exp2)  ->  O += P V [64, Dv] (f32)
+
+Each tile arrives through TMA copies, one per page (several per tile for small pages),
+`stages` tiles deep; the page ids of the next refill are loaded one tile early. bf16/fp16
+pages whose size is a multiple of 8 are copied straight into the swizzled layout wgmma
+reads; float8 pages, smaller pages and variants with a key transform are copied raw and
+converted through registers (float8 to float16; the per-head scales are folded into the
+logits and the output). Variants are traced in on the [64, 64] logits tile with a
+`Context` of full-tile arrays; a band (sliding window) skips the tiles left of it.
+
+A unit that is its whole sequence writes o and lse; otherwise units write partials
+(o, lse) and a merge kernel combines each sequence's partials exactly (lse-weighted).
+Rows that see no key get o = 0, lse = -inf. kv_lens are clipped to [0, M * page_size]
+and page ids to [0, P), so reads never leave the cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from jattn.cache import is_float8
+from jattn.variants import Context, Variant
+
+ROWS = 64                      # wgmma M: query heads of one kv head, padded
+LOG2E = math.log2(math.e)
+DEFAULT_NUM_SMS = 132          # H100 SXM; used when the device cannot be asked
+SMEM_BUDGET = 110 * 1024       # two CTAs per SM (228 KiB per SM on Hopper)
+MERGE_RING_BYTES = 160 * 1024  # partials in flight per merge CTA
+
+
+# ----------------------------------------------------------------------------- tiles
+
+def block_kv(page_size: int) -> Optional[int]:
+  """Keys per tile: 64, made of whole pages (page_size divides 64) or cut from one page
+  (64 divides page_size); None for other page sizes."""
+  if page_size >= 1 and (64 % page_size == 0 or page_size % 64 == 0):
+    return 64
+  return None
+
+
+def compute_dtype(q_dtype, kv_dtype):
+  """Operand dtype of the tensor-core products: the query dtype, or float16 for float8
+  pages (the hardware converts float8 to float16 only; e4m3/e5m2 values are exact in it)."""
+  return jnp.dtype(jnp.float16) if is_float8(kv_dtype) else jnp.dtype(q_dtype)
+
+
+def _staged(kv_dtype, q_dtype, page_size, variant) -> bool:
+  """True when K/V go through registers (dequantize, relayout or key transform)."""
+  return (jnp.dtype(kv_dtype) != jnp.dtype(q_dtype) or page_size % 8 != 0
+          or variant.key_transform is not None)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeConfig:
+  stages: Optional[int] = None     # TMA pipeline depth (None: the most that fit)
+  num_sms: Optional[int] = None    # for plans made inside `decode`
+
+
+def _smem_bytes(stages, bk, d, dv, q_dtype, kv_dtype, staged) -> int:
+  """Shared memory of one decode CTA (the Q staging buffer lives while the ring does)."""
+  qb, kb = compute_dtype(q_dtype, kv_dtype).itemsize, jnp.dtype(kv_dtype).itemsize
+  q_tile = ROWS * d * qb
+  ring = stages * bk * (d + dv) * (kb if staged else qb)
+  tiled = (bk * (d + dv) * qb if staged else 0) + ROWS * bk * qb
+  q_raw = ROWS * d * jnp.dtype(q_dtype).itemsize
+  epilogue = ROWS * dv * 4 + ROWS * 4
+  return q_tile + max(ring + tiled + q_raw, epilogue) + 1024
+
+
+def _stages(cfg, bk, d, dv, q_dtype, kv_dtype, staged) -> int:
+  """The deepest ring (up to 4) that leaves room for two CTAs per SM; at least 2."""
+  if cfg is not None and cfg.stages is not None:
+    return cfg.stages
+  for s in (4, 3):
+    if _smem_bytes(s, bk, d, dv, q_dtype, kv_dtype, staged) <= SMEM_BUDGET:
+      return s
+  return 2
+
+
+# ----------------------------------------------------------------------------- plan
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class DecodePlan:
+  """Work split of one decode step, reusable by every layer of that step.
+
+  units [U, 3] int32: (sequence, first tile, end tile) of each unit, sorted by
+  sequence, every sequence at least one unit (an empty one for kv_len 0); rows past the
+  real count are (-1, 0, 0) and do nothing.
+  batch_units [B + 1] int32: sequence b owns units batch_units[b]:batch_units[b+1].
+  block_kv (static): keys per tile; `decode` checks it matches the cache's pages.
+  split (static): False when every sequence is one unit (known on the host only); the
+  kernel then writes the output itself and no merge runs.
+  """
+
+  units: Any
+  batch_units: Any
+  block_kv: int = dataclasses.field(metadata=dict(static=True))
+  split: bool = dataclasses.field(default=True, metadata=dict(static=True))
+
+  @property
+  def max_units(self) -> int:
+    return self.units.shape[0]
+
+
+def _default_num_sms() -> int:
+  try:
+    dev = jax.devices()[0]
+    if dev.platform == "gpu":
+      return int(dev.core_count)
+  except Exception:  # noqa: BLE001  (no device information: use the H100 count)
+    pass
+  return DEFAULT_NUM_SMS
+
+
+def plan_decode(kv_lens, page_size: int, num_q_heads: int, num_kv_heads: int,
+                head_dim: int, *, max_kv_len: Optional[int] = None,
+                num_sms: Optional[int] = None, ctas_per_sm: int = 2, waves: int = 4,
+                min_unit_keys: int = 256, split: Optional[bool] = None) -> DecodePlan:
+  """Split the decode step's keys into units of about equal work.
+
+  kv_lens int32 [B]: numpy (the plan is computed on the host) or a jax array (also
+  under jit). When the batch alone fills the GPU (B * num_kv_heads >= num_sms) and no
+  sequence is much longer than the mean, every sequence is one unit (no split, no
+  merge). Otherwise every sequence is cut into chunks of L tiles, L chosen so that
+  `num_kv_heads * units` is about `waves` waves of `ctas_per_sm * num_sms` CTAs but no
+  unit is shorter than `min_unit_keys`; a sequence's chunks are equal to within a tile.
+  `split=True/False` forces either choice. The plan has
+  `ceil(waves * ctas_per_sm * num_sms / num_kv_heads) + B` unit slots, a fixed size, so
+  it can be made under jit. `num_q_heads` and `head_dim` are accepted for the uniform
+  plan signature (the split depends on lengths and kv heads only).
+  Pass the same kv_lens to `decode`: units must cover every key of every sequence.
+  """
+  del num_q_heads, head_dim
+  bk = block_kv(page_size)
+  if bk is None:
+    raise ValueError(f"plan_decode: page_size {page_size} has no supported tile size")
+  xp = np if isinstance(kv_lens, np.ndarray) else jnp
+  num_sms = _default_num_sms() if num_sms is None else num_sms
+  lens = xp.asarray(kv_lens).astype(np.int32)
+  B = lens.shape[0]
+  hi = np.iinfo(np.int32).max if max_kv_len is None else max_kv_len
+  lens = xp.clip(lens, 0, hi)
+  target = -(-waves * ctas_per_sm * num_sms // max(num_kv_heads, 1))
+  U = target + B
+  tiles = (lens + bk - 1) // bk                                        # [B]
+  total = xp.sum(tiles)
+  longest = xp.maximum(xp.max(tiles), 1)
+  L = xp.maximum(max(1, -(-min_unit_keys // bk)), (total + target - 1) // target)
+  if split is not True:
+    whole = (B * num_kv_heads >= num_sms) & (2 * B * longest <= 3 * total)
+    L = xp.where(whole | (split is False), longest, L)
+  chunks = xp.maximum((tiles + L - 1) // L, 1)                          # [B]
+  batch_units = xp.concatenate([xp.zeros((1,), np.int32),
+                                xp.cumsum(chunks).astype(np.int32)])
+  u = xp.arange(U, dtype=np.int32)
+  b = xp.sum(batch_units[None, 1:] <= u[:, None], axis=1).astype(np.int32)
+  active = u < batch_units[B]
+  b = xp.minimum(b, B - 1)
+  i = u - batch_units[b]
+  n, c = tiles[b], chunks[b]
+  units = xp.stack([xp.where(active, b, -1), xp.where(active, (i * n) // c, 0),
+                    xp.where(active, ((i + 1) * n) // c, 0)], axis=1).astype(np.int32)
+  is_split = True if xp is jnp else bool(np.max(chunks) > 1)
+  return DecodePlan(jnp.asarray(units), jnp.asarray(batch_units), bk, is_split)
+
+
+# ----------------------------------------------------------------------------- checks
+
+def supports(spec) -> Optional[str]:
+  if spec.op != "decode":
+    return f"serves decode, not {spec.op}"
+  if jnp.dtype(spec.dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+    return f"needs bf16/fp16 queries (tensor cores), got {jnp.dtype(spec.dtype).name}"
+  kv = jnp.dtype(spec.kv_dtype)
+  if kv != jnp.dtype(spec.dtype) and not is_float8(kv):
+    return (f"pages must be the query dtype or float8, got {kv.name} pages with "
+            f"{jnp.dtype(spec.dtype).name} queries")
+  for name, d in (("head_dim", spec.head_dim), ("v_head_dim", spec.v_head_dim)):
+    if d % 16 or not 16 <= d <= 256:
+      return f"{name} must be a multiple of 16 in [16, 256], got {d}"
+  G = spec.num_q_heads // spec.num_kv_heads
+  if G > ROWS:
+    return f"at most {ROWS} query heads per kv head, got {G}"
+  bk = block_kv(spec.page_size)
+  if bk is None:
+    return f"page_size must divide 64 or be a multiple of 64, got {spec.page_size}"
+  variant = spec.variant or Variant()
+  staged = _staged(spec.kv_dtype, spec.dtype, spec.page_size, variant)
+  if _smem_bytes(2, bk, spec.head_dim, spec.v_head_dim, spec.dtype, spec.kv_dtype,
+                 staged) > 220 * 1024:
+    return "tiles do not fit in shared memory"
+  return None
+
+
+# ----------------------------------------------------------------------------- kernel
+
+def _full(shape, x, dtype=jnp.int32):
+  return jnp.full(shape, x, dtype)
+
+
+def _iota(shape, dim):
+  return plgpu.broadcasted_iota(jnp.int32, shape, dim, layout=plgpu.Layout.WGMMA)
+
+
+def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
+                   params_ref, o_ref, lse_ref, q_smem, q_bar, *,
+                   G, bk, stages, sm_scale, variant, param_names, param_dtypes,
+                   staged, ring_tiled, final, fold_k_scale, fold_v_scale):
+  """One (kv head, unit): attention of the unit's keys for the kv head's G query heads.
+  `final`: the unit is its whole sequence, write o / lse; else write a partial."""
+  P, ps, Nkv = k_ref.shape[:3]
+  M = pt_ref.shape[1]
+  D, Dv = q_ref.shape[1], v_ref.shape[3]   # q_ref: the queries as rows [B * Nq, D]
+  Nq = G * Nkv
+  cdt = q_smem.dtype
+  kvh = lax.axis_index("kvh")
+  u = lax.axis_index("unit")
+  active = units_ref[u, 0] >= 0         # a real unit: it writes even if it skips
+  b = jnp.maximum(units_ref[u, 0], 0)   # every tile (empty sequence, band)
+  t_lo, t_hi = units_ref[u, 1], units_ref[u, 2]
+  kv_len = jnp.clip(lens_ref[b], 0, M * ps)
+  q_pos = kv_len - 1
+  if variant.band is not None and variant.band[0] is not None:
+    t_lo = jnp.maximum(t_lo, (q_pos - variant.band[0]) // bk)
+  t_hi = jnp.minimum(t_hi, (kv_len + bk - 1) // bk)
+  n = jnp.maximum(t_hi - t_lo, 0)
+
+  copies = max(bk // ps, 1)            # TMA copies per tile and operand
+  rows = min(ps, bk)                   # rows of each copy
+  prefetch = copies <= 8               # page ids of the next issue ride in the loop
+
+  def page_ids(t):
+    """Page of each copy of tile t (absolute tile index in the sequence)."""
+    return tuple(
+        jnp.clip(pt_ref[b, jnp.minimum((t * bk + j * rows) // ps, M - 1)], 0, P - 1)
+        for j in range(copies))
+
+  def issue(t, slot, k_ring, v_ring, k_bar, v_bar, pages=None):
+    """Start the copies of tile t into ring slot `slot`."""
+    r0 = (t * bk) % ps if ps > bk else 0
+    def one(j, page):
+      plgpu.copy_gmem_to_smem(k_ref.at[page, pl.ds(r0, rows), kvh],
+                              k_ring.at[slot, pl.ds(j * rows, rows)], k_bar.at[slot])
+      plgpu.copy_gmem_to_smem(v_ref.at[page, pl.ds(r0, rows), kvh],
+                              v_ring.at[slot, pl.ds(j * rows, rows)], v_bar.at[slot])
+    if prefetch:
+      for j, page in enumerate(page_ids(t) if pages is None else pages):
+        one(j, page)
+    else:
+      @pl.loop(0, copies)
+      def _(j):
+        key0 = t * bk + j * rows
+        one(j, jnp.clip(pt_ref[b, jnp.minimum(key0 // ps, M - 1)], 0, P - 1))
+
+  def head_params(p_smem, shape):
+    return {name: lax.broadcast_in_dim(
+        plgpu.load(p_smem.at[i], layout=plgpu.Layout.WGMMA.reduce(1)), shape, [0]
+    ).astype(dt) for i, (name, dt) in enumerate(zip(param_names, param_dtypes))}
+
+  def stage_q(q_raw, p_smem):
+    """Q rows 0..G-1 of a zeroed 64-row tile, transformed, into the wgmma layout."""
+    q_raw[...] = jnp.zeros((ROWS, D), q_raw.dtype)
+    plgpu.commit_smem()
+    plgpu.copy_gmem_to_smem(q_ref.at[pl.ds(b * Nq + kvh * G, G)], q_raw.at[pl.ds(0, G)],
+                            q_bar)
+    plgpu.barrier_wait(q_bar)
+    q = plgpu.load(q_raw, layout=plgpu.Layout.WGMMA, optimized=False).astype(jnp.float32)
+    if variant.query_transform is not None:
+      shape = (ROWS, D)
+      ctx = Context(q_pos=_full(shape, q_pos), kv_pos=None,
+                    head=jnp.minimum(kvh * G + _iota(shape, 0), Nq - 1),
+                    batch=_full(shape, b), params=head_params(p_smem, shape))
+      q = variant.query_transform(q, ctx)
+    q_smem[...] = q.astype(cdt)
+    plgpu.commit_smem()
+
+  def main(k_ring, v_ring, p_smem, k_tiled, v_tiled, k_bar, v_bar, par_smem, par_bar):
+    if param_names:
+      plgpu.copy_gmem_to_smem(params_ref.at[kvh], par_smem, par_bar)
+
+    @pl.loop(0, jnp.minimum(n, stages))
+    def _(s):
+      issue(t_lo + s, s, k_ring, v_ring, k_bar, v_bar)
+
+    if param_names:
+      plgpu.barrier_wait(par_bar)
+    pl.run_scoped(functools.partial(stage_q, p_smem=par_smem),
+                  plgpu.SMEM((ROWS, D), q_ref.dtype))
+
+    scale = sm_scale * (scale_ref[0, kvh] if fold_k_scale else 1.0)
+    shape = (ROWS, bk)
+    cols = _iota(shape, 1)
+    head = jnp.minimum(kvh * G + _iota(shape, 0), Nq - 1)
+    params = head_params(par_smem, shape)
+    to_regs = (plgpu.Layout.WGMMA_8BIT if ring_tiled and k_ring.dtype.itemsize == 1
+               else plgpu.Layout.WGMMA)     # 8-bit rows: 4-byte swizzled loads
+
+    def body(i, carry):
+      acc, m_i, l_i, pages = carry
+      slot = lax.rem(i, stages)
+      t = t_lo + i
+      refill = i + stages < n
+      # Page ids for the refill of the next iteration: loaded now, used one tile later.
+      next_pages = page_ids(t + stages + 1) if prefetch else ()
+      plgpu.barrier_wait(k_bar.at[slot])
+      plgpu.barrier_wait(v_bar.at[slot])
+      if staged:   # ring slot -> registers (dequantize / relayout / transform) -> tiles
+        k_view, v_view = k_tiled, v_tiled
+        k = plgpu.load(k_ring.at[slot], layout=to_regs, optimized=ring_tiled)
+        v = plgpu.load(v_ring.at[slot], layout=to_regs, optimized=ring_tiled)
+        k, v = _to(k, cdt), _to(v, cdt)
+        if variant.key_transform is not None:
+          kshape = (bk, D)
+          ctx = Context(q_pos=None, kv_pos=t * bk + _iota(kshape, 0),
+                        head=_full(kshape, kvh), batch=_full(kshape, b))
+          k = k.astype(jnp.float32)
+          if not fold_k_scale and fold_v_scale:
+            k = k * scale_ref[0, kvh]
+          k = variant.key_transform(k, ctx).astype(cdt)
+        k_view[...] = k
+        v_view[...] = v
+        plgpu.commit_smem()   # also: every thread is done reading the ring slot
+
+        @pl.when(refill)
+        def _():
+          issue(t + stages, slot, k_ring, v_ring, k_bar, v_bar, pages or None)
+      else:
+        k_view, v_view = k_ring.at[slot], v_ring.at[slot]
+
+      def qk(acc_ref):
+        plgpu.wgmma(acc_ref, q_smem, k_view.transpose((1, 0)))
+        return acc_ref[...]
+      s = pl.run_scoped(qk, plgpu.ACC(shape, jnp.float32)) * scale
+      kv_pos = t * bk + cols
+      ctx = Context(q_pos=_full(shape, q_pos), kv_pos=kv_pos, head=head,
+                    batch=_full(shape, b), params=params)
+      if variant.logits_transform is not None:
+        s = variant.logits_transform(s, ctx).astype(jnp.float32)
+      keep = kv_pos < kv_len
+      if variant.logits_mask is not None:
+        keep = jnp.logical_and(keep, variant.logits_mask(ctx))
+      s = jnp.where(keep, s * LOG2E, -jnp.inf)
+      m_new = jnp.maximum(m_i, s.max(axis=1))
+      m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)
+      alpha = jnp.exp2(m_i - m_safe)
+      p = jnp.exp2(s - lax.broadcast_in_dim(m_safe, shape, [0]))
+      l_i = l_i * alpha + p.sum(axis=1)
+      p_smem[...] = p.astype(cdt)
+      plgpu.commit_smem()
+
+      def pv(acc_ref):
+        plgpu.wgmma(acc_ref, p_smem, v_view)
+        return acc_ref[...]
+      acc = (acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
+             + pl.run_scoped(pv, plgpu.ACC(acc.shape, jnp.float32)))
+
+      if not staged:
+        @pl.when(refill)
+        def _():
+          issue(t + stages, slot, k_ring, v_ring, k_bar, v_bar, pages or None)
+      return acc, m_new, l_i, next_pages
+
+    acc = plgpu.layout_cast(jnp.zeros((ROWS, Dv), jnp.float32), plgpu.Layout.WGMMA)
+    m_i = plgpu.layout_cast(jnp.full((ROWS,), -jnp.inf, jnp.float32),
+                            plgpu.Layout.WGMMA.reduce(1))
+    l_i = plgpu.layout_cast(jnp.zeros((ROWS,), jnp.float32), plgpu.Layout.WGMMA.reduce(1))
+    pages = page_ids(t_lo + stages) if prefetch else ()
+    acc, m_i, l_i, _ = lax.fori_loop(0, n, body, (acc, m_i, l_i, pages))
+    return acc, m_i, l_i
+
+  def epilogue(acc, m_i, l_i, o_stage, lse_stage):
+    ok = l_i > 0
+    l_safe = jnp.where(ok, l_i, 1.0)
+    inv = 1.0 / l_safe
+    if fold_v_scale:
+      inv = inv * scale_ref[1, kvh]
+    o_stage[...] = (acc * lax.broadcast_in_dim(inv, acc.shape, [0])).astype(o_stage.dtype)
+    lse_stage[...] = jnp.where(ok, (m_i + jnp.log2(l_safe)) / LOG2E, -jnp.inf)
+    plgpu.commit_smem()
+    if final:
+      plgpu.copy_smem_to_gmem(o_stage.at[pl.ds(0, G)], o_ref.at[b, pl.ds(kvh * G, G)])
+      plgpu.copy_smem_to_gmem(lse_stage.at[pl.ds(0, lse_ref.shape[2])], lse_ref.at[b, kvh])
+    else:
+      plgpu.copy_smem_to_gmem(o_stage.at[pl.ds(0, o_ref.shape[2])], o_ref.at[u, kvh])
+      plgpu.copy_smem_to_gmem(lse_stage, lse_ref.at[u, kvh])
+    plgpu.wait_smem_to_gmem(0)
+
+  @pl.when(active)
+  def _():
+    ring_dtype = k_ref.dtype if staged else cdt
+    k_tf, v_tf = _tiled(cdt, D), _tiled(cdt, Dv)
+    if ring_tiled:
+      ring_tf = (_tiled(ring_dtype, D), _tiled(ring_dtype, Dv))
+    else:
+      ring_tf = ((), ())
+    tiled = ((plgpu.SMEM((bk, D), cdt, transforms=k_tf),
+              plgpu.SMEM((bk, Dv), cdt, transforms=v_tf)) if staged else (None, None))
+    acc, m_i, l_i = pl.run_scoped(
+        main,
+        plgpu.SMEM((stages, bk, D), ring_dtype, transforms=ring_tf[0]),
+        plgpu.SMEM((stages, bk, Dv), ring_dtype, transforms=ring_tf[1]),
+        plgpu.SMEM((ROWS, bk), cdt, transforms=v_tf),   # wgmma: A and B share a swizzle
+        *tiled,
+        plgpu.Barrier(num_arrivals=copies, num_barriers=stages),
+        plgpu.Barrier(num_arrivals=copies, num_barriers=stages),
+        plgpu.SMEM((params_ref.shape[1], ROWS), jnp.float32),
+        plgpu.Barrier())
+    pl.run_scoped(functools.partial(epilogue, acc, m_i, l_i),
+                  plgpu.SMEM((ROWS, Dv), o_ref.dtype), plgpu.SMEM((ROWS,), jnp.float32))
+
+
+def _to(x, dtype):
+  """Cast through float32 where the hardware has no direct conversion."""
+  if x.dtype == dtype:
+    return x
+  if is_float8(x.dtype) and dtype == jnp.float16:
+    return x.astype(dtype)
+  return x.astype(jnp.float32).astype(dtype)
+
+
+def _tiled(dtype, cols):
+  """Transforms of a wgmma operand in SMEM: 8-row tiles as wide as the widest swizzle
+  (128, 64 or 32 bytes) that divides a row of `cols` elements."""
+  size = jnp.dtype(dtype).itemsize
+  swizzle = next(s for s in (128, 64, 32) if cols * size % s == 0)
+  return (plgpu.TilingTransform((8, swizzle // size)), plgpu.SwizzleTransform(swizzle))
+
+
+def _merge_kernel(bu_ref, o_part_ref, lse_part_ref, o_ref, lse_ref, o_raw, l_raw, bars,
+                  o_stage, lse_stage, *, G):
+  """Merge the partials of sequence b, kv head kvh (units bu[b]:bu[b+1]), with the
+  next `slots` partials in flight (a long sequence has many)."""
+  kvh = lax.axis_index("kvh")
+  b = lax.axis_index("batch")
+  u0, u1 = bu_ref[b], bu_ref[b + 1]
+  Dv = o_ref.shape[2]
+  slots = o_raw.shape[0]
+
+  def fetch(u, slot):   # rows 0..G8-1 of a swizzled 64-row tile (the rest: discarded)
+    plgpu.copy_gmem_to_smem(o_part_ref.at[u, kvh],
+                            o_raw.at[slot, pl.ds(0, o_part_ref.shape[2])], bars.at[slot])
+    plgpu.copy_gmem_to_smem(lse_part_ref.at[u, kvh], l_raw.at[slot], bars.at[slot])
+
+  @pl.loop(0, jnp.minimum(u1 - u0, slots))
+  def _(s):
+    fetch(u0 + s, s)
+
+  def body(u, carry):
+    acc, m_i, d_i = carry
+    slot = lax.rem(u - u0, slots)
+    plgpu.barrier_wait(bars.at[slot])
+    o_u = plgpu.load(o_raw.at[slot], layout=plgpu.Layout.WGMMA)
+    l_u = plgpu.load(l_raw.at[slot], layout=plgpu.Layout.WGMMA.reduce(1))
+
+    @pl.when(u + slots < u1)
+    def _():
+      plgpu.commit_smem()  # every thread has read the slot
+      fetch(u + slots, slot)
+
+    m_new = jnp.maximum(m_i, l_u)
+    m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)
+    a, w = jnp.exp(m_i - m_safe), jnp.exp(l_u - m_safe)
+    acc = (acc * lax.broadcast_in_dim(a, acc.shape, [0])
+           + o_u * lax.broadcast_in_dim(w, acc.shape, [0]))
+    return acc, m_new, d_i * a + w
+
+  acc = plgpu.layout_cast(jnp.zeros((ROWS, Dv), jnp.float32), plgpu.Layout.WGMMA)
+  m_i = plgpu.layout_cast(jnp.full((ROWS,), -jnp.inf, jnp.float32),
+                          plgpu.Layout.WGMMA.reduce(1))
+  d_i = plgpu.layout_cast(jnp.zeros((ROWS,), jnp.float32), plgpu.Layout.WGMMA.reduce(1))
+  acc, m_i, d_i = lax.fori_loop(u0, u1, body, (acc, m_i, d_i))
+  ok = d_i > 0
+  d_safe = jnp.where(ok, d_i, 1.0)
+  o = acc * lax.broadcast_in_dim(1.0 / d_safe, acc.shape, [0])
+  o_stage[...] = o.astype(o_stage.dtype)
+  lse_stage[...] = jnp.where(ok, m_i + jnp.log(d_safe), -jnp.inf)
+  plgpu.commit_smem()
+  plgpu.copy_smem_to_gmem(o_stage.at[pl.ds(0, G)], o_ref.at[b, pl.ds(kvh * G, G)])
+  plgpu.copy_smem_to_gmem(lse_stage.at[pl.ds(0, lse_ref.shape[2])], lse_ref.at[b, kvh])
+  plgpu.wait_smem_to_gmem(0)
+
+
+# ----------------------------------------------------------------------------- entry
+
+def _interpret_params(interpret):
+  if interpret is True:
+    return plgpu.InterpretGPUParams()
+  return interpret or None
+
+
+def _variant_params(variant: Variant, Nkv: int, G: int):
+  """Per-query-head params as float32 [Nkv, n, 64] (row r of kv head k is head k*G+r)."""
+  names = tuple(sorted(variant.params))
+  if not names:
+    return names, (), jnp.zeros((Nkv, 1, ROWS), jnp.float32)
+  vals = [jnp.asarray(variant.params[k]) for k in names]
+  stacked = jnp.stack([v.astype(jnp.float32).reshape(Nkv, G) for v in vals], axis=1)
+  stacked = jnp.pad(stacked, ((0, 0), (0, 0), (0, ROWS - G)))
+  return names, tuple(v.dtype for v in vals), stacked
+
+
+def decode(q, cache, page_table, kv_lens, *, sm_scale: float, variant: Variant,
+           plan: Optional[DecodePlan] = None, interpret=False,
+           config: Optional[DecodeConfig] = None):
+  """Paged decode (see module docstring). Returns (o [B,Nq,Dv] q.dtype, lse [B,Nq] f32)."""
+  B, Nq, D = q.shape
+  P, ps, Nkv, _ = cache.k_pages.shape
+  Dv = cache.v_pages.shape[3]
+  G = Nq // Nkv
+  bk = block_kv(ps)
+  if plan is None:   # made here from the device lengths (a few small XLA ops)
+    grid = dict(num_sms=config.num_sms if config and config.num_sms else None)
+    if interpret:     # every CTA is simulated: one unit slot per sequence, plus one
+      grid = dict(num_sms=1, ctas_per_sm=1, waves=1)
+    plan = plan_decode(kv_lens, ps, Nq, Nkv, D, max_kv_len=page_table.shape[1] * ps,
+                       **grid)
+  if plan.block_kv != bk:
+    raise ValueError(f"jattn.decode: plan was made for {plan.block_kv}-key tiles, the "
+                     f"cache's page_size {ps} needs {bk}; rebuild it with page_size={ps}")
+  staged = _staged(cache.dtype, q.dtype, ps, variant)
+  f8 = is_float8(cache.dtype)
+  cdt = compute_dtype(q.dtype, cache.dtype)
+  stages = _stages(config, bk, D, Dv, q.dtype, cache.dtype, staged)
+  kvb = jnp.dtype(cache.dtype).itemsize
+  scales = (jnp.stack([cache.k_scale, cache.v_scale]).astype(jnp.float32) if f8
+            else jnp.ones((2, Nkv), jnp.float32))
+  names, dtypes, params = _variant_params(variant, Nkv, G)
+  U = plan.max_units
+  GL = -(-G // 4) * 4      # lse rows per kv head as written (16-byte TMA rows)
+  interp = _interpret_params(interpret)
+  final_types = (jax.ShapeDtypeStruct((B, Nq, Dv), q.dtype),
+                 jax.ShapeDtypeStruct((B, Nkv, GL), jnp.float32))
+
+  kernel = functools.partial(
+      _decode_kernel, G=G, bk=bk, stages=stages, sm_scale=float(sm_scale),
+      variant=variant, param_names=names, param_dtypes=dtypes, staged=staged,
+      ring_tiled=ps % 8 == 0 and (D * kvb) % 32 == 0 and (Dv * kvb) % 32 == 0,
+      final=not plan.split, fold_k_scale=f8 and variant.key_transform is None,
+      fold_v_scale=f8)
+  o, lse = plgpu.kernel(
+      kernel,
+      out_type=(final_types if not plan.split else
+                (jax.ShapeDtypeStruct((U, Nkv, -(-G // 8) * 8, Dv), jnp.float32),
+                 jax.ShapeDtypeStruct((U, Nkv, ROWS), jnp.float32))),
+      scratch_types=(plgpu.SMEM((ROWS, D), cdt, transforms=_tiled(cdt, D)),
+                     plgpu.Barrier()),
+      grid=(Nkv, U), grid_names=("kvh", "unit"),
+      compiler_params=plgpu.CompilerParams(approx_math=True),
+      interpret=interp,
+  )(q.reshape(B * Nq, D), cache.k_pages, cache.v_pages, page_table, kv_lens, plan.units,
+    scales, params)
+
+  if plan.split:
+    slot_bytes = ROWS * (Dv + 1) * 4
+    slots = max(2, min(8, MERGE_RING_BYTES // slot_bytes))
+    o, lse = plgpu.kernel(
+        functools.partial(_merge_kernel, G=G),
+        out_type=final_types,
+        scratch_types=(plgpu.SMEM((slots, ROWS, Dv), jnp.float32,
+                                  transforms=_tiled(jnp.float32, Dv)),
+                       plgpu.SMEM((slots, ROWS), jnp.float32),
+                       plgpu.Barrier(num_arrivals=2, num_barriers=slots),
+                       plgpu.SMEM((ROWS, Dv), q.dtype),
+                       plgpu.SMEM((ROWS,), jnp.float32)),
+        grid=(Nkv, B), grid_names=("kvh", "batch"),
+        interpret=interp,
+    )(plan.batch_units, o, lse)
+  return o, lse[:, :, :G].reshape(B, Nq)

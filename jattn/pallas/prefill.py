@@ -1,0 +1,819 @@
+"""Prefill / dense attention forward: a Hopper flash-attention kernel in Pallas Mosaic GPU.
+
+Ops served (uniform signatures of `jattn.xla`): `attention` (dense, differentiable),
+`prefill` (packed queries against the paged KV cache, append semantics) and
+`prefill_ragged` (packed queries against packed K/V); forward of the packed ops only.
+
+Layouts (public API, BTNH): q [B,T,Nq,D], k [B,S,Nkv,D], v [B,S,Nkv,Dv] -> o [B,T,Nq,Dv]
+(q.dtype), lse [B,T,Nq] float32 (natural log). Query head h reads kv head h // (Nq // Nkv).
+
+Math per (row, head), as `jattn.reference`: q_pos = kv_len - q_len + t (bottom-right
+aligned), s_j = logits_transform(sm_scale * q.k_j) over keys j < kv_len that pass the
+variant's mask; o = softmax(s) @ v, lse = log sum exp s. Rows t >= q_len and rows that see
+no key give o = 0, lse = -inf.
+
+Kernel. A work item is 2 * block_q query rows of one head (tiles of a sequence and head
+are consecutive items, heaviest first, so that CTAs running together share K/V tiles
+through L2 and the causal tail is short). One CTA per item (default) or, with
+`Config.persistent`, one CTA per SM walking items. Three warpgroups:
+  * warpgroup 2 (producer, 40 registers): TMA-loads Q and the K/V tiles into a
+    `num_stages`-deep ring of swizzled SMEM buffers, refilling a slot once both consumers
+    released it (K/V come from dense rows, packed rows or, page by page, from the cache);
+  * warpgroups 0 and 1 (consumers, 232 registers): block_q rows each. Per KV tile:
+    S = Q K^T (wgmma, Q and K in SMEM), online softmax in base 2, O += P V (wgmma, P from
+    registers). A shared "schedule" barrier ping-pongs the two consumers so that one's
+    softmax runs under the other's matmuls (FlashAttention-3's inter-warpgroup overlap).
+  * Only KV tiles inside the variant's band (`Variant.band`) and below kv_len are visited:
+    this is where causal and sliding-window speed comes from. Tiles wholly inside the band
+    and below kv_len run without any mask code; edge tiles (and every tile when the variant
+    has a custom mask) evaluate the mask elementwise.
+Without per-sequence lengths the lengths are compile-time constants (no memory load
+before the first TMA).
+
+Variants: `logits_transform` and `logits_mask` are traced into the kernel with a `Context`
+built for the tile (q_pos/kv_pos int32 tiles, head/batch scalars, params gathered at the
+tile's head). `query_transform` / `key_transform` act per token, so they run as an XLA
+pre-pass (once per token rather than once per tile pair) before the kernel.
+
+GQA: K/V tiles of a kv head are shared by the group's query heads through L2 (the items of
+one group run back to back); prefill tiles hold 128 rows of one head, so packing heads into
+a tile would not cut K/V traffic.
+
+Packed ops: TMA tiles must start on 8-row boundaries, so packed queries are gathered into
+slot-major tiles (and contiguous packed K/V into block-aligned rows) by XLA before the
+kernel, and the slot-major outputs are gathered back; paged K/V need no copy (page sizes
+that are multiples of 8 dividing block_kv, or multiples of block_kv).
+
+Gradient: `jax.custom_vjp`; the forward saves lse; the backward runs the Pallas kernels in
+`jattn.pallas.prefill_bwd` (head dims <= 128; wider heads use jax.vjp of the reference).
+
+Interpret mode (CPU): the GPU interpreter has no rule for wgmma with a register operand
+(P V, dS K, ...), so there those products are plain dots on the SMEM tiles (`mma_acc`);
+everything else (TMA, barriers, the ring, the ping-pong) runs as compiled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from jattn.variants import Context, Variant
+
+LOG2E = math.log2(math.e)
+LN2 = math.log(2.0)
+_WGMMA = plgpu.Layout.WGMMA
+_ROW = plgpu.Layout.WGMMA.reduce(1)
+DTYPES = (jnp.bfloat16, jnp.float16)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Tile sizes. A CTA covers 2 * block_q query rows (two consumer warpgroups)."""
+
+  block_q: int = 64
+  block_kv: int = 128
+  num_stages: int = 2
+  heavy_first: bool = True   # start the q tiles with the most KV tiles first
+  # One CTA per SM looping over work items, prefetching the next item's Q and K/V (else
+  # one CTA per item). Measured slower on an H100 (see benchmarks/NOTES.md), so off.
+  persistent: bool = False
+
+
+def default_config(head_dim: int, v_head_dim: int, interpret: Any = False) -> Config:
+  """Tiles by head dim. Interpreted on CPU, the persistent form runs on a 2-CTA grid:
+  the same kernel body, far fewer interpreted CTAs, and the cross-item path exercised."""
+  d = max(head_dim, v_head_dim)
+  persistent = bool(interpret)
+  if d > 128:   # (two Q buffers do not fit next to the K/V ring: one CTA per item)
+    return Config(block_kv=64, num_stages=2)
+  if d <= 64:
+    return Config(block_kv=128, num_stages=3, persistent=persistent)
+  return Config(persistent=persistent)
+
+
+# ----------------------------------------------------------------------------- capability
+
+def supports(spec) -> Optional[str]:
+  """None if this kernel can serve `spec`, else the reason it cannot."""
+  if spec.op not in ("attention", "prefill", "prefill_ragged"):
+    return f"no Pallas prefill kernel for op {spec.op!r}"
+  if not any(jnp.dtype(spec.dtype) == jnp.dtype(d) for d in DTYPES):
+    return f"dtype {jnp.dtype(spec.dtype).name} (needs bfloat16 or float16)"
+  if jnp.dtype(spec.kv_dtype) != jnp.dtype(spec.dtype):
+    return f"kv dtype {jnp.dtype(spec.kv_dtype).name} differs from q dtype"
+  for name, d in (("head_dim", spec.head_dim), ("v_head_dim", spec.v_head_dim)):
+    if d % 16 or not 16 <= d <= 256:
+      return f"{name} {d} (needs a multiple of 16 in [16, 256])"
+  if spec.op == "prefill":
+    ps, bkv = spec.page_size, default_config(spec.head_dim, spec.v_head_dim).block_kv
+    if ps % 8 or (bkv % ps and ps % bkv):
+      return (f"page_size {ps}: the kernel TMA-loads whole pages into {bkv}-row K/V tiles, "
+              f"so the page size must be a multiple of 8 that divides {bkv} or a multiple "
+              f"of {bkv}")
+    if spec.variant is not None and spec.variant.key_transform is not None:
+      return "key_transform on a paged cache (apply it before append_kv)"
+  return None
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def interpret_params(interpret: Any):
+  """Map the dispatcher's `interpret` flag to what `plgpu.kernel` takes."""
+  if interpret is True:
+    return plgpu.InterpretGPUParams()
+  return interpret or False
+
+
+def _tiled_smem(shape, dtype):
+  """SMEM buffer in the swizzled layout wgmma and TMA want: rows x (swizzle bytes) tiles,
+  the widest swizzle (128, 64 or 32 bytes) that divides a row."""
+  row_bytes = shape[-1] * jnp.dtype(dtype).itemsize
+  swizzle = next(s for s in (128, 64, 32) if row_bytes % s == 0)
+  tile = swizzle // jnp.dtype(dtype).itemsize
+  return plgpu.SMEM(shape, dtype, transforms=(plgpu.TilingTransform((8, tile)),
+                                              plgpu.SwizzleTransform(swizzle)))
+
+
+def mma_acc(acc, a, b_ref, interpret: bool, then=None):
+  """acc + a @ b_ref[...] with `a` a register array (wgmma), running `then()` while the
+  matmul is in flight. The GPU interpreter has no rule for register operands or
+  `run_state`, so there the product is a plain dot on the SMEM contents."""
+  if interpret:
+    out = acc + jnp.dot(a, b_ref[...], preferred_element_type=jnp.float32)
+    if then is not None:
+      then()
+    return out
+
+  def fn(acc_ref):
+    plgpu.wgmma(acc_ref, a, b_ref)
+    if then is not None:
+      then()
+
+  return pl.run_state(fn)(plgpu.ACC.init(acc))
+
+
+def _cdiv(a, b):
+  return lax.div(a + (b - 1), b)
+
+
+def band_tiles(variant: Variant, kv_len, pos_first, pos_last, block_kv):
+  """KV tile range [lo, hi) that rows with positions pos_first..pos_last may see."""
+  left, right = variant.band if variant.band is not None else (None, None)
+  kv_lo = 0 if left is None else jnp.maximum(pos_first - left, 0)
+  kv_hi = kv_len if right is None else jnp.minimum(kv_len, pos_last + right + 1)
+  lo = lax.div(kv_lo, block_kv)
+  hi = jnp.maximum(_cdiv(jnp.maximum(kv_hi, 0), block_kv), lo)
+  return lo, hi
+
+
+def full_tiles(variant: Variant, kv_len, pos_first, pos_last, block_kv, lo, hi):
+  """Sub-range [a, b) of [lo, hi) whose tiles every row sees whole (no mask needed)."""
+  if variant.has_custom_mask:
+    return hi, hi
+  left, right = variant.band if variant.band is not None else (None, None)
+  a = lo
+  if left is not None:
+    a = jnp.maximum(a, _cdiv(jnp.maximum(pos_last - left, 0), block_kv))
+  a = jnp.minimum(a, hi)
+  b = lax.div(jnp.maximum(kv_len, 0), block_kv)
+  if right is not None:
+    b = jnp.minimum(b, lax.div(jnp.maximum(pos_first + right + 1, 0), block_kv))
+  b = jnp.clip(b, a, hi)
+  return a, b
+
+
+def token_transforms(q, k, variant: Variant, q_lengths, kv_lengths):
+  """Apply query_transform / key_transform per token (XLA pre-pass), in float32."""
+  if variant.query_transform is None and variant.key_transform is None:
+    return q, k
+  B, T, Nq, _ = q.shape
+  S, Nkv = k.shape[1], k.shape[2]
+  q_len = jnp.full((B,), T, jnp.int32) if q_lengths is None else jnp.clip(q_lengths, 0, T)
+  kv_len = jnp.full((B,), S, jnp.int32) if kv_lengths is None else jnp.clip(kv_lengths, 0, S)
+  batch = jnp.arange(B, dtype=jnp.int32)[:, None, None, None]
+  if variant.query_transform is not None:
+    q_pos = (kv_len - q_len)[:, None] + jnp.arange(T, dtype=jnp.int32)[None, :]
+    ctx = Context(q_pos=q_pos[:, :, None, None], kv_pos=None,
+                  head=jnp.arange(Nq, dtype=jnp.int32)[None, None, :, None], batch=batch,
+                  params={n: jnp.reshape(p, (1, 1, Nq, 1)) for n, p in variant.params.items()})
+    q = variant.query_transform(q.astype(jnp.float32), ctx).astype(q.dtype)
+  if variant.key_transform is not None:
+    kv_pos = jnp.arange(S, dtype=jnp.int32)[None, :, None, None]
+    ctx = Context(q_pos=None, kv_pos=jnp.broadcast_to(kv_pos, (B, S, 1, 1)),
+                  head=jnp.arange(Nkv, dtype=jnp.int32)[None, None, :, None], batch=batch,
+                  params={})
+    k = variant.key_transform(k.astype(jnp.float32), ctx).astype(k.dtype)
+  return q, k
+
+
+# ----------------------------------------------------------------------------- geometry
+
+class Refs:
+  """The kernel's GMEM refs: q, k, v (or K/V pages), extra int32 tables, o, lse."""
+
+  def __init__(self, q, k, v, extra, o, lse):
+    self.q, self.k, self.v, self.extra, self.o, self.lse = q, k, v, extra, o, lse
+
+
+class Dense:
+  """q [B,Tp,Nq,D], k/v [B,Sp,Nkv,*]; o [B,Tp,Nq,Dv], lse [B,Nq,Tp]. Work item w covers
+  rows [2 bq qt, 2 bq (qt + 1)) of head h of sequence b, q tiles fastest (heaviest first)
+  so that items running at the same time share K/V tiles through L2. extra: optional
+  lens int32 [2, B] (q_len, kv_len); without it the lengths are compile-time constants."""
+
+  kv_copies = 1
+
+  def __init__(self, B, Nq, num_q_tiles, T, S, has_lens, heavy_first):
+    self.B, self.Nq, self.nqt, self.T, self.S = B, Nq, num_q_tiles, T, S
+    self.has_lens, self.heavy_first = has_lens, heavy_first
+    self.num_items = B * Nq * num_q_tiles
+    self.num_extra = 1 if has_lens else 0
+
+  def item(self, refs, w):
+    """-> (b, h, qt, q_len, kv_len) of work item w."""
+    bh, qt = lax.div(w, self.nqt), lax.rem(w, self.nqt)
+    if self.heavy_first:
+      qt = self.nqt - 1 - qt
+    b, h = lax.div(bh, self.Nq), lax.rem(bh, self.Nq)
+    if not self.has_lens:
+      return b, h, qt, self.T, self.S
+    (lens,) = refs.extra
+    return b, h, qt, lens[0, b], lens[1, b]
+
+  def q_rows(self, refs, w, b, h, t0, n):
+    return refs.q.at[b, pl.ds(t0, n), h]
+
+  def o_rows(self, refs, w, b, h, t0, n):
+    return refs.o.at[b, pl.ds(t0, n), h]
+
+  def lse_rows(self, refs, w, b, h, t0, n):
+    return refs.lse.at[b, h, pl.ds(t0, n)]
+
+  def kv_base(self, refs, b):
+    return None
+
+  def load_kv(self, refs, b, base, kvh, j, bkv, k_dst, v_dst, k_bar, v_bar):
+    rows = pl.ds(j * bkv, bkv)
+    plgpu.copy_gmem_to_smem(refs.k.at[b, rows, kvh], k_dst, k_bar)
+    plgpu.copy_gmem_to_smem(refs.v.at[b, rows, kvh], v_dst, v_bar)
+
+
+class Packed:
+  """Packed sequences, as slot-major tiles: work items are (head, tile slot); slot t is
+  q tile tiles[1, t] of sequence tiles[0, t] (or nothing when tiles[2, t] == 0), its rows
+  are q [t * 2 bq : (t + 1) * 2 bq] (the caller gathers the packed queries into slots: TMA
+  tiles must start on 8-row boundaries) and its outputs o [t, :, h], lse [h, t, :] (the
+  caller gathers them back to packed rows). Sequence b has q_len seq[0, b], kv_len
+  seq[1, b], and its K/V either contiguous from row seq[2, b] (a multiple of block_kv) of
+  k [rows, Nkv, D], or in pages k [P, page_size, Nkv, D] through page_table [B, pages]."""
+
+  def __init__(self, Nq, n_slots, rows, paged, page_size=None, num_pages=None, bkv=None):
+    self.Nq, self.n_slots, self.rows, self.paged = Nq, n_slots, rows, paged
+    self.num_items = Nq * n_slots
+    self.num_extra = 3 if paged else 2
+    self.page_size, self.num_pages = page_size, num_pages
+    self.kv_copies = max(bkv // page_size, 1) if paged else 1
+
+  def item(self, refs, w):
+    tiles, seq = refs.extra[0], refs.extra[1]
+    h, t = lax.div(w, self.n_slots), lax.rem(w, self.n_slots)
+    b, qt = tiles[0, t], tiles[1, t]
+    q_len = jnp.where(tiles[2, t] > 0, seq[0, b], 0)
+    return b, h, qt, q_len, seq[1, b]
+
+  def q_rows(self, refs, w, b, h, t0, n):
+    t = lax.rem(w, self.n_slots)
+    return refs.q.at[pl.ds(pl.multiple_of(t * self.rows + lax.rem(t0, self.rows), 8), n), h]
+
+  def o_rows(self, refs, w, b, h, t0, n):
+    t = lax.rem(w, self.n_slots)
+    return refs.o.at[t, pl.ds(pl.multiple_of(lax.rem(t0, self.rows), 8), n), h]
+
+  def lse_rows(self, refs, w, b, h, t0, n):
+    t = lax.rem(w, self.n_slots)
+    return refs.lse.at[h, t, pl.ds(pl.multiple_of(lax.rem(t0, self.rows), 8), n)]
+
+  def kv_base(self, refs, b):
+    """Per-item K/V addressing, read once per item (not once per tile)."""
+    return None if self.paged else refs.extra[1][2, b]
+
+  def load_kv(self, refs, b, base, kvh, j, bkv, k_dst, v_dst, k_bar, v_bar):
+    if not self.paged:
+      rows = pl.ds(pl.multiple_of(base + j * bkv, 8), bkv)
+      plgpu.copy_gmem_to_smem(refs.k.at[rows, kvh], k_dst, k_bar)
+      plgpu.copy_gmem_to_smem(refs.v.at[rows, kvh], v_dst, v_bar)
+      return
+    table = refs.extra[2]
+    ps, last = self.page_size, table.shape[1] - 1
+    if ps >= bkv:   # one page holds the whole tile
+      page = jnp.clip(table[b, jnp.minimum(lax.div(j * bkv, ps), last)], 0, self.num_pages - 1)
+      rows = pl.ds(pl.multiple_of(lax.rem(j * bkv, ps), 8), bkv)
+      plgpu.copy_gmem_to_smem(refs.k.at[page, rows, kvh], k_dst, k_bar)
+      plgpu.copy_gmem_to_smem(refs.v.at[page, rows, kvh], v_dst, v_bar)
+      return
+    # The tile spans bkv / page_size pages: read all their ids first (the loads overlap),
+    # then issue the copies.
+    n = bkv // ps
+    pages = [jnp.clip(table[b, jnp.minimum(j * n + u, last)], 0, self.num_pages - 1)
+             for u in range(n)]
+    for u, page in enumerate(pages):
+      plgpu.copy_gmem_to_smem(refs.k.at[page, :, kvh], k_dst.at[pl.ds(u * ps, ps)], k_bar)
+    for u, page in enumerate(pages):
+      plgpu.copy_gmem_to_smem(refs.v.at[page, :, kvh], v_dst.at[pl.ds(u * ps, ps)], v_bar)
+
+
+# ----------------------------------------------------------------------------- kernel
+
+def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
+                     sm_scale: float, group: int, num_ctas: int, param_names, interpret: bool):
+  """A CTA runs its share of the work items (one item when not persistent; else items
+  k * num_ctas + c, c snaking back and forth so that heavy and light items mix); an item
+  is 2 * block_q query rows of one head. K/V slots and barrier phases run on across items,
+  so the producer prefetches the next item's Q and K/V while the consumers finish."""
+  bq, bkv, stages = cfg.block_q, cfg.block_kv, cfg.num_stages
+  (q_smem, o_smem, lse_smem, k_smem, v_smem, q_bar, q_free, k_bar, v_bar, k_free, v_free,
+   sched) = scratch
+  q_bufs = q_smem.shape[0]
+  # When a consumer gives its Q buffer back: right after the KV loop when O has its own
+  # buffer; else O is written through the Q buffer and the buffer is freed once the store
+  # has read it: at the next item's start (two buffers, so the producer has loaded the
+  # next Q meanwhile) or right after the store (one buffer).
+  release = "loop" if o_smem is not None else ("next" if q_bufs == 2 else "store")
+  dtype = refs.q.dtype
+  cta = lax.axis_index("cta")
+  wg = lax.axis_index("wg")
+  full, rest = divmod(geo.num_items, num_ctas)
+  last_round_has_me = jnp.where(full % 2 == 0, cta < rest, cta >= num_ctas - rest)
+  n_items = full + jnp.where(last_round_has_me, 1, 0)
+
+  def work(k):
+    """Item k of this CTA -> (w, b, h, q_len, kv_len, off, r0, lo, hi)."""
+    w = k * num_ctas + jnp.where(lax.rem(k, 2) == 0, cta, num_ctas - 1 - cta)
+    b, h, qt, q_len, kv_len = geo.item(refs, w)
+    off = kv_len - q_len
+    r0 = qt * (2 * bq)
+    rows_end = jnp.minimum(r0 + 2 * bq, q_len)
+    lo, hi = band_tiles(variant, kv_len, off + r0, off + rows_end - 1, bkv)
+    hi = jnp.where(rows_end > r0, hi, lo)            # no valid row: visit nothing
+    return w, b, h, q_len, kv_len, off, r0, lo, hi
+
+  def rendezvous():
+    plgpu.barrier_arrive(sched)
+    plgpu.barrier_wait(sched)
+
+  @pl.when(wg < 2)
+  def _consumer():
+    plgpu.set_max_registers(232, action="increase")
+    # Where the row sum goes relative to the barriers changes the schedule ptxas emits;
+    # before them is faster for Dv <= 128 and after them for wider heads (as in JAX's
+    # attention_mgpu and tokamax).
+    sum_early = v_smem.shape[-1] <= 128
+
+    def iota(d):
+      return plgpu.broadcasted_iota(jnp.int32, (bq, bkv), d, layout=_WGMMA)
+
+    def run_item(k, base):
+      w, b, h, q_len, kv_len, off, r0, lo, hi = work(k)
+      buf = lax.rem(k, q_bufs)
+      w0 = r0 + wg * bq
+      qs = q_smem.at[buf, wg]
+      params = {n: r[h] for n, r in zip(param_names, refs.extra[geo.num_extra:])}
+      w_last = jnp.maximum(jnp.minimum(w0 + bq, q_len) - 1, w0)
+      a, bb = full_tiles(variant, kv_len, off + w0, off + w_last, bkv, lo, hi)
+
+      def slot_of(j):
+        return lax.rem(base + j - lo, stages)
+
+      def logits(s, j, masked):
+        """Raw q.k tile -> (t, c): base-2 logits are t * c; masked entries are -inf.
+        Without a logits_transform the scale stays unapplied, so that exp2(t * c - m)
+        is one fused multiply-add per element."""
+        ctx = None
+        if variant.logits_transform is not None or masked:
+          ctx = Context(q_pos=off + w0 + iota(0), kv_pos=j * bkv + iota(1), head=h, batch=b,
+                        params=params)
+        c = sm_scale * LOG2E
+        if variant.logits_transform is not None:
+          s, c = variant.logits_transform(s * sm_scale, ctx) * LOG2E, None
+        if masked:
+          keep = ctx.kv_pos < kv_len
+          if variant.logits_mask is not None:
+            keep = jnp.logical_and(keep, variant.logits_mask(ctx))
+          s = jnp.where(keep, s, -jnp.inf)
+        return s, c
+
+      def step(j, carry, masked):
+        acc, m_i, l_i = carry
+        slot = slot_of(j)
+
+        def qk(acc_ref):
+          plgpu.wgmma(acc_ref, qs, k_smem.at[slot].T)
+          plgpu.barrier_arrive(sched)
+          return acc_ref[...]
+
+        s = pl.run_scoped(qk, plgpu.ACC((bq, bkv), jnp.float32))
+        plgpu.barrier_arrive(k_free.at[slot])
+        plgpu.barrier_wait(sched)
+
+        t, c = logits(s, j, masked)
+        row_max = t.max(axis=1)
+        m_new = jnp.maximum(m_i, row_max if c is None else row_max * c)
+        m_use = jnp.where(m_new == -jnp.inf, 0.0, m_new)   # rows with nothing visible yet
+        alpha = jnp.exp2(m_i - m_use)
+        m_b = lax.broadcast_in_dim(m_use, t.shape, [0])
+        p = jnp.exp2(t - m_b if c is None else t * c - m_b)
+        acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
+        l_i = l_i * alpha
+        p16 = p.astype(dtype)
+        if sum_early:
+          l_i = l_i + p.sum(axis=1)
+          acc, l_i, m_new, p16 = lax.optimization_barrier((acc, l_i, m_new, p16))
+
+        plgpu.barrier_arrive(sched)
+        plgpu.barrier_wait(v_bar.at[slot])
+        plgpu.barrier_wait(sched)
+        if not sum_early:
+          l_i = l_i + p.sum(axis=1)
+
+        def wait_next_k():
+          @pl.when(j + 1 < hi)
+          def _():
+            plgpu.barrier_wait(k_bar.at[slot_of(j + 1)])
+
+        acc = mma_acc(acc, p16, v_smem.at[slot], interpret, then=wait_next_k)
+        plgpu.barrier_arrive(v_free.at[slot])
+        return acc, m_new, l_i
+
+      acc = plgpu.layout_cast(jnp.zeros((bq, v_smem.shape[-1]), jnp.float32), _WGMMA)
+      m_i = plgpu.layout_cast(jnp.full((bq,), -jnp.inf, jnp.float32), _ROW)
+      l_i = plgpu.layout_cast(jnp.zeros((bq,), jnp.float32), _ROW)
+      plgpu.barrier_wait(q_bar.at[buf])
+      if release == "next":
+        @pl.when(k > 0)
+        def _():   # the last item's O (in its Q buffer) has been read out: free the buffer
+          plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+          plgpu.barrier_arrive(q_free.at[lax.rem(k - 1, q_bufs)])
+
+      @pl.when(hi > lo)
+      def _():
+        plgpu.barrier_wait(k_bar.at[slot_of(lo)])
+
+      pl.when(wg == 1)(rendezvous)
+      carry = (acc, m_i, l_i)
+      carry = lax.fori_loop(lo, a, functools.partial(step, masked=True), carry)
+      carry = lax.fori_loop(a, bb, functools.partial(step, masked=False), carry)
+      acc, m_i, l_i = lax.fori_loop(bb, hi, functools.partial(step, masked=True), carry)
+      pl.when(wg == 0)(rendezvous)
+      if release == "loop":   # Q is no longer read: the producer may refill its buffer
+        plgpu.barrier_arrive(q_free.at[buf])
+
+      rows = w0 + plgpu.broadcasted_iota(jnp.int32, (bq,), 0, layout=_ROW)
+      valid = jnp.logical_and(rows < q_len, l_i > 0)
+      l_safe = jnp.where(valid, l_i, 1.0)
+      inv = jnp.where(valid, 1.0 / l_safe, 0.0)
+      lse = jnp.where(valid, m_i * LN2 + jnp.log(l_safe), -jnp.inf)
+      plgpu.wait_smem_to_gmem(0, wait_read_only=True)   # the last item's stores have read
+      os = o_smem.at[wg] if o_smem is not None else qs
+      os[...] = (acc * lax.broadcast_in_dim(inv, acc.shape, [0])).astype(dtype)
+      lse_smem.at[wg][...] = lse
+      plgpu.commit_smem()
+      plgpu.copy_smem_to_gmem(os, geo.o_rows(refs, w, b, h, w0, bq))
+      plgpu.copy_smem_to_gmem(lse_smem.at[wg], geo.lse_rows(refs, w, b, h, w0, bq))
+      if release == "store":   # O went out through the Q buffer: free it once read
+        plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+        plgpu.barrier_arrive(q_free.at[buf])
+      return base + (hi - lo)
+
+    lax.fori_loop(0, n_items, run_item, 0)
+    plgpu.wait_smem_to_gmem(0)
+    if release == "next":
+      @pl.when(n_items > 0)
+      def _():
+        plgpu.barrier_arrive(q_free.at[lax.rem(n_items - 1, q_bufs)])
+
+  @pl.when(wg == 2)
+  def _producer():
+    plgpu.set_max_registers(40, action="decrease")
+
+    def load_item(k, base):
+      w, b, h, q_len, kv_len, off, r0, lo, hi = work(k)
+      buf = lax.rem(k, q_bufs)
+
+      @pl.when(k >= q_bufs)
+      def _():
+        plgpu.barrier_wait(q_free.at[buf])
+
+      for c in range(2):
+        plgpu.copy_gmem_to_smem(geo.q_rows(refs, w, b, h, r0 + c * bq, bq), q_smem.at[buf, c],
+                                q_bar.at[buf])
+      kvh = lax.div(h, group)
+      kv_base = geo.kv_base(refs, b)
+
+      @pl.loop(lo, hi)
+      def _(j):
+        g = base + j - lo
+        slot = lax.rem(g, stages)
+
+        @pl.when(g >= stages)
+        def _():
+          plgpu.barrier_wait(k_free.at[slot])
+          plgpu.barrier_wait(v_free.at[slot])
+
+        geo.load_kv(refs, b, kv_base, kvh, j, bkv, k_smem.at[slot], v_smem.at[slot],
+                    k_bar.at[slot], v_bar.at[slot])
+
+      return base + (hi - lo)
+
+    total = lax.fori_loop(0, n_items, load_item, 0)
+
+    # Observe the releases nobody waited for, so every barrier phase has a waiter.
+    @pl.loop(jnp.maximum(total - stages, 0), total)
+    def _(g):
+      plgpu.barrier_wait(k_free.at[lax.rem(g, stages)])
+      plgpu.barrier_wait(v_free.at[lax.rem(g, stages)])
+
+    @pl.loop(jnp.maximum(n_items - q_bufs, 0), n_items)
+    def _(k):
+      plgpu.barrier_wait(q_free.at[lax.rem(k, q_bufs)])
+
+
+def _pad_to(x, axis, multiple):
+  n = x.shape[axis]
+  pad = -n % multiple
+  if not pad:
+    return x
+  widths = [(0, 0)] * x.ndim
+  widths[axis] = (0, pad)
+  return jnp.pad(x, widths)
+
+
+def _num_sms(interpret) -> int:
+  if interpret:
+    return 2   # a small "machine", so that interpreted CTAs run several items
+  # Off-GPU (ahead-of-time lowering for CUDA) there is no device to ask: an H100's count.
+  return getattr(jax.devices()[0], "core_count", None) or 132
+
+
+def run_forward(geo, q, k, v, extra, out_types, variant: Variant, *, sm_scale: float,
+                cfg: Config, head_dim: int, v_head_dim: int, group: int, interpret: Any):
+  """Launch the forward kernel on `geo`'s layout; returns (o, lse) in geo's layout."""
+  names = tuple(sorted(variant.params))
+  params = tuple(jnp.asarray(variant.params[n]) for n in names)
+  D, Dv, dtype = head_dim, v_head_dim, q.dtype
+  num_ctas = geo.num_items
+  if cfg.persistent:
+    num_ctas = max(min(num_ctas, _num_sms(interpret)), 1)
+  q_bufs = 2 if cfg.persistent else 1
+  separate_o = Dv != D
+
+  def entry(q_ref, k_ref, v_ref, *rest):
+    n_in = len(extra) + len(params)
+    refs = Refs(q_ref, k_ref, v_ref, rest[:n_in], *rest[n_in:n_in + 2])
+    st = cfg.num_stages
+    scratch = (
+        _tiled_smem((q_bufs, 2, cfg.block_q, D), dtype),
+        _tiled_smem((2, cfg.block_q, Dv), dtype) if separate_o else None,
+        plgpu.SMEM((2, cfg.block_q), jnp.float32),
+        _tiled_smem((st, cfg.block_kv, D), dtype),
+        _tiled_smem((st, cfg.block_kv, Dv), dtype),
+        plgpu.Barrier(num_arrivals=2, num_barriers=q_bufs),          # Q loaded
+        plgpu.Barrier(num_arrivals=2, num_barriers=q_bufs),          # Q buffer free
+        plgpu.Barrier(num_arrivals=geo.kv_copies, num_barriers=st),  # K loaded
+        plgpu.Barrier(num_arrivals=geo.kv_copies, num_barriers=st),  # V loaded
+        plgpu.Barrier(num_arrivals=2, num_barriers=st),              # K slot free
+        plgpu.Barrier(num_arrivals=2, num_barriers=st),              # V slot free
+        plgpu.Barrier(num_arrivals=2),                               # consumer ping-pong
+    )
+    body = functools.partial(_fwd_kernel_body, refs, geo=geo, cfg=cfg, variant=variant,
+                             sm_scale=sm_scale, group=group, num_ctas=num_ctas,
+                             param_names=names, interpret=bool(interpret))
+    pl.run_scoped(lambda *s: body(s), *scratch, collective_axes="wg")
+
+  return plgpu.kernel(
+      entry,
+      out_type=out_types,
+      grid=(num_ctas,),
+      grid_names=("cta",),
+      num_threads=3,
+      thread_name="wg",
+      compiler_params=plgpu.CompilerParams(approx_math=True),
+      interpret=interpret_params(interpret),
+  )(q, k, v, *extra, *params)
+
+
+def flash_forward(q, k, v, lens, variant: Variant, *, sm_scale: float,
+                  config: Optional[Config] = None, interpret: Any = False):
+  """The kernel on dense inputs. lens int32 [2, B] = (q_len, kv_len), already clipped, or
+  None for full lengths (then they are compile-time constants).
+  Returns o [B,T,Nq,Dv] and lse [B,Nq,T] (head-major, as the kernel writes it)."""
+  B, T, Nq, D = q.shape
+  _, S, Nkv, Dv = v.shape
+  cfg = config or default_config(D, Dv, interpret)
+  rows = 2 * cfg.block_q
+  qp = _pad_to(q, 1, rows)
+  kp, vp = _pad_to(k, 1, cfg.block_kv), _pad_to(v, 1, cfg.block_kv)
+  Tp = qp.shape[1]
+  geo = Dense(B, Nq, Tp // rows, T, S, lens is not None, cfg.heavy_first)
+  out_types = (jax.ShapeDtypeStruct((B, Tp, Nq, Dv), q.dtype),
+               jax.ShapeDtypeStruct((B, Nq, Tp), jnp.float32))
+  o, lse = run_forward(geo, qp, kp, vp, [] if lens is None else [lens], out_types, variant,
+                       sm_scale=sm_scale, cfg=cfg, head_dim=D, v_head_dim=Dv,
+                       group=Nq // Nkv, interpret=interpret)
+  return o[:, :T], lse[:, :, :T]
+
+
+# ----------------------------------------------------------------------------- dense op
+
+def _lens(B, T, S, q_lengths, kv_lengths):
+  if q_lengths is None and kv_lengths is None:
+    return None
+  q_len = jnp.full((B,), T, jnp.int32) if q_lengths is None else jnp.clip(q_lengths, 0, T)
+  kv_len = jnp.full((B,), S, jnp.int32) if kv_lengths is None else jnp.clip(kv_lengths, 0, S)
+  return jnp.stack([q_len.astype(jnp.int32), kv_len.astype(jnp.int32)])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def _attention_core(q, k, v, lens, variant, sm_scale, config, interpret):
+  o, lse = flash_forward(q, k, v, lens, variant, sm_scale=sm_scale, config=config,
+                         interpret=interpret)
+  return o, jnp.swapaxes(lse, 1, 2)
+
+
+def _attention_core_fwd(q, k, v, lens, variant, sm_scale, config, interpret):
+  o, lse = flash_forward(q, k, v, lens, variant, sm_scale=sm_scale, config=config,
+                         interpret=interpret)
+  return (o, jnp.swapaxes(lse, 1, 2)), (q, k, v, lens, variant, o, lse)
+
+
+def _attention_core_bwd(sm_scale, config, interpret, res, cts):
+  from jattn.pallas import prefill_bwd
+  q, k, v, lens, variant, o, lse = res
+  do, dlse = cts
+  dq, dk, dv = prefill_bwd.flash_backward(q, k, v, lens, variant, o, lse, do,
+                                          jnp.swapaxes(dlse, 1, 2), sm_scale=sm_scale,
+                                          interpret=interpret)
+  zero_variant = jax.tree.map(jnp.zeros_like, variant)
+  return dq, dk, dv, None, zero_variant
+
+
+_attention_core.defvjp(_attention_core_fwd, _attention_core_bwd)
+
+
+def _kernel_variant(variant: Variant) -> Variant:
+  """The part of a variant the kernel traces (the token transforms ran before it)."""
+  return Variant(logits_transform=variant.logits_transform, logits_mask=variant.logits_mask,
+                 params=variant.params, band=variant.band, name=variant.name)
+
+
+def attention(q, k, v, *, sm_scale, variant, q_lengths, kv_lengths, interpret=False,
+              config: Optional[Config] = None):
+  """`jattn.attention` on the Pallas Mosaic GPU kernel. Returns (o, lse [B,T,Nq])."""
+  B, T = q.shape[:2]
+  S = k.shape[1]
+  lens = _lens(B, T, S, q_lengths, kv_lengths)
+  q, k = token_transforms(q, k, variant, q_lengths, kv_lengths)
+  return _attention_core(q, k, v, lens, _kernel_variant(variant), float(sm_scale), config,
+                         interpret)
+
+
+# ----------------------------------------------------------------------------- packed ops
+
+def _slots(q_offsets, Tq, rows):
+  """Tile slots of packed queries: (tiles int32 [3, n_slots] = (sequence, q tile, valid),
+  n_slots static, and for each packed row its (slot, row within slot, valid))."""
+  B = q_offsets.shape[0] - 1
+  n_slots = -(-Tq // rows) + B
+  q_len = q_offsets[1:] - q_offsets[:-1]
+  n_t = (q_len + rows - 1) // rows
+  end = jnp.cumsum(n_t)
+  start = end - n_t
+  t = jnp.arange(n_slots, dtype=jnp.int32)
+  b = jnp.clip(jnp.searchsorted(end, t, side="right").astype(jnp.int32), 0, B - 1)
+  valid = t < end[-1]
+  qt = jnp.where(valid, n_t[b] - 1 - (t - start[b]), 0)      # heaviest tile first
+  tiles = jnp.stack([b, qt, valid.astype(jnp.int32)]).astype(jnp.int32)
+  i = jnp.arange(Tq, dtype=jnp.int32)
+  rb = jnp.clip(jnp.searchsorted(q_offsets[1:], i, side="right").astype(jnp.int32), 0, B - 1)
+  rvalid = (i >= q_offsets[0]) & (i < q_offsets[B])
+  r = i - q_offsets[rb]
+  slot = start[rb] + n_t[rb] - 1 - r // rows
+  return tiles, n_slots, (jnp.clip(slot, 0, n_slots - 1), r % rows, rvalid)
+
+
+def _gather_rows(o, lse, row_map):
+  """Slot-major o [n_slots, rows, Nq, Dv], lse [Nq, n_slots, rows] -> packed rows."""
+  slot, r, valid = row_map
+  out = jnp.where(valid[:, None, None], o[slot, r], 0).astype(o.dtype)
+  l = jnp.where(valid[:, None], jnp.moveaxis(lse, 0, -1)[slot, r], -jnp.inf)
+  return out, l
+
+
+def _packed_q_transform(q, variant, q_offsets, kv_len):
+  if variant.query_transform is None:
+    return q
+  B = q_offsets.shape[0] - 1
+  i = jnp.arange(q.shape[0], dtype=jnp.int32)
+  b = jnp.clip(jnp.searchsorted(q_offsets[1:], i, side="right").astype(jnp.int32), 0, B - 1)
+  q_len = q_offsets[1:] - q_offsets[:-1]
+  q_pos = kv_len[b] - q_len[b] + i - q_offsets[b]
+  Nq = q.shape[1]
+  ctx = Context(q_pos=q_pos[:, None, None], kv_pos=None,
+                head=jnp.arange(Nq, dtype=jnp.int32)[None, :, None], batch=b[:, None, None],
+                params={n: jnp.reshape(p, (1, Nq, 1)) for n, p in variant.params.items()})
+  return variant.query_transform(q.astype(jnp.float32), ctx).astype(q.dtype)
+
+
+def _slot_queries(q, q_offsets, tiles, rows):
+  """Packed q [Tq,Nq,D] -> slot-major [n_slots * rows, Nq, D] (zeros past q_len)."""
+  n_slots = tiles.shape[1]
+  q_len = q_offsets[1:] - q_offsets[:-1]
+  b, qt = tiles[0][:, None], tiles[1][:, None]
+  r = qt * rows + jnp.arange(rows, dtype=jnp.int32)[None, :]
+  ok = (r < q_len[b]) & (tiles[2][:, None] > 0)
+  src = jnp.where(ok, q_offsets[:-1][b] + r, 0).reshape(-1)
+  out = jnp.where(ok.reshape(-1)[:, None, None], q[src], 0).astype(q.dtype)
+  return out.reshape(n_slots * rows, *q.shape[1:])
+
+
+def _aligned_kv(k, v, kv_offsets, block_kv):
+  """Contiguous packed K/V -> each sequence starting on a block_kv boundary (TMA tiles
+  must start on 8-row boundaries). Returns (k, v, starts int32 [B])."""
+  kv_len = kv_offsets[1:] - kv_offsets[:-1]
+  size = (kv_len + block_kv - 1) // block_kv * block_kv
+  end = jnp.cumsum(size)
+  start = end - size
+  B = kv_len.shape[0]
+  n = k.shape[0] + B * (block_kv - 1)
+  n = -(-n // block_kv) * block_kv
+  i = jnp.arange(n, dtype=jnp.int32)
+  b = jnp.clip(jnp.searchsorted(end, i, side="right").astype(jnp.int32), 0, B - 1)
+  s = i - start[b]
+  ok = s < kv_len[b]
+  src = jnp.where(ok, kv_offsets[:-1][b] + s, 0)
+  gather = lambda x: jnp.where(ok[:, None, None], x[src], 0).astype(x.dtype)
+  return gather(k), gather(v), start.astype(jnp.int32)
+
+
+def _packed_forward(q, k, v, kv_start, page_table, q_offsets, kv_len, variant, sm_scale,
+                    interpret, config):
+  Tq, Nq, D = q.shape
+  Nkv, Dv = k.shape[-2], v.shape[-1]
+  cfg = config or default_config(D, Dv, interpret)
+  rows = 2 * cfg.block_q
+  q = _packed_q_transform(q, variant, q_offsets, kv_len)
+  tiles, n_slots, row_map = _slots(q_offsets, Tq, rows)
+  q_len = q_offsets[1:] - q_offsets[:-1]
+  seq = jnp.stack([q_len, kv_len, kv_start]).astype(jnp.int32)
+  qs = _slot_queries(q, q_offsets, tiles, rows)
+  if page_table is not None:
+    geo = Packed(Nq, n_slots, rows, True, k.shape[1], k.shape[0], cfg.block_kv)
+    extra = [tiles, seq, page_table]
+  else:
+    geo = Packed(Nq, n_slots, rows, False)
+    extra = [tiles, seq]
+  out_types = (jax.ShapeDtypeStruct((n_slots, rows, Nq, Dv), q.dtype),
+               jax.ShapeDtypeStruct((Nq, n_slots, rows), jnp.float32))
+  o, lse = run_forward(geo, qs, k, v, extra, out_types, _kernel_variant(variant),
+                       sm_scale=float(sm_scale), cfg=cfg, head_dim=D, v_head_dim=Dv,
+                       group=Nq // Nkv, interpret=interpret)
+  return _gather_rows(o, lse, row_map)
+
+
+def prefill_ragged(q, k, v, q_offsets, kv_offsets, *, sm_scale, variant, interpret=False,
+                   config: Optional[Config] = None):
+  """`jattn.prefill_ragged` on the kernel: packed q [Tq,Nq,D] against contiguous packed
+  k/v [Tk,Nkv,*]. Forward only (no VJP). Returns (o [Tq,Nq,Dv], lse [Tq,Nq])."""
+  kv_len = kv_offsets[1:] - kv_offsets[:-1]
+  if variant.key_transform is not None:
+    Tk, Nkv = k.shape[:2]
+    B = kv_offsets.shape[0] - 1
+    i = jnp.arange(Tk, dtype=jnp.int32)
+    b = jnp.clip(jnp.searchsorted(kv_offsets[1:], i, side="right").astype(jnp.int32), 0, B - 1)
+    ctx = Context(q_pos=None, kv_pos=(i - kv_offsets[b])[:, None, None],
+                  head=jnp.arange(Nkv, dtype=jnp.int32)[None, :, None], batch=b[:, None, None],
+                  params={})
+    k = variant.key_transform(k.astype(jnp.float32), ctx).astype(k.dtype)
+  cfg = config or default_config(q.shape[-1], v.shape[-1], interpret)
+  k, v, kv_start = _aligned_kv(k, v, kv_offsets, cfg.block_kv)
+  return _packed_forward(q, k, v, kv_start, None, q_offsets, kv_len, variant, sm_scale,
+                         interpret, cfg)
+
+
+def prefill(q, cache, page_table, kv_lens, q_offsets, *, sm_scale, variant, interpret=False,
+            config: Optional[Config] = None):
+  """`jattn.prefill` on the kernel: packed q [Tq,Nq,D] against the paged cache, K/V tiles
+  TMA-loaded page by page through page_table (page ids clipped to the cache, lengths to
+  the table). Forward only. Returns (o [Tq,Nq,Dv], lse [Tq,Nq])."""
+  M, ps = page_table.shape[1], cache.k_pages.shape[1]
+  kv_len = jnp.clip(kv_lens, 0, M * ps).astype(jnp.int32)
+  return _packed_forward(q, cache.k_pages, cache.v_pages, jnp.zeros_like(kv_len),
+                         page_table.astype(jnp.int32), q_offsets, kv_len, variant, sm_scale,
+                         interpret, config)

@@ -1,0 +1,193 @@
+"""Kernel-specific tests of the Pallas prefill/attention kernel (jattn.pallas.prefill and
+prefill_bwd), run in the Mosaic GPU interpreter on CPU (compiled on a GPU) against the
+float64 oracle. Uninitialized SMEM/GMEM is poisoned with NaN, so an output tile the kernel
+forgot to write, or a read of a buffer nothing wrote, fails the comparison.
+
+Shapes straddle the kernel's tiles (128 query rows per work item, 64/128-row KV tiles),
+T != S, GQA, per-sequence lengths (incl. empty sequences and q_len > kv_len), head dims,
+every built-in variant and user variants, gradients against jax.grad of the oracle, and the
+packed (ragged / paged) forms. The interpreter runs the persistent kernel on a 2-CTA
+"machine", so every CTA walks several work items (the cross-item barrier phases and the
+double-buffered Q are exercised).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jattn
+from jattn import dispatch, reference, variants as V
+from jattn.pallas import prefill as P
+from conftest import ON_GPU, assert_close, assert_lse_close, oracle, paged_cache, randn
+
+POISON = False if ON_GPU else P.plgpu.InterpretGPUParams(uninitialized_memory="nan")
+
+
+def _dense(rng, B, T, S, Nq, Nkv, D, Dv, dtype=jnp.bfloat16):
+  return (randn(rng, (B, T, Nq, D), dtype), randn(rng, (B, S, Nkv, D), dtype),
+          randn(rng, (B, S, Nkv, Dv), dtype))
+
+
+def _check(q, k, v, var, *, q_lengths=None, kv_lengths=None, sm_scale=None, config=None):
+  sm_scale = q.shape[-1] ** -0.5 if sm_scale is None else sm_scale
+  o, lse = P.attention(q, k, v, sm_scale=sm_scale, variant=var, q_lengths=q_lengths,
+                       kv_lengths=kv_lengths, interpret=POISON, config=config)
+  ro, rlse = oracle(reference.attention, q, k, v, sm_scale=sm_scale, variant=var,
+                    q_lengths=q_lengths, kv_lengths=kv_lengths)
+  assert o.shape == ro.shape and o.dtype == q.dtype and lse.dtype == jnp.float32
+  assert_close(o, ro, q.dtype)
+  assert_lse_close(lse, rlse, q.dtype)
+  return np.asarray(o), np.asarray(lse)
+
+
+def _rel_bias(s, ctx):
+  return s - 0.05 * (ctx.head + 1).astype(s.dtype) * jnp.abs(ctx.kv_pos - ctx.q_pos).astype(s.dtype)
+
+
+def _every_third_key(ctx):
+  return (ctx.kv_pos % 3 != 1) | (ctx.kv_pos == ctx.q_pos)
+
+
+def _scale_queries(q, ctx):   # a position-dependent query_transform
+  return q * (1.0 + 0.01 * ctx.q_pos.astype(q.dtype))
+
+
+@pytest.mark.parametrize("T,S,causal", [(130, 70, True), (64, 300, True), (200, 136, False)],
+                         ids=["T>S", "T<S", "dense"])
+def test_tile_edges_gqa(T, S, causal, rng):
+  q, k, v = _dense(rng, 2, T, S, 4, 2, 64, 64)
+  _check(q, k, v, V.causal() if causal else V.Variant(name="dense"))
+
+
+@pytest.mark.parametrize("D,Dv", [(32, 16), (64, 128), (128, 64), (256, 256)])
+def test_head_dims(D, Dv, rng):
+  q, k, v = _dense(rng, 1, 96, 160, 2, 1, D, Dv)
+  _check(q, k, v, V.causal())
+
+
+def test_lengths_empty_rows_and_q_longer_than_kv(rng):
+  q, k, v = _dense(rng, 4, 150, 140, 2, 1, 64, 64)
+  ql = jnp.array([150, 30, 0, 90], jnp.int32)
+  kl = jnp.array([140, 10, 50, 0], jnp.int32)
+  o, lse = _check(q, k, v, V.causal(), q_lengths=ql, kv_lengths=kl)
+  assert np.all(o[1, 30:] == 0) and np.all(o[2] == 0) and np.all(o[3] == 0)
+  assert np.all(o[1, :20] == 0)                    # q_pos < 0: sees no key at all
+  assert np.all(np.isneginf(lse[2])) and np.all(np.isneginf(lse[3]))
+
+
+@pytest.mark.parametrize("name", ["window_lr", "softcap_fp16", "alibi", "user", "qtransform"])
+def test_variants(name, rng):
+  dtype = jnp.float16 if name == "softcap_fp16" else jnp.bfloat16
+  q, k, v = _dense(rng, 1, 140, 200, 4, 2, 64, 64, dtype)
+  var = {
+      "window_lr": V.sliding_window(70, 9),
+      "softcap_fp16": V.compose(V.causal(), V.soft_cap(3.0)),
+      "alibi": V.compose(V.causal(), V.alibi(V.alibi_slopes(4))),
+      "user": V.compose(V.causal(), V.Variant(logits_transform=_rel_bias,
+                                              logits_mask=_every_third_key, name="user")),
+      "qtransform": V.compose(V.causal(), V.Variant(query_transform=_scale_queries)),
+  }[name]
+  _check(q, k, v, var)
+
+
+def test_persistent_and_one_cta_per_tile_agree(rng):
+  q, k, v = _dense(rng, 1, 256, 256, 2, 2, 64, 64)
+  a, _ = _check(q, k, v, V.causal(), config=P.Config(persistent=True, heavy_first=False))
+  b, _ = _check(q, k, v, V.causal(), config=P.Config(persistent=False))
+  np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["causal_lens_softcap", "window_alibi_dv"])
+def test_gradients_match_reference(name, rng):
+  if name == "causal_lens_softcap":
+    B, T, S, Nq, Nkv, D, Dv = 2, 100, 160, 2, 1, 64, 64
+    var = V.compose(V.causal(), V.soft_cap(3.0))
+    ql, kl = jnp.array([100, 37], jnp.int32), jnp.array([160, 80], jnp.int32)
+  else:
+    B, T, S, Nq, Nkv, D, Dv = 1, 130, 130, 2, 1, 64, 32
+    var = V.compose(V.sliding_window(30, 5), V.alibi(V.alibi_slopes(2)))
+    ql = kl = None
+  q, k, v = _dense(rng, B, T, S, Nq, Nkv, D, Dv)
+  do = randn(rng, (B, T, Nq, Dv), jnp.float32)
+  dl = randn(rng, (B, T, Nq), jnp.float32)
+
+  def loss(fn):
+    def f(q, k, v):
+      o, lse = fn(q, k, v)
+      return (jnp.sum(o.astype(jnp.float32) * do)
+              + jnp.sum(jnp.where(jnp.isfinite(lse), lse, 0.0) * dl))
+    return f
+
+  ours = loss(lambda q, k, v: P.attention(q, k, v, sm_scale=D ** -0.5, variant=var,
+                                          q_lengths=ql, kv_lengths=kl, interpret=POISON))
+  ref = loss(lambda q, k, v: reference.attention(q, k, v, sm_scale=D ** -0.5, variant=var,
+                                                 q_lengths=ql, kv_lengths=kl))
+  g = jax.grad(ours, argnums=(0, 1, 2))(q, k, v)
+  rg = oracle(jax.grad(ref, argnums=(0, 1, 2)), q, k, v)
+  for x, r, n in zip(g, rg, "qkv"):
+    assert x.dtype == q.dtype
+    assert_close(x, r, q.dtype, scale=2.0, what=f"d{n}")
+
+
+@pytest.mark.parametrize("page_size", [8, 256])
+def test_paged_append_pages_smaller_and_larger_than_tile(page_size, rng):
+  q_lens, kv_lens = [3, 70, 1], [19, 200, 7]
+  B, Nq, Nkv, D = 3, 2, 1, 64
+  kd, vd = _dense(rng, B, max(kv_lens), max(kv_lens), Nkv, Nkv, D, D)[1:]
+  cache, table = paged_cache(rng, kd, vd, page_size, jnp.bfloat16)
+  qo = jnp.asarray(np.concatenate([[0], np.cumsum(q_lens)]), jnp.int32)
+  q = randn(rng, (sum(q_lens) + 2, Nq, D), jnp.bfloat16)
+  kl = jnp.asarray(kv_lens, jnp.int32)
+  var = V.compose(V.causal(), V.sliding_window(100))
+  o, lse = P.prefill(q, cache, table, kl, qo, sm_scale=D ** -0.5, variant=var,
+                     interpret=POISON)
+  ro, rlse = oracle(reference.prefill, q, cache, table, kl, qo, sm_scale=D ** -0.5,
+                    variant=var)
+  assert_close(o, ro, jnp.bfloat16)
+  assert_lse_close(lse, rlse, jnp.bfloat16)
+  assert np.all(np.asarray(o)[sum(q_lens):] == 0)
+
+
+def test_ragged_long_and_empty_sequences(rng):
+  q_lens, kv_lens = [5, 0, 140, 7], [9, 4, 150, 20]
+  Nq, Nkv, D = 2, 1, 64
+  qo = jnp.asarray(np.concatenate([[0], np.cumsum(q_lens)]), jnp.int32)
+  ko = jnp.asarray(np.concatenate([[0], np.cumsum(kv_lens)]), jnp.int32)
+  q = randn(rng, (sum(q_lens) + 3, Nq, D), jnp.bfloat16)
+  k = randn(rng, (sum(kv_lens) + 2, Nkv, D), jnp.bfloat16)
+  v = randn(rng, (sum(kv_lens) + 2, Nkv, D), jnp.bfloat16)
+  var = V.causal()
+  o, lse = P.prefill_ragged(q, k, v, qo, ko, sm_scale=D ** -0.5, variant=var,
+                            interpret=POISON)
+  ro, rlse = oracle(reference.prefill_ragged, q, k, v, qo, ko, sm_scale=D ** -0.5,
+                    variant=var)
+  assert_close(o, ro, jnp.bfloat16)
+  assert_lse_close(lse, rlse, jnp.bfloat16)
+
+
+def test_supports_names_what_it_cannot_do():
+  def spec(**kw):
+    base = dict(op="attention", platform="gpu", dtype=jnp.bfloat16, kv_dtype=jnp.bfloat16,
+                head_dim=128, v_head_dim=128, num_q_heads=8, num_kv_heads=2,
+                variant=V.causal())
+    base.update(kw)
+    return dispatch.Spec(**base)
+
+  assert P.supports(spec()) is None
+  assert "float32" in P.supports(spec(dtype=jnp.float32, kv_dtype=jnp.float32))
+  assert "head_dim 40" in P.supports(spec(head_dim=40))
+  assert "page_size 4" in P.supports(spec(op="prefill", page_size=4))
+  assert P.supports(spec(op="prefill", page_size=16)) is None
+  assert "decode" in P.supports(spec(op="decode"))
+
+
+@pytest.mark.skipif(ON_GPU, reason="checks the CPU dispatch")
+def test_public_api_runs_the_kernel_interpreted(rng):
+  q, k, v = _dense(rng, 1, 40, 40, 2, 1, 64, 64)
+  o = jattn.attention(q, k, v, causal=True, implementation="pallas")
+  assert dispatch.chosen("attention") == "pallas_mosaic (interpret)"
+  ro, _ = oracle(reference.attention, q, k, v, sm_scale=64 ** -0.5, variant=V.causal())
+  assert_close(o, ro, jnp.bfloat16)
