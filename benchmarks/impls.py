@@ -21,6 +21,7 @@ import warnings
 from typing import Any, Callable, Optional
 
 import jax
+import numpy as np
 import jax.numpy as jnp
 
 import jattn
@@ -180,6 +181,25 @@ def jattn_decode(family):
     f = jax.jit(functools.partial(jattn.decode, implementation=family))
     args = [(p["q"], p["cache"], p["table"], p["kv_lens"]) for p in data.paged]
     return Prepared(f, args, chosen=_chosen("decode"))
+  return build
+
+
+def jattn_decode_planned(balanced: bool):
+  """FlashInfer's plan/run split: the plan is made once on the host from the lengths
+  (outside the timed region) and reused by every call. `balanced=False` is the
+  unbalanced baseline: one unit per sequence (no split-K), whatever the lengths."""
+  def build(wl, data):
+    _guard(wl, "decode", "pallas")
+    f = jax.jit(lambda q, c, t, kl, plan: jattn.decode(q, c, t, kl, plan=plan,
+                                                       implementation="pallas"))
+    extra = {} if balanced else dict(min_unit_keys=1 << 30)
+    args = []
+    for p in data.paged:
+      plan = jattn.plan_decode(np.asarray(p["kv_lens"]), wl.pages, wl.num_q_heads,
+                               wl.num_kv_heads, wl.head_dim, **extra)
+      args.append((p["q"], p["cache"], p["table"], p["kv_lens"], plan))
+    return Prepared(f, args, chosen=_chosen("decode"),
+                    note="host plan" if balanced else "one unit per sequence (no plan)")
   return build
 
 
@@ -351,6 +371,9 @@ def entries(wl: W.Workload) -> list[tuple[str, str, Callable]]:
   if wl.kind == "decode":
     for fam in jattn_families("decode"):
       rows.append((f"jattn.decode[{fam}]", "jattn", jattn_decode(fam)))
+    if "pallas" in jattn_families("decode"):
+      rows.append(("jattn.decode[pallas,plan]", "jattn", jattn_decode_planned(True)))
+      rows.append(("jattn.decode[pallas,noplan]", "jattn", jattn_decode_planned(False)))
   else:
     ops = ["attention"] if wl.kind == "bwd" else (
         ["prefill", "attention"] if wl.kind == "append" else ["attention", "prefill"])
