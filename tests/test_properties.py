@@ -42,7 +42,7 @@ def test_attention_property(impl):
   def check(case):
     B, T, S, Nkv, G, D, causal, window, cap, q_len, kv_len, seed = case
     rng = np.random.default_rng(seed)
-    dtype = jnp.float32
+    dtype = jnp.float32 if impl == "xla" else jnp.bfloat16
     Nq = Nkv * G
     q, k, v = (randn(rng, (B, T, Nq, D), dtype), randn(rng, (B, S, Nkv, D), dtype),
                randn(rng, (B, S, Nkv, D), dtype))
