@@ -1,11 +1,11 @@
 """Timing and the machine's two ceilings, measured in the same process as the workloads.
 
-`bench(fn, args)`: the first call compiles (its time is `compile_s`), a second call
-measures roughly one call, then `reps` repetitions of `calls` back-to-back calls over the
-rotated input sets, each repetition timed on the host clock from before the first launch
-to `block_until_ready` on the last output (the device runs one stream in order). The
-figure is the median over repetitions of (repetition time / calls). `calls` is at most
-`max_calls`, fewer for slow functions so one implementation takes about `budget_s`.
+`bench(fn, args)` and `Timing` live in `jattn.bench.timing` (shared with `jattn.bench`):
+the first call compiles (its time is `compile_s`), a second call measures roughly one
+call, then `reps` repetitions of `calls` back-to-back calls over the rotated input sets,
+each repetition timed on the host clock from before the first launch to
+`block_until_ready` on the last output. The figure is the median over repetitions of
+(repetition time / calls).
 
 Ceilings: memory = an elementwise pass over a 2 GiB bf16 buffer, counting bytes read plus
 bytes written; compute = a bf16 8192^3 matrix product (random data), 2*N^3 FLOPs.
@@ -13,48 +13,10 @@ bytes written; compute = a bf16 8192^3 matrix product (random data), 2*N^3 FLOPs
 
 from __future__ import annotations
 
-import dataclasses
-import statistics
-import time
-
 import jax
 import jax.numpy as jnp
 
-
-@dataclasses.dataclass
-class Timing:
-  median_s: float
-  min_s: float
-  max_s: float
-  reps: int
-  calls: int
-  compile_s: float
-  out: object = None
-
-  @property
-  def spread(self) -> float:
-    return (self.max_s - self.min_s) / self.median_s if self.median_s > 0 else 0.0
-
-
-def bench(fn, args: list[tuple], *, reps: int = 7, max_calls: int = 20,
-          budget_s: float = 1.5) -> Timing:
-  n = len(args)
-  t0 = time.perf_counter()
-  out = jax.block_until_ready(fn(*args[0]))
-  compile_s = time.perf_counter() - t0
-  t0 = time.perf_counter()
-  jax.block_until_ready(fn(*args[1 % n]))
-  one = max(time.perf_counter() - t0, 1e-6)
-  calls = int(max(1, min(max_calls, budget_s / (reps * one))))
-  times = []
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    for i in range(calls):
-      last = fn(*args[i % n])
-    jax.block_until_ready(last)
-    times.append((time.perf_counter() - t0) / calls)
-    del last
-  return Timing(statistics.median(times), min(times), max(times), reps, calls, compile_s, out)
+from jattn.bench.timing import Timing, bench  # noqa: F401  (re-exported for the harness)
 
 
 def ceilings(*, tiny: bool = False, reps: int = 7) -> dict:

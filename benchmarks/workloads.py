@@ -23,9 +23,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+# Input rotation and page tables are shared with jattn.bench (one definition of each).
+from jattn.bench.definitions import shuffled_page_table
+from jattn.bench.timing import L2_BYTES, MAX_INPUT_SETS, num_input_sets  # noqa: F401
+
 DTYPE = jnp.bfloat16
-L2_BYTES = 64 << 20          # rotate inputs until a set of them outgrows ~2x this (H100 50 MB, H200 60 MB)
-MAX_INPUT_SETS = 4
 PAGE_SIZE = 16               # pages of the paged form of workloads that name none (jattn.prefill)
 
 
@@ -168,10 +170,6 @@ def _normal(key, shape):
   return jax.random.normal(key, shape, jnp.float32).astype(DTYPE)
 
 
-def num_input_sets(set_bytes: float) -> int:
-  return int(min(MAX_INPUT_SETS, max(1, math.ceil(2 * L2_BYTES / max(set_bytes, 1)))))
-
-
 @functools.partial(jax.jit, static_argnums=(0,))
 def _dense_set(wl: Workload, key) -> dict:
   kq, kk, kv, kd = jax.random.split(key, 4)
@@ -201,18 +199,7 @@ def page_table(wl: Workload, seed: int = 1):
   """Shuffled page table int32 [B, max_pages] and the number of pages P. Sequence b's
   first ceil(len_b / page_size) entries are its own pages, in a random order over the
   cache; the rest of its row points at random (valid) pages that must not be read."""
-  ps = wl.pages
-  lens = wl.kv_lens()
-  m = -(-wl.kv_len // ps)
-  used = -(-lens // ps)
-  num_pages = int(used.sum())
-  rng = np.random.default_rng(seed)
-  perm = rng.permutation(num_pages)
-  table = rng.integers(0, num_pages, (wl.batch, m)).astype(np.int32)
-  start = 0
-  for b, u in enumerate(used):
-    table[b, :u] = perm[start:start + u]
-    start += u
+  table, num_pages = shuffled_page_table(wl.kv_lens(), wl.kv_len, wl.pages, seed)
   return jnp.asarray(table), num_pages
 
 

@@ -14,6 +14,8 @@ from jattn.variants import Context, Variant, compose
 from jattn import ring, sharding
 from jattn.ring import ring_attention
 from jattn.sharding import ShardingError
+from jattn import bench
+from jattn.bench import apply
 
 __version__ = "0.1.0"
 
@@ -23,4 +25,5 @@ __all__ = [
     "PagedKVCache", "Variant", "Context", "compose", "variants", "implementations",
     "plan_decode", "DecodePlan",
     "ring_attention", "ring", "sharding", "ShardingError",
+    "bench", "apply",
 ]

@@ -11,11 +11,19 @@ name that cannot serve the call raises NotImplementedError with every reason. A
 
 `JATTN_LOG=debug` logs each choice and why the others were passed over; the last
 choices are also kept in `history` (the demo prints them).
+
+Overrides: inside `with override(chooser):` a call with `implementation=None` first asks
+`chooser(spec)` for an Impl (innermost override first; None passes), then falls back to
+the priorities. `jattn.apply(traces)` (jattn.bench) installs one that picks the fastest
+correct solution per shape bucket. Choices are made at trace time, so a function jitted
+and traced before the context keeps its earlier choice.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import contextvars
 import dataclasses
 import importlib
 import logging
@@ -98,12 +106,59 @@ class Choice:
   why: str
 
 
+Chooser = Callable[[Spec], Optional[Impl]]
+_OVERRIDES: contextvars.ContextVar = contextvars.ContextVar("jattn_overrides", default=())
+
+
+@contextlib.contextmanager
+def override(chooser: Chooser):
+  """While active, `select(spec, None)` asks `chooser(spec)` for an Impl before the
+  priorities (innermost override first). An Impl that cannot serve the spec is passed
+  over with its reason; an interpretable one runs interpreted off-GPU, as when named."""
+  token = _OVERRIDES.set(_OVERRIDES.get() + (chooser,))
+  try:
+    yield
+  finally:
+    _OVERRIDES.reset(token)
+
+
+def usable(impl: Impl, spec: Spec, named: bool) -> tuple[Optional[bool], Optional[str]]:
+  """(interpret, None) when `impl` can serve `spec`, else (None, reason)."""
+  interpret = False
+  if spec.platform not in impl.platforms:
+    if impl.interpretable and named and spec.platform == "cpu":
+      interpret = True
+    else:
+      return None, f"runs on {list(impl.platforms)}, not {spec.platform}"
+  why = impl.check(spec)
+  if why is not None:
+    return None, why
+  return interpret, None
+
+
+def _choose(spec: Spec, impl: Impl, interpret: bool, why: str) -> Choice:
+  choice = Choice(impl, impl.loader(), interpret, why)
+  history.append((spec.op, impl.name + (" (interpret)" if interpret else "")))
+  log.debug("jattn.%s -> %s%s (passed over: %s)", spec.op, impl.name,
+            " [interpret]" if interpret else "", why)
+  return choice
+
+
 def select(spec: Spec, implementation: Optional[str]) -> Choice:
   """Pick the implementation for `spec`; raise NotImplementedError naming what is
   missing when the request cannot be served."""
   impls = _REGISTRY[spec.op]
+  reasons = []
   if implementation is None:
     wanted = impls
+    for chooser in reversed(_OVERRIDES.get()):
+      impl = chooser(spec)
+      if impl is None or impl.op != spec.op:
+        continue
+      interpret, why = usable(impl, spec, named=True)
+      if why is None:
+        return _choose(spec, impl, interpret, "; ".join(reasons + ["override"]))
+      reasons.append(f"{impl.name} (override): {why}")
   else:
     wanted = [i for i in impls if implementation in (i.family, i.name)]
     if not wanted:
@@ -111,25 +166,12 @@ def select(spec: Spec, implementation: Optional[str]) -> Choice:
       raise NotImplementedError(
           f"jattn.{spec.op}: no implementation named {implementation!r}; "
           f"available: {names}")
-  reasons = []
   for impl in wanted:
-    interpret = False
-    if spec.platform not in impl.platforms:
-      if impl.interpretable and implementation is not None and spec.platform == "cpu":
-        interpret = True
-      else:
-        reasons.append(f"{impl.name}: runs on {list(impl.platforms)}, not {spec.platform}")
-        continue
-    why = impl.check(spec)
+    interpret, why = usable(impl, spec, named=implementation is not None)
     if why is not None:
       reasons.append(f"{impl.name}: {why}")
       continue
-    why = "; ".join(reasons) if reasons else "first choice"
-    choice = Choice(impl, impl.loader(), interpret, why)
-    history.append((spec.op, impl.name + (" (interpret)" if interpret else "")))
-    log.debug("jattn.%s -> %s%s (passed over: %s)", spec.op, impl.name,
-              " [interpret]" if interpret else "", why)
-    return choice
+    return _choose(spec, impl, interpret, "; ".join(reasons) if reasons else "first choice")
   raise NotImplementedError(
       f"jattn.{spec.op}: implementation={implementation!r} cannot serve this call: "
       + "; ".join(reasons))

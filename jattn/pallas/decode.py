@@ -42,6 +42,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
+from jattn import tuned
 from jattn.cache import is_float8
 from jattn.variants import Context, Variant
 
@@ -76,8 +77,14 @@ def _staged(kv_dtype, q_dtype, page_size, variant) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class DecodeConfig:
-  stages: Optional[int] = None     # TMA pipeline depth (None: the most that fit)
-  num_sms: Optional[int] = None    # for plans made inside `decode`
+  """Knobs of `decode`; None keeps the heuristic. The plan knobs apply to plans made
+  inside `decode` (plan=None); a host plan keeps its own split. With no config, `decode`
+  takes the one tuned for its shape on this GPU (`jattn.tuned`) when there is one."""
+
+  stages: Optional[int] = None         # TMA pipeline depth (None: the most that fit)
+  num_sms: Optional[int] = None        # for plans made inside `decode`
+  waves: Optional[int] = None          # plan_decode's waves (default 4)
+  min_unit_keys: Optional[int] = None  # plan_decode's min_unit_keys (default 256)
 
 
 def _smem_bytes(stages, bk, d, dv, q_dtype, kv_dtype, staged) -> int:
@@ -533,8 +540,17 @@ def decode(q, cache, page_table, kv_lens, *, sm_scale: float, variant: Variant,
   Dv = cache.v_pages.shape[3]
   G = Nq // Nkv
   bk = block_kv(ps)
+  if config is None:
+    found = tuned.lookup(tuned.bucket(
+        "decode", dtype=q.dtype, kv_dtype=cache.dtype, head_dim=D, v_head_dim=Dv,
+        num_q_heads=Nq, num_kv_heads=Nkv, batch=B, q_len=1, kv_len=page_table.shape[1] * ps,
+        page_size=ps, variant=variant))
+    config = DecodeConfig(**found) if found is not None else None
   if plan is None:   # made here from the device lengths (a few small XLA ops)
     grid = dict(num_sms=config.num_sms if config and config.num_sms else None)
+    for knob in ("waves", "min_unit_keys"):
+      if config is not None and getattr(config, knob) is not None:
+        grid[knob] = getattr(config, knob)
     if interpret:     # every CTA is simulated: one unit slot per sequence, plus one
       grid = dict(num_sms=1, ctas_per_sm=1, waves=1)
     plan = plan_decode(kv_lens, ps, Nq, Nkv, D, max_kv_len=page_table.shape[1] * ps,

@@ -65,6 +65,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
+from jattn import tuned
 from jattn.variants import Context, Variant
 
 LOG2E = math.log2(math.e)
@@ -76,7 +77,8 @@ DTYPES = (jnp.bfloat16, jnp.float16)
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-  """Tile sizes. A CTA covers 2 * block_q query rows (two consumer warpgroups)."""
+  """Tile sizes. A CTA covers 2 * block_q query rows (two consumer warpgroups). The ops
+  take the config tuned for their shape on this GPU (`pick_config`), else the heuristic."""
 
   block_q: int = 64
   block_kv: int = 128
@@ -99,6 +101,26 @@ def default_config(head_dim: int, v_head_dim: int, interpret: Any = False) -> Co
   return Config(persistent=persistent)
 
 
+def page_fits(page_size: int, block_kv: int) -> bool:
+  """Whole pages TMA-load into block_kv-row tiles (or a tile is cut from one page)."""
+  return page_size % 8 == 0 and (block_kv % page_size == 0 or page_size % block_kv == 0)
+
+
+def pick_config(op: str, q, k, v, *, batch: int, q_len: int, kv_len: int, variant: Variant,
+                interpret: Any, page_size: Optional[int] = None) -> Config:
+  """The config tuned on this GPU for the call's shape bucket (`jattn.tuned`; k/v may
+  be pages), else `default_config`. A tuned tile that cannot read the pages is skipped."""
+  found = tuned.lookup(tuned.bucket(
+      op, dtype=q.dtype, kv_dtype=k.dtype, head_dim=q.shape[-1], v_head_dim=v.shape[-1],
+      num_q_heads=q.shape[-2], num_kv_heads=k.shape[-2], batch=batch, q_len=q_len,
+      kv_len=kv_len, page_size=page_size, variant=variant))
+  if found is not None:
+    cfg = Config(**found)
+    if page_size is None or page_fits(page_size, cfg.block_kv):
+      return cfg
+  return default_config(q.shape[-1], v.shape[-1], interpret)
+
+
 # ----------------------------------------------------------------------------- capability
 
 def supports(spec) -> Optional[str]:
@@ -114,7 +136,7 @@ def supports(spec) -> Optional[str]:
       return f"{name} {d} (needs a multiple of 16 in [16, 256])"
   if spec.op == "prefill":
     ps, bkv = spec.page_size, default_config(spec.head_dim, spec.v_head_dim).block_kv
-    if ps % 8 or (bkv % ps and ps % bkv):
+    if not page_fits(ps, bkv):
       return (f"page_size {ps}: the kernel TMA-loads whole pages into {bkv}-row K/V tiles, "
               f"so the page size must be a multiple of 8 that divides {bkv} or a multiple "
               f"of {bkv}")
@@ -678,6 +700,9 @@ def attention(q, k, v, *, sm_scale, variant, q_lengths, kv_lengths, interpret=Fa
   """`jattn.attention` on the Pallas Mosaic GPU kernel. Returns (o, lse [B,T,Nq])."""
   B, T = q.shape[:2]
   S = k.shape[1]
+  if config is None:
+    config = pick_config("attention", q, k, v, batch=B, q_len=T, kv_len=S, variant=variant,
+                         interpret=interpret)
   lens = _lens(B, T, S, q_lengths, kv_lengths)
   q, k = token_transforms(q, k, variant, q_lengths, kv_lengths)
   return _attention_core(q, k, v, lens, _kernel_variant(variant), float(sm_scale), config,
@@ -801,7 +826,9 @@ def prefill_ragged(q, k, v, q_offsets, kv_offsets, *, sm_scale, variant, interpr
                   head=jnp.arange(Nkv, dtype=jnp.int32)[None, :, None], batch=b[:, None, None],
                   params={})
     k = variant.key_transform(k.astype(jnp.float32), ctx).astype(k.dtype)
-  cfg = config or default_config(q.shape[-1], v.shape[-1], interpret)
+  cfg = config or pick_config("prefill_ragged", q, k, v, batch=q_offsets.shape[0] - 1,
+                             q_len=q.shape[0], kv_len=k.shape[0], variant=variant,
+                             interpret=interpret)
   k, v, kv_start = _aligned_kv(k, v, kv_offsets, cfg.block_kv)
   return _packed_forward(q, k, v, kv_start, None, q_offsets, kv_len, variant, sm_scale,
                          interpret, cfg)
@@ -814,6 +841,9 @@ def prefill(q, cache, page_table, kv_lens, q_offsets, *, sm_scale, variant, inte
   the table). Forward only. Returns (o [Tq,Nq,Dv], lse [Tq,Nq])."""
   M, ps = page_table.shape[1], cache.k_pages.shape[1]
   kv_len = jnp.clip(kv_lens, 0, M * ps).astype(jnp.int32)
+  config = config or pick_config("prefill", q, cache.k_pages, cache.v_pages,
+                                 batch=page_table.shape[0], q_len=q.shape[0], kv_len=M * ps,
+                                 variant=variant, interpret=interpret, page_size=ps)
   return _packed_forward(q, cache.k_pages, cache.v_pages, jnp.zeros_like(kv_len),
                          page_table.astype(jnp.int32), q_offsets, kv_len, variant, sm_scale,
                          interpret, config)
