@@ -9,7 +9,7 @@ from jattn.api import (append_kv, attention, block_sparse_attention, decode, mer
                        prefill, prefill_ragged)
 from jattn.cache import PagedKVCache
 from jattn.dispatch import implementations
-from jattn.pallas.decode import DecodePlan, plan_decode
+from jattn.plan import DecodePlan, plan_decode
 from jattn.variants import Context, Variant, compose
 from jattn import ring, sharding
 from jattn.ring import ring_attention

@@ -33,35 +33,26 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from jattn import tuned
 from jattn.cache import is_float8
+from jattn.plan import DecodePlan, block_kv, plan_decode  # noqa: F401  (re-exported)
 from jattn.variants import Context, Variant
 
 ROWS = 64                      # wgmma M: query heads of one kv head, padded
 LOG2E = math.log2(math.e)
-DEFAULT_NUM_SMS = 132          # H100 SXM; used when the device cannot be asked
 SMEM_BUDGET = 110 * 1024       # two CTAs per SM (228 KiB per SM on Hopper)
 MERGE_RING_BYTES = 160 * 1024  # partials in flight per merge CTA
 
 
 # ----------------------------------------------------------------------------- tiles
-
-def block_kv(page_size: int) -> Optional[int]:
-  """Keys per tile: 64, made of whole pages (page_size divides 64) or cut from one page
-  (64 divides page_size); None for other page sizes."""
-  if page_size >= 1 and (64 % page_size == 0 or page_size % 64 == 0):
-    return 64
-  return None
-
 
 def compute_dtype(q_dtype, kv_dtype):
   """Operand dtype of the tensor-core products: the query dtype, or float16 for float8
@@ -106,94 +97,6 @@ def _stages(cfg, bk, d, dv, q_dtype, kv_dtype, staged) -> int:
     if _smem_bytes(s, bk, d, dv, q_dtype, kv_dtype, staged) <= SMEM_BUDGET:
       return s
   return 2
-
-
-# ----------------------------------------------------------------------------- plan
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class DecodePlan:
-  """Work split of one decode step, reusable by every layer of that step.
-
-  units [U, 3] int32: (sequence, first tile, end tile) of each unit, sorted by
-  sequence, every sequence at least one unit (an empty one for kv_len 0); rows past the
-  real count are (-1, 0, 0) and do nothing.
-  batch_units [B + 1] int32: sequence b owns units batch_units[b]:batch_units[b+1].
-  block_kv (static): keys per tile; `decode` checks it matches the cache's pages.
-  split (static): False when every sequence is one unit (known on the host only); the
-  kernel then writes the output itself and no merge runs.
-  """
-
-  units: Any
-  batch_units: Any
-  block_kv: int = dataclasses.field(metadata=dict(static=True))
-  split: bool = dataclasses.field(default=True, metadata=dict(static=True))
-
-  @property
-  def max_units(self) -> int:
-    return self.units.shape[0]
-
-
-def _default_num_sms() -> int:
-  try:
-    dev = jax.devices()[0]
-    if dev.platform == "gpu":
-      return int(dev.core_count)
-  except Exception:  # noqa: BLE001  (no device information: use the H100 count)
-    pass
-  return DEFAULT_NUM_SMS
-
-
-def plan_decode(kv_lens, page_size: int, num_q_heads: int, num_kv_heads: int,
-                head_dim: int, *, max_kv_len: Optional[int] = None,
-                num_sms: Optional[int] = None, ctas_per_sm: int = 2, waves: int = 4,
-                min_unit_keys: int = 256, split: Optional[bool] = None) -> DecodePlan:
-  """Split the decode step's keys into units of about equal work.
-
-  kv_lens int32 [B]: numpy (the plan is computed on the host) or a jax array (also
-  under jit). When the batch alone fills the GPU (B * num_kv_heads >= num_sms) and no
-  sequence is much longer than the mean, every sequence is one unit (no split, no
-  merge). Otherwise every sequence is cut into chunks of L tiles, L chosen so that
-  `num_kv_heads * units` is about `waves` waves of `ctas_per_sm * num_sms` CTAs but no
-  unit is shorter than `min_unit_keys`; a sequence's chunks are equal to within a tile.
-  `split=True/False` forces either choice. The plan has
-  `ceil(waves * ctas_per_sm * num_sms / num_kv_heads) + B` unit slots, a fixed size, so
-  it can be made under jit. `num_q_heads` and `head_dim` are accepted for the uniform
-  plan signature (the split depends on lengths and kv heads only).
-  Pass the same kv_lens to `decode`: units must cover every key of every sequence.
-  """
-  del num_q_heads, head_dim
-  bk = block_kv(page_size)
-  if bk is None:
-    raise ValueError(f"plan_decode: page_size {page_size} has no supported tile size")
-  xp = np if isinstance(kv_lens, np.ndarray) else jnp
-  num_sms = _default_num_sms() if num_sms is None else num_sms
-  lens = xp.asarray(kv_lens).astype(np.int32)
-  B = lens.shape[0]
-  hi = np.iinfo(np.int32).max if max_kv_len is None else max_kv_len
-  lens = xp.clip(lens, 0, hi)
-  target = -(-waves * ctas_per_sm * num_sms // max(num_kv_heads, 1))
-  U = target + B
-  tiles = (lens + bk - 1) // bk                                        # [B]
-  total = xp.sum(tiles)
-  longest = xp.maximum(xp.max(tiles), 1)
-  L = xp.maximum(max(1, -(-min_unit_keys // bk)), (total + target - 1) // target)
-  if split is not True:
-    whole = (B * num_kv_heads >= num_sms) & (2 * B * longest <= 3 * total)
-    L = xp.where(whole | (split is False), longest, L)
-  chunks = xp.maximum((tiles + L - 1) // L, 1)                          # [B]
-  batch_units = xp.concatenate([xp.zeros((1,), np.int32),
-                                xp.cumsum(chunks).astype(np.int32)])
-  u = xp.arange(U, dtype=np.int32)
-  b = xp.sum(batch_units[None, 1:] <= u[:, None], axis=1).astype(np.int32)
-  active = u < batch_units[B]
-  b = xp.minimum(b, B - 1)
-  i = u - batch_units[b]
-  n, c = tiles[b], chunks[b]
-  units = xp.stack([xp.where(active, b, -1), xp.where(active, (i * n) // c, 0),
-                    xp.where(active, ((i + 1) * n) // c, 0)], axis=1).astype(np.int32)
-  is_split = True if xp is jnp else bool(np.max(chunks) > 1)
-  return DecodePlan(jnp.asarray(units), jnp.asarray(batch_units), bk, is_split)
 
 
 # ----------------------------------------------------------------------------- checks
