@@ -32,23 +32,25 @@ def rel_err(x, ref) -> float:
 
 
 @functools.partial(jax.jit, static_argnames=("causal", "window", "scale"))
-def ref_group(q, k, v, kv_len, *, causal, window, scale):
-  """q [T,G,D], k/v [S,D] -> [T,G,Dv] float32. Bottom-right aligned: query t sits at
-  position kv_len - T + t; keys >= kv_len are invalid. Rows with no key give 0."""
+def ref_group(q, k, v, kv_len, *, causal, window, scale, keep=None):
+  """q [T,G,D], k [S,D], v [S,Dv] -> [T,G,Dv] float32. Bottom-right aligned: query t sits
+  at position kv_len - T + t; keys >= kv_len are invalid; `keep` (bool [G,T,S]) masks
+  further. Rows with no key give 0."""
   T = q.shape[0]
   S = k.shape[0]
   qf, kf, vf = (x.astype(jnp.float32) for x in (q, k, v))
   s = jnp.einsum("tgd,sd->gts", qf, kf, precision=HI) * scale
   p = kv_len - T + jnp.arange(T)[:, None]
   j = jnp.arange(S)[None, :]
-  keep = j < kv_len
+  keep_ = j < kv_len
   if causal:
-    keep &= j <= p
+    keep_ &= j <= p
   if window is not None:
-    keep &= j >= p - window
-  s = jnp.where(keep[None], s, -jnp.inf)
+    keep_ &= j >= p - window
+  keep_ = keep_[None] if keep is None else keep_[None] & keep
+  s = jnp.where(keep_, s, -jnp.inf)
   m = jnp.max(s, axis=-1, keepdims=True)
-  e = jnp.where(keep[None], jnp.exp(s - jnp.where(jnp.isfinite(m), m, 0)), 0)
+  e = jnp.where(keep_, jnp.exp(s - jnp.where(jnp.isfinite(m), m, 0)), 0)
   l = e.sum(-1, keepdims=True)
   o = jnp.einsum("gts,sd->tgd", e / jnp.where(l > 0, l, 1), vf, precision=HI)
   return o
@@ -107,8 +109,37 @@ def check_bwd(wl: W.Workload, d: dict, grads) -> float:
   return err
 
 
+def check_mla(wl: W.Workload, m: dict, out) -> float:
+  """out: [B,H,Dv] for the MLA inputs m; key = [ckv, kpe], value = ckv, one kv head."""
+  lens = np.asarray(m["kv_lens"])
+  err = 0.0
+  for b in sorted(set(range(min(3, wl.batch))) | {wl.batch - 1}):
+    ckv = m["ckv"][m["table"][b]].reshape(-1, wl.dv)
+    k = jnp.concatenate([ckv, m["kpe"][m["table"][b]].reshape(ckv.shape[0], -1)], -1)
+    q = jnp.concatenate([m["q_nope"][b], m["q_pe"][b]], -1)[None]      # [1, H, D]
+    ref = ref_group(q, k, ckv, int(lens[b]), causal=True, window=None, scale=wl.sm_scale)
+    err = max(err, rel_err(out[b], ref[0]))
+  return err
+
+
+def check_block_sparse(wl: W.Workload, d: dict, layout, out) -> float:
+  """out: [B,T,Nq,Dv]; two (sequence, query head) slices against the expanded mask."""
+  err = 0.0
+  for b, h in sorted({(0, 0), (wl.batch - 1, wl.num_q_heads - 1)}):
+    keep = layout.element_mask(wl.q_len, wl.kv_len)[h if layout.num_heads > 1 else 0]
+    kvh = h // wl.group
+    ref = ref_group(d["q"][b][:, h:h + 1], d["k"][b, :, kvh], d["v"][b, :, kvh], wl.kv_len,
+                    causal=False, window=None, scale=wl.sm_scale, keep=keep[None])
+    err = max(err, rel_err(out[b][:, h:h + 1], ref))
+  return err
+
+
 def check(wl: W.Workload, data, out) -> float:
   """Dispatch on the workload kind; `data` is impls.Data, `out` in canonical layout."""
+  if wl.kind == "mla":
+    return check_mla(wl, data.mla[0], out)
+  if wl.kind == "block_sparse":
+    return check_block_sparse(wl, data.dense[0], data.layout, out)
   if wl.kind == "decode":
     return check_decode(wl, data.paged[0], out)
   if wl.kind == "bwd":

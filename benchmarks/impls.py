@@ -7,8 +7,10 @@ recorded as an error. Nothing here imports a kernel module directly: jattn is re
 through its public API (`jattn.attention`, `jattn.decode`, `jattn.prefill` with
 `implementation=`), the peers through their own public entry points.
 
-Canonical outputs: dense forward [B,T,Nq,Dv]; decode [B,Nq,Dv]; bwd (dq, dk, dv) in the
-dense layouts. Each peer gets the inputs in its native layout, built outside the timed call.
+Canonical outputs: dense forward [B,T,Nq,Dv] (block_sparse too); decode and mla
+[B,Nq,Dv]; bwd (dq, dk, dv) in the dense layouts. Families: "jattn", "peer", and
+"baseline" (jattn's own dense kernel beside the block-sparse rows, what issue 8's bars
+compare against). Each peer gets the inputs in its native layout, built outside the timed call.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class Prepared:
   canon: Callable[[Any], Any] = lambda out: out
   chosen: Optional[Callable[[], Optional[str]]] = None   # which jattn impl ran
   note: str = ""
+  flops: Optional[float] = None   # when this row does other work than the workload counts
 
 
 def on_gpu() -> bool:
@@ -105,6 +108,22 @@ class Data:
     return self._memo("paged", make)
 
   @property
+  def mla(self) -> list[dict]:
+    """MLA inputs: q_nope, q_pe, ckv/kpe pages (shuffled), table, kv_lens."""
+    def make():
+      table, num_pages = self.table
+      kv_lens = jnp.asarray(self.wl.kv_lens())
+      return [dict(W.mla_set(self.wl, num_pages, key), table=table, kv_lens=kv_lens)
+              for key in jax.random.split(jax.random.fold_in(self.key, 2), self.n_sets())]
+    return self._memo("mla", make)
+
+  @property
+  def layout(self):
+    """block_sparse: the workload's layout as a jattn.block_sparse.BlockSparseLayout."""
+    return self._memo("layout", lambda: jattn.block_sparse.from_dense(
+        self.wl.block_mask(), (self.wl.block, self.wl.block)))
+
+  @property
   def decode_dense(self) -> list[dict]:
     """Decode inputs for dense peers: q [B,1,Nq,D], k/v [B, max_pages*ps, Nkv, D]
     gathered from the same pages (tokens past kv_len are junk, masked by lengths)."""
@@ -134,8 +153,10 @@ def _guard(wl: W.Workload, op: str, family: str):
   if family != "xla":
     return
   B, T, S, Nq = wl.batch, wl.q_len, wl.kv_len, wl.num_q_heads
-  if op == "attention":
+  if op in ("attention", "block_sparse_attention"):
     gib = B * Nq * T * S * 4 / 2**30
+  elif op == "mla_decode":  # gathers float32 latents of max_pages * page_size tokens
+    gib = B * S * wl.head_dim * 4 / 2**30
   elif op == "prefill":  # the reference attends every packed row to every packed key
     gib = Nq * (B * T) * (B * S) * 4 / 2**30
   else:  # decode gathers float32 K and V of max_pages * page_size tokens per sequence
@@ -203,6 +224,35 @@ def jattn_decode_planned(balanced: bool):
   return build
 
 
+def jattn_mla(family):
+  def build(wl, data):
+    _guard(wl, "mla_decode", family)
+    f = jax.jit(functools.partial(jattn.mla_decode, sm_scale=wl.sm_scale,
+                                  implementation=family))
+    args = [(m["q_nope"], m["q_pe"], m["ckv"], m["kpe"], m["table"], m["kv_lens"])
+            for m in data.mla]
+    return Prepared(f, args, chosen=_chosen("mla_decode"), note=f"page_size {wl.pages}, shuffled pages")
+  return build
+
+
+def jattn_block_sparse(family):
+  def build(wl, data):
+    _guard(wl, "block_sparse_attention", family)
+    f = jax.jit(functools.partial(jattn.block_sparse_attention, implementation=family))
+    layout = data.layout
+    return Prepared(f, [(d["q"], d["k"], d["v"], layout) for d in data.dense],
+                    chosen=_chosen("block_sparse_attention"))
+  return build
+
+
+def dense_baseline(wl, data):
+  """jattn's dense kernel on the block-sparse workload's shape (every block computed)."""
+  prep = jattn_attention("pallas")(wl, data)
+  prep.flops = 2.0 * wl.batch * wl.num_q_heads * (wl.head_dim + wl.dv) * wl.q_len * wl.kv_len
+  prep.note = "dense non-causal: FLOPs count every (query, key) pair"
+  return prep
+
+
 def auto_choice(wl: W.Workload, data: Data, op: str) -> Optional[str]:
   """Which implementation `implementation=None` picks here (traced only, not run)."""
   try:
@@ -213,6 +263,13 @@ def auto_choice(wl: W.Workload, data: Data, op: str) -> Optional[str]:
       p = data.paged[0]
       jax.eval_shape(functools.partial(jattn.prefill, **_mask_kw(wl)), p["q"], p["cache"],
                      p["table"], p["kv_lens"], p["q_offsets"])
+    elif op == "mla_decode":
+      m = data.mla[0]
+      jax.eval_shape(functools.partial(jattn.mla_decode, sm_scale=wl.sm_scale), m["q_nope"],
+                     m["q_pe"], m["ckv"], m["kpe"], m["table"], m["kv_lens"])
+    elif op == "block_sparse_attention":
+      d = data.dense[0]
+      jax.eval_shape(jattn.block_sparse_attention, d["q"], d["k"], d["v"], data.layout)
     else:
       d = data.dense[0]
       jax.eval_shape(functools.partial(jattn.attention, **_mask_kw(wl)), d["q"], d["k"], d["v"])
@@ -249,6 +306,28 @@ def _decode_dense_peer(wl, data, f):
     g = jax.jit(f)
     args = [(d["q"], d["k"], d["v"]) for d in data.decode_dense]
   return Prepared(g, args, canon=lambda o: o[:, 0], note="dense K/V of the same size")
+
+
+def mla_dense_peer(implementation):
+  """MLA through jax.nn.dot_product_attention on the gathered latents: one kv head with
+  K = V = [ckv, kpe] (D = 576); the first Dv columns of the output are MLA's (V must have
+  K's shape there). The gather runs outside the timed call."""
+  def build(wl, data):
+    if implementation == "cudnn" and not on_gpu():
+      raise Unavailable("cuDNN needs a GPU")
+    if implementation == "xla":
+      _guard(wl, "mla_decode", "xla")
+    f = functools.partial(jax.nn.dot_product_attention, scale=wl.sm_scale,
+                          implementation=implementation)
+    g = jax.jit(lambda q, kv, lens: f(q, kv, kv, key_value_seq_lengths=lens)[:, 0, :, :wl.dv])
+    args = []
+    for m in data.mla:
+      kv = jnp.concatenate([m["ckv"], m["kpe"]], -1)[m["table"]]
+      kv = kv.reshape(wl.batch, -1, 1, wl.head_dim)
+      q = jnp.concatenate([m["q_nope"], m["q_pe"]], -1)[:, None]
+      args.append((q, kv, m["kv_lens"]))
+    return Prepared(g, args, note="dense gathered latents, K = V = [ckv, kpe]")
+  return build
 
 
 def cudnn(wl, data):
@@ -368,6 +447,15 @@ def jax_paged_attention(wl, data):
 def entries(wl: W.Workload) -> list[tuple[str, str, Callable]]:
   """(label, family, builder) for a workload; family is "jattn" or "peer"."""
   rows = []
+  if wl.kind == "mla":
+    rows += [(f"jattn.mla_decode[{fam}]", "jattn", jattn_mla(fam))
+             for fam in jattn_families("mla_decode")]
+    return rows + [("cudnn", "peer", mla_dense_peer("cudnn")),
+                   ("jax.nn.dot_product_attention[xla]", "peer", mla_dense_peer("xla"))]
+  if wl.kind == "block_sparse":
+    rows += [(f"jattn.block_sparse_attention[{fam}]", "jattn", jattn_block_sparse(fam))
+             for fam in jattn_families("block_sparse_attention")]
+    return rows + [("jattn.attention[pallas] dense", "baseline", dense_baseline)]
   if wl.kind == "decode":
     for fam in jattn_families("decode"):
       rows.append((f"jattn.decode[{fam}]", "jattn", jattn_decode(fam)))
@@ -393,5 +481,6 @@ def entries(wl: W.Workload) -> list[tuple[str, str, Callable]]:
 
 
 def jattn_ops(wl: W.Workload) -> list[str]:
-  return {"decode": ["decode"], "bwd": ["attention"], "append": ["prefill", "attention"]}.get(
+  return {"decode": ["decode"], "bwd": ["attention"], "append": ["prefill", "attention"],
+          "mla": ["mla_decode"], "block_sparse": ["block_sparse_attention"]}.get(
       wl.kind, ["attention", "prefill"])

@@ -19,7 +19,9 @@ import sys
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 SUITE_TITLES = {"prefill": "Prefill (dense forward)", "decode": "Decode (paged, one query)",
                 "append": "Append (new queries onto a cached prefix)",
-                "bwd": "Backward (forward + backward)"}
+                "bwd": "Backward (forward + backward)",
+                "mla": "MLA decode (absorbed, paged latent cache)",
+                "block_sparse": "Block-sparse (non-causal, random per-head layout)"}
 
 
 def load(path: str) -> dict:
@@ -28,9 +30,9 @@ def load(path: str) -> dict:
 
 
 def _impls(rows) -> list[str]:
-  """Implementation labels in a stable order: jattn first, then peers as they appear."""
+  """Implementation labels in a stable order: jattn first, then baselines and peers."""
   seen = []
-  for fam in ("jattn", "peer"):
+  for fam in ("jattn", "baseline", "peer"):
     for r in rows:
       if r["family"] == fam and r["impl"] not in seen:
         seen.append(r["impl"])
@@ -92,7 +94,10 @@ def summary_table(res) -> str:
     ratios = [by[(w, i)]["vs_best_peer"] for i in impls
               if (w, i) in by and by[(w, i)]["family"] == "jattn"
               and by[(w, i)].get("vs_best_peer")]
-    best = f"{max(ratios):.2f}×" if ratios else "—"
+    base = [by[(w, i)]["vs_baseline"] for i in impls
+            if (w, i) in by and by[(w, i)]["family"] == "jattn" and by[(w, i)].get("vs_baseline")]
+    best = (f"{max(ratios):.2f}×" if ratios else
+            f"{max(base):.2f}× vs dense" if base else "—")
     out.append(f"| `{w}` | " + " | ".join(_cell(by.get((w, i))) for i in impls) + f" | {best} |")
   return "\n".join(out)
 
@@ -112,7 +117,8 @@ def detail_tables(res) -> str:
         parts.append(f"| `{r['workload']}` | {r['shape']} | {r['impl']} | {r['status']} "
                      "| | | | | | | |")
         continue
-      vs = f"{r['vs_best_peer']:.2f}" if r.get("vs_best_peer") else ""
+      vs = (f"{r['vs_best_peer']:.2f}" if r.get("vs_best_peer") else
+            f"{r['vs_baseline']:.2f} vs dense" if r.get("vs_baseline") else "")
       err = f"{r['max_rel_err']:.1e}" + (" ⚠" if r.get("err_flag") else "")
       chosen = r.get("chosen") or ""
       parts.append(
@@ -141,7 +147,9 @@ def markdown(res) -> str:
       " in brackets, the fraction of the roofline of the ceilings measured in the same run."
       " FLOPs count visible (query, key) pairs only (causal ≈ half); bwd = 3.5× forward;"
       " bytes = Q + K + V (valid tokens) + O once. ⚠ = relative error above 2e-2."
-      " `× best peer` = fastest peer's time / this time (> 1: faster than every peer).", "",
+      " `× best peer` = fastest peer's time / this time (> 1: faster than every peer);"
+      " block-sparse rows instead compare with jattn's dense kernel on the same shape"
+      " (`vs dense`).", "",
       "## Summary", "", summary_table(res), "", "## Details", "", detail_tables(res),
       "## Rows not timed, and notes", "", notes(res) or "(none)", ""])
 

@@ -1,6 +1,6 @@
 """Side-by-side benchmark of jattn and its peers on this machine, in one process.
 
-  python -m benchmarks.run --suite prefill|decode|append|bwd|all --out DIR [--quick]
+  python -m benchmarks.run --suite prefill|decode|append|bwd|mla|block_sparse|all --out DIR [--quick]
          [--tiny] [--workloads PATTERNS] [--impls PATTERNS] [--deadline SECONDS]
 
 Writes DIR/<date>-<gpu>.json (rows merged into an existing file of the same name, keyed
@@ -8,7 +8,8 @@ by (workload, impl)), then the markdown table and the plot next to it (benchmark
 Each row: device, JAX version, date, workload, shape, dtype, implementation, status, median
 ms, TFLOP/s, GB/s, fraction of the roofline of the ceilings measured in this run, largest
 relative error vs a float32 reference on slices, and speed relative to the best peer of the
-same run (best peer time / this time; > 1 is faster). `--tiny` scales every workload down
+same run (best peer time / this time; > 1 is faster), and for block-sparse rows the speed
+relative to jattn's dense kernel on the same shape (`vs_baseline`). `--tiny` scales every workload down
 for the CPU test; `--quick` times fewer repetitions (smoke runs).
 """
 
@@ -32,7 +33,7 @@ import jattn
 from benchmarks import check, impls, timing
 from benchmarks import workloads as W
 
-SUITES = ("prefill", "decode", "append", "bwd")
+SUITES = ("prefill", "decode", "append", "bwd", "mla", "block_sparse")
 ERR_FLAG = 2e-2      # bf16 outputs land near 4e-3; above this the row is flagged
 
 
@@ -76,11 +77,12 @@ def measure(wl, data, label, family, build, ceil, cfg) -> dict:
     err = check.check(wl, data, out)
     del out
     sec = t.median_s
-    t_flops = wl.flops() / (ceil["matmul_tflops"] * 1e12)
+    flops = prep.flops or wl.flops()
+    t_flops = flops / (ceil["matmul_tflops"] * 1e12)
     t_bytes = wl.bytes() / (ceil["copy_gbps"] * 1e9)
     row.update(median_ms=sec * 1e3, min_ms=t.min_s * 1e3, max_ms=t.max_s * 1e3,
-               reps=t.reps, calls=t.calls, compile_s=round(t.compile_s, 2),
-               tflops=wl.flops() / sec / 1e12, gbps=wl.bytes() / sec / 1e9,
+               reps=t.reps, calls=t.calls, compile_s=round(t.compile_s, 2), flops=flops,
+               tflops=flops / sec / 1e12, gbps=wl.bytes() / sec / 1e9,
                bound="compute" if t_flops >= t_bytes else "memory",
                frac_ceiling=max(t_flops, t_bytes) / sec,
                max_rel_err=err, err_flag=bool(not err <= ERR_FLAG))
@@ -96,15 +98,17 @@ def measure(wl, data, label, family, build, ceil, cfg) -> dict:
 
 
 def best_peer_ratios(rows: list[dict]) -> None:
-  """vs_best_peer = (fastest peer of the same run and workload) / this time."""
-  best = {}
-  for r in rows:
-    if r["family"] == "peer" and r["status"] == "ok":
-      k = (r["run_id"], r["workload"])
-      best[k] = min(best.get(k, float("inf")), r["median_ms"])
-  for r in rows:
-    b = best.get((r.get("run_id"), r["workload"]))
-    r["vs_best_peer"] = (b / r["median_ms"]) if (b and r["status"] == "ok") else None
+  """vs_best_peer = (fastest peer of the same run and workload) / this time;
+  vs_baseline = (the baseline row of the same run and workload) / this time."""
+  for fam, key in (("peer", "vs_best_peer"), ("baseline", "vs_baseline")):
+    best = {}
+    for r in rows:
+      if r["family"] == fam and r["status"] == "ok":
+        k = (r["run_id"], r["workload"])
+        best[k] = min(best.get(k, float("inf")), r["median_ms"])
+    for r in rows:
+      b = best.get((r.get("run_id"), r["workload"]))
+      r[key] = (b / r["median_ms"]) if (b and r["status"] == "ok") else None
 
 
 def merge(path: str, meta: dict, rows: list[dict]) -> dict:

@@ -2,14 +2,18 @@
 
 Kinds (one suite each): "prefill" (dense forward attention, T == S), "decode" (one query
 per sequence against a paged cache), "append" (a chunk of new queries onto a cached
-prefix, bottom-right causal) and "bwd" (forward + backward of dense attention).
+prefix, bottom-right causal), "bwd" (forward + backward of dense attention), "mla"
+(absorbed multi-head latent attention decode over a paged latent cache: D = 512 + 64
+latent + rope dims per key, the first Dv = 512 of them also the value) and "block_sparse"
+(non-causal attention over a random per-head block layout of a given density).
 
 Counting (the same for every implementation of a workload, so GB/s and TFLOP/s compare):
   FLOPs  forward 2 * Nq * (D + Dv) per visible (query, key) pair; causal and window masks
-         count only visible pairs (causal T == S: about half); backward 2.5x forward, so
-         fwd+bwd is 3.5x (FlashAttention's convention).
+         count only visible pairs (causal T == S: about half; block-sparse: the listed
+         blocks); backward 2.5x forward, so fwd+bwd is 3.5x (FlashAttention's convention).
   bytes  Q + K + V + O, each read or written once; K and V only over valid tokens
-         (sum of kv lengths for skewed decode); bwd adds dO, dQ, dK, dV.
+         (sum of kv lengths for skewed decode; MLA reads one D-wide latent row per token
+         that serves as key and value); bwd adds dO, dQ, dK, dV.
 """
 
 from __future__ import annotations
@@ -46,6 +50,13 @@ class Workload:
   page_size: Optional[int] = None
   skewed: bool = False          # decode lengths from a long-tailed distribution
   mean_len: Optional[int] = None
+  head_dim_v: Optional[int] = None  # Dv when it differs from D (MLA: 512 of D = 576)
+  density: Optional[float] = None   # block_sparse: fraction of listed blocks per row
+  block: Optional[int] = None       # block_sparse: square block size
+
+  @property
+  def dv(self) -> int:
+    return self.head_dim_v or self.head_dim
 
   @property
   def suite(self) -> str:
@@ -62,6 +73,8 @@ class Workload:
 
   @property
   def sm_scale(self) -> float:
+    if self.kind == "mla":  # DeepSeek-V3 scales by the un-absorbed head dim, 128 + 64
+      return 1.0 / math.sqrt(192)
     return 1.0 / math.sqrt(self.head_dim)
 
   def kv_lens(self) -> np.ndarray:
@@ -73,6 +86,10 @@ class Workload:
   def shape(self) -> dict:
     d = dict(B=self.batch, T=self.q_len, S=self.kv_len, Nq=self.num_q_heads,
              Nkv=self.num_kv_heads, D=self.head_dim)
+    if self.head_dim_v:
+      d["Dv"] = self.head_dim_v
+    if self.kind == "block_sparse":
+      d.update(block=self.block, density=self.density)
     if self.kind in ("prefill", "append", "bwd"):
       d["mask"] = ("causal" if self.causal else "none") + (f"+window{self.window}" if self.window else "")
     if self.page_size:
@@ -86,8 +103,18 @@ class Workload:
     return " ".join(f"{k}={v}" for k, v in self.shape().items())
 
   # ---------------------------------------------------------------- counts
+  def block_mask(self) -> np.ndarray:
+    """block_sparse: bool [Nq, T/block, S/block], exactly round(density * S/block) random
+    key blocks in every query-block row of every head (seeded, so every run and every
+    implementation sees the same layout)."""
+    return random_block_mask(self.num_q_heads, self.q_len // self.block,
+                             self.kv_len // self.block, self.density)
+
   def visible_pairs(self) -> int:
-    """Visible (query, key) pairs summed over the batch (bottom-right aligned)."""
+    """Visible (query, key) pairs summed over the batch (bottom-right aligned); for
+    block_sparse, summed over the heads as well (the layout differs per head)."""
+    if self.kind == "block_sparse":
+      return self.batch * int(self.block_mask().sum()) * self.block ** 2
     total = 0
     for s_len in self.kv_lens():
       s_len = int(s_len)
@@ -99,15 +126,30 @@ class Workload:
     return total
 
   def flops(self) -> float:
-    fwd = 2.0 * self.num_q_heads * 2 * self.head_dim * self.visible_pairs()
+    heads = 1 if self.kind == "block_sparse" else self.num_q_heads  # summed in the pairs
+    fwd = 2.0 * heads * (self.head_dim + self.dv) * self.visible_pairs()
     return 3.5 * fwd if self.kind == "bwd" else fwd
 
   def bytes(self) -> float:
     it = jnp.dtype(DTYPE).itemsize
-    q = self.batch * self.q_len * self.num_q_heads * self.head_dim * it
-    kv = 2 * int(self.kv_lens().sum()) * self.num_kv_heads * self.head_dim * it
-    fwd = 2 * q + kv
+    rows = self.batch * self.q_len * self.num_q_heads
+    tokens = int(self.kv_lens().sum()) * self.num_kv_heads
+    kv = tokens * self.head_dim if self.kind == "mla" else tokens * (self.head_dim + self.dv)
+    fwd = (rows * (self.head_dim + self.dv) + kv) * it
     return 2 * fwd if self.kind == "bwd" else fwd
+
+
+@functools.lru_cache(maxsize=None)
+def random_block_mask(heads: int, q_blocks: int, k_blocks: int, density: float,
+                      seed: int = 0) -> np.ndarray:
+  """bool [heads, q_blocks, k_blocks] with exactly round(density * k_blocks) (at least 1)
+  True entries at random columns of every row."""
+  rng = np.random.default_rng(seed)
+  n = max(1, round(density * k_blocks))
+  cols = np.argsort(rng.random((heads, q_blocks, k_blocks)), axis=-1)[..., :n]
+  m = np.zeros((heads, q_blocks, k_blocks), bool)
+  np.put_along_axis(m, cols, True, axis=-1)
+  return m
 
 
 def skewed_lengths(batch: int, mean: int, max_len: int, seed: int = 0) -> np.ndarray:
@@ -144,6 +186,15 @@ STANDARD = [
              window=1024),
     Workload("prefill_noncausal_b4_t4096_h32_d128", "prefill", 4, 4096, 4096, 32, 32, 128,
              causal=False),
+    # MLA (issue 7): DeepSeek-V3 shapes (128 heads, compute-bound) and a TP-8 slice (16
+    # heads, memory-bound); latent 512 + rope 64, page 64.
+    Workload("mla_decode_b64_s4096_h128_p64", "mla", 64, 1, 4096, 128, 1, 576,
+             page_size=64, head_dim_v=512),
+    Workload("mla_decode_b128_s8192_h16_p64", "mla", 128, 1, 8192, 16, 1, 576,
+             page_size=64, head_dim_v=512),
+    # Block-sparse (issue 8): B1 T=S=8192, 32 heads, 64x64 blocks, non-causal.
+    *[Workload(f"block_sparse_t8192_h32_d128_b64_density{d}", "block_sparse", 1, 8192, 8192,
+               32, 32, 128, causal=False, density=d, block=64) for d in (0.1, 0.3, 0.5)],
 ]
 
 
@@ -153,6 +204,12 @@ def tiny(wl: Workload) -> Workload:
   nkv = 2 if g > 1 else 4
   d = max(16, wl.head_dim // 4)
   kw = dict(num_q_heads=nkv * min(g, 2), num_kv_heads=nkv, head_dim=d)
+  if wl.kind == "mla":
+    return dataclasses.replace(wl, batch=2, kv_len=64, num_q_heads=4, head_dim=80,
+                               head_dim_v=64, page_size=8)
+  if wl.kind == "block_sparse":
+    return dataclasses.replace(wl, q_len=128, kv_len=128, num_q_heads=4, num_kv_heads=4,
+                               head_dim=32, block=32)
   if wl.kind == "decode":
     kw.update(batch=min(wl.batch, 4), kv_len=256 if wl.skewed else 64, page_size=8,
               mean_len=48 if wl.skewed else None)
@@ -193,6 +250,15 @@ def decode_set(wl: Workload, num_pages: int, key) -> tuple:
   shape = (num_pages, wl.pages, wl.num_kv_heads, wl.head_dim)
   return (_normal(kq, (wl.batch, wl.num_q_heads, wl.head_dim)), _normal(kk, shape),
           _normal(kv, shape))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def mla_set(wl: Workload, num_pages: int, key) -> dict:
+  """Random q_nope [B,H,Dv], q_pe [B,H,D-Dv], ckv pages [P,ps,Dv], kpe pages [P,ps,D-Dv]."""
+  kq, kr, kc, kp = jax.random.split(key, 4)
+  B, H, Dv, Dr = wl.batch, wl.num_q_heads, wl.dv, wl.head_dim - wl.dv
+  return dict(q_nope=_normal(kq, (B, H, Dv)), q_pe=_normal(kr, (B, H, Dr)),
+              ckv=_normal(kc, (num_pages, wl.pages, Dv)), kpe=_normal(kp, (num_pages, wl.pages, Dr)))
 
 
 def page_table(wl: Workload, seed: int = 1):
