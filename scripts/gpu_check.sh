@@ -14,7 +14,9 @@
 # ./gpu-check-out: gpu_tests.log, junit.xml, and with --bench bench.log plus the
 # benchmark's <date>-<gpu>.json/.md/.png. tokamax is benchmarked when its wheels are in
 # .whl/ (see benchmarks/README.md); they are installed into a scratch folder that only
-# the benchmark process sees. PYTEST_ARGS (default: tests) picks what pytest runs.
+# the benchmark process sees. By default every tests/test_*.py runs in its own pytest
+# process, all at once (TEST_FILE_TIMEOUT, default 240 s, bounds each); PYTEST_ARGS runs
+# one pytest process with those arguments instead.
 # Exit status: pytest's, else the benchmark's.
 set -u -o pipefail
 
@@ -51,10 +53,48 @@ export PYTHONDONTWRITEBYTECODE=1
 rc_tests=0
 if [ "$tests" = 1 ]; then
   t0=$(date +%s)
-  # shellcheck disable=SC2086  (PYTEST_ARGS is word-split on purpose)
-  "$PY" -m pytest ${PYTEST_ARGS:-tests} -q -rs -p no:cacheprovider --junitxml="$OUT_DIR/junit.xml" 2>&1 \
-    | tee -a "$OUT_DIR/gpu_tests.log"
-  rc_tests=${PIPESTATUS[0]}
+  if [ -n "${PYTEST_ARGS:-}" ]; then
+    # shellcheck disable=SC2086  (PYTEST_ARGS is word-split on purpose)
+    "$PY" -m pytest $PYTEST_ARGS -q -rs -p no:cacheprovider --junitxml="$OUT_DIR/junit.xml" 2>&1 \
+      | tee -a "$OUT_DIR/gpu_tests.log"
+    rc_tests=${PIPESTATUS[0]}
+  else
+    # One pytest process per test file, all at once: compilation uses the host's cores,
+    # and a CUDA fault (which poisons a process's context) fails only its own file.
+    # Each process allocates GPU memory on demand; TEST_FILE_TIMEOUT bounds each file.
+    tl=$(mktemp -d)
+    pids=()
+    for f in tests/test_*.py; do
+      n=$(basename "$f" .py)
+      XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "${TEST_FILE_TIMEOUT:-240}" \
+        "$PY" -m pytest "$f" -q -rs --tb=short -p no:cacheprovider -p no:benchmark \
+        --junitxml="$tl/$n.xml" >"$tl/$n.log" 2>&1 &
+      pids+=("$!:$n")
+    done
+    for pn in "${pids[@]}"; do
+      wait "${pn%%:*}"; rc=$?
+      echo "# ${pn#*:}: exit $rc" >>"$tl/exits"
+      [ "$rc" != 0 ] && rc_tests=$rc
+    done
+    for f in "$tl"/*.log; do
+      echo "#################### $(basename "$f" .log)"
+      # XLA repeats one line per leaked module after a CUDA fault; keep the log readable
+      grep -v 'cuda_executor.cc\|Source Location Trace\|cuda_status.cc' "$f"
+    done >>"$OUT_DIR/gpu_tests.log"
+    cat "$tl/exits" | tee -a "$OUT_DIR/gpu_tests.log"
+    "$PY" - "$tl" "$OUT_DIR/junit.xml" <<'PY' | tee -a "$OUT_DIR/gpu_tests.log"
+import glob, sys, xml.etree.ElementTree as ET
+root = ET.Element("testsuites")
+tot = dict(tests=0, failures=0, errors=0, skipped=0)
+for path in sorted(glob.glob(sys.argv[1] + "/*.xml")):
+  for suite in ET.parse(path).getroot().iter("testsuite"):
+    root.append(suite)
+    for k in tot:
+      tot[k] += int(suite.get(k, 0))
+ET.ElementTree(root).write(sys.argv[2])
+print("# junit: " + ", ".join(f"{k} {v}" for k, v in tot.items()))
+PY
+  fi
   echo "# pytest exit $rc_tests in $(( $(date +%s) - t0 ))s" | tee -a "$OUT_DIR/gpu_tests.log"
 fi
 
