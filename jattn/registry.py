@@ -50,3 +50,9 @@ register(Impl(op="decode", name="pallas_mosaic", family="pallas", platforms=("gp
 register(Impl(op="merge_states", name="pallas_mosaic", family="pallas", platforms=("gpu",),
               loader=lazy("jattn.pallas.merge", "merge_states"),
               check=_lazy_check("jattn.pallas.merge"), priority=10, interpretable=True))
+
+# Absorbed MLA over a paged latent cache: Pallas Mosaic GPU kernel (bf16/fp16 caches;
+# float8 latent caches stay on xla, its `supports` says so).
+register(Impl(op="mla_decode", name="pallas_mosaic", family="pallas", platforms=("gpu",),
+              loader=lazy("jattn.pallas.mla", "mla_decode"),
+              check=_lazy_check("jattn.pallas.mla"), priority=10, interpretable=True))

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import jattn
 from jattn import reference, variants as V
-from conftest import assert_close, impl_params, oracle, randn
+from conftest import assert_close, assert_lse_close, impl_params, oracle, randn
 
 
 def _mla_inputs(rng, B, S, H, R, Dr, Dn, Dv, dtype):
@@ -103,3 +105,78 @@ def test_mla_errors(rng):
     jattn.mla_decode(q, q[..., :4], jnp.zeros((2, 4, 8), jnp.float8_e4m3fn),
                      jnp.zeros((2, 4, 4)), jnp.zeros((1, 2), jnp.int32),
                      jnp.ones(1, jnp.int32), sm_scale=1.0)
+
+
+# ----------------------------------------------------------------------------- Pallas kernel
+
+def _unabsorbed(rng, B, T, H, R, Dr, ps, S, kv_lens, dtype):
+  """Absorbed kernel inputs (paged) and the float64 un-absorbed MLA output / lse."""
+  Dn = Dv = 24
+  ckv, kpe, w_uk, w_uv = _mla_inputs(rng, B, S, H, R, Dr, Dn, Dv, dtype)
+  q_h = randn(rng, (B, T, H, Dn), dtype)
+  q_pe = randn(rng, (B, T, H, Dr), dtype)
+  q_abs = jnp.einsum("bthn,hnr->bthr", q_h.astype(jnp.float32), w_uk).astype(dtype)
+  ckv_pages, table, perm = _page(rng, ckv, ps)
+  M = table.shape[1]
+  kpe_pages = jnp.asarray(rng.standard_normal((ckv_pages.shape[0], ps, Dr)), dtype)
+  kpe_pages = kpe_pages.at[jnp.asarray(perm[:B * M])].set(
+      jnp.pad(kpe, ((0, 0), (0, M * ps - S), (0, 0))).reshape(B * M, ps, Dr))
+  # Un-absorbed MLA in float64: per-head K = [ckv W_UK^T, kpe], V = ckv W_UV, query q_h.
+  scale = (Dn + Dr) ** -0.5
+  k_h = jnp.einsum("bsr,hnr->bshn", ckv.astype(jnp.float32), w_uk)
+  k_full = jnp.concatenate([k_h, jnp.broadcast_to(kpe[:, :, None], (B, S, H, Dr))], -1)
+  v_full = jnp.einsum("bsr,hrv->bshv", ckv.astype(jnp.float32), w_uv)
+  q_full = jnp.concatenate([q_h, q_pe], -1)
+  ro, rl = oracle(reference.attention, q_full, k_full, v_full, sm_scale=scale,
+                  variant=V.causal(), q_lengths=jnp.full((B,), T, jnp.int32),
+                  kv_lengths=kv_lens)
+  return (q_abs, q_pe, ckv_pages, kpe_pages, table), w_uv, scale, ro, rl
+
+
+@pytest.mark.parametrize("T,H,R,Dr,ps,S,splits,share_p", [
+    (1, 16, 64, 16, 16, 40, None, True),      # one row block of 16 rows, shared P
+    (3, 4, 64, 16, 8, 37, None, False),       # causal new tokens, 12 rows -> 16, both S
+    (2, 64, 128, 32, 64, 150, 2, True),       # 128 rows = 2 CTAs, split-K merged, page 64
+])
+def test_mla_pallas_kernel_bf16(T, H, R, Dr, ps, S, splits, share_p, rng):
+  """The Pallas kernel (interpret mode, uninitialized memory poisoned with NaN) against
+  real per-head MLA in float64: value up-projection applied after the latent output."""
+  from jax.experimental.pallas import mosaic_gpu as plgpu
+  from jattn.pallas import mla
+  B, dtype = 2, jnp.bfloat16
+  kv_lens = jnp.array([S, max(T, S // 3)], jnp.int32)
+  args, w_uv, scale, ro, rl = _unabsorbed(rng, B, T, H, R, Dr, ps, S, kv_lens, dtype)
+  o_lat, lse = mla.mla_decode(*args, kv_lens, sm_scale=scale,
+                              interpret=plgpu.InterpretGPUParams(uninitialized_memory="nan"),
+                              config=mla.MLAConfig(splits=splits, share_p=share_p))
+  out = jnp.einsum("bthr,hrv->bthv", o_lat.astype(jnp.float32), w_uv)
+  assert_close(out, ro, dtype, what="mla pallas")
+  assert_lse_close(lse, rl, dtype)
+
+
+def test_mla_pallas_public_api_return_lse(rng):
+  """jattn.mla_decode(implementation="pallas", return_lse=True) with [B,H,*] queries."""
+  B, H, R, Dr, ps, S = 2, 16, 64, 16, 16, 50
+  kv_lens = jnp.array([S, 0], jnp.int32)     # an empty sequence: o = 0, lse = -inf
+  args, w_uv, scale, ro, rl = _unabsorbed(rng, B, 1, H, R, Dr, ps, S, kv_lens, jnp.bfloat16)
+  q_abs, q_pe = args[0][:, 0], args[1][:, 0]
+  o, lse = jattn.mla_decode(q_abs, q_pe, *args[2:], kv_lens, sm_scale=scale,
+                            return_lse=True, implementation="pallas")
+  assert o.shape == (B, H, R) and lse.shape == (B, H)
+  out = jnp.einsum("bhr,hrv->bhv", o.astype(jnp.float32), w_uv)
+  assert_close(out, ro[:, 0], jnp.bfloat16, what="mla pallas api")
+  assert_lse_close(lse, rl[:, 0], jnp.bfloat16)
+  assert not np.asarray(o[1]).any()
+
+
+def test_mla_pallas_supports():
+  from jattn import dispatch
+  from jattn.pallas import mla
+  spec = dispatch.Spec(op="mla_decode", platform="gpu", dtype=jnp.bfloat16,
+                       kv_dtype=jnp.bfloat16, head_dim=576, v_head_dim=512, num_q_heads=128,
+                       num_kv_heads=1, page_size=64, q_len=1, kv_len=4096, batch=64)
+  assert mla.supports(spec) is None
+  assert "float8" in mla.supports(dataclasses.replace(spec, kv_dtype=jnp.float8_e4m3fn))
+  assert "bf16/fp16" in mla.supports(dataclasses.replace(spec, dtype=jnp.float32,
+                                                         kv_dtype=jnp.float32))
+  assert "page_size" in mla.supports(dataclasses.replace(spec, page_size=4))
