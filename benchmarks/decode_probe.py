@@ -10,6 +10,7 @@ The full harness is `benchmarks.run`; this script is the kernel's own quick look
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fnmatch
 import functools
 import json
@@ -26,6 +27,7 @@ from jattn import reference, variants as V
 from jattn.pallas import decode as pd
 from jattn.pallas import merge as pm
 from benchmarks.timing import bench
+from benchmarks.workloads import skewed_lengths
 
 INTERPRET = jax.default_backend() != "gpu"   # a CPU dry run (use --tiny) interprets
 
@@ -95,12 +97,20 @@ def check_cases():
       ("mha_g1", dict(Nq=8)),
       ("g8_fp16", dict(Nq=64, dtype=jnp.float16)),
       ("fp8_e4m3", dict(kv=jnp.float8_e4m3fn)),
+      ("fp8_d64_p8", dict(kv=jnp.float8_e4m3fn, D=64, ps=8)),
+      ("fp8_d256_p64", dict(kv=jnp.float8_e4m3fn, D=256, ps=64)),
+      ("fp8_p1_staged", dict(kv=jnp.float8_e4m3fn, ps=1, S=300)),
+      ("fp8_softcap_window", dict(kv=jnp.float8_e4m3fn,
+                                  var=V.compose(V.soft_cap(10.0), V.sliding_window(200)))),
+      ("fp8_qk_transform", dict(kv=jnp.float8_e4m3fn,
+                                var=V.Variant(query_transform=qt, key_transform=kt))),
       ("softcap", dict(var=V.soft_cap(10.0))),
       ("alibi", dict(var=V.alibi(slopes))),
       ("window", dict(var=V.sliding_window(200))),
       ("user", dict(var=V.Variant(logits_transform=user_bias, logits_mask=user_mask))),
       ("qk_transform", dict(var=V.Variant(query_transform=qt, key_transform=kt))),
       ("skewed_plan", dict(B=8, S=4000, plan="skewed")),
+      ("skewed_plan_fp8", dict(B=8, S=4000, plan="skewed", kv=jnp.float8_e4m3fn)),
       ("unsplit_plan", dict(B=32, S=1000, plan="unsplit")),
   ]
   return [(n, {**base, **c}) for n, c in cases]
@@ -167,7 +177,8 @@ def workloads():
   return [
       dict(name="decode_gqa32x8_b32_s4096_d128_p16", lens=[4096] * 32),
       dict(name="decode_gqa32x8_b128_s2048_d128_p16", lens=[2048] * 128),
-      dict(name="decode_skewed_lengths", lens=[2048] * 31 + [32768]),
+      dict(name="decode_skewed_lengths", lens=skewed_lengths(64, 2048, 32768).tolist()),
+      dict(name="decode_skewed_31x2k_32k", lens=[2048] * 31 + [32768]),
       dict(name="decode_gqa32x8_b32_s4096_d128_p16_fp8", lens=[4096] * 32,
            kv=jnp.float8_e4m3fn),
   ]
@@ -216,11 +227,23 @@ def time_workload(w, key, reps, configs):
       pw = jattn.plan_decode(lens_np, ps, Nq, Nkv, D, waves=waves, split=True)
       add(f"jattn.pallas[split,waves={waves}]", jd(), [(q, cache, table, lens, pw)],
           f"{int(np.asarray(pw.batch_units)[-1])} units + merge")
-  if w["name"] == "decode_skewed_lengths":
+  if w["name"].startswith("decode_skewed"):
+    seq = dataclasses.replace(plan, work=None)
+    add("jattn.pallas[sequence order]", jd(), [(q, cache, table, lens, seq)],
+        "same units, kv-head-major in sequence order (run 3's dispatch)")
+    for waves in (1, 2, 3):
+      pw = jattn.plan_decode(lens_np, ps, Nq, Nkv, D, waves=waves)
+      add(f"jattn.pallas[waves={waves}]", jd(), [(q, cache, table, lens, pw)],
+          f"{int(np.asarray(pw.batch_units)[-1])} units, longest first")
     nosplit = jattn.plan_decode(lens_np, ps, Nq, Nkv, D, min_unit_keys=1 << 30)
     add("jattn.pallas[no split]", jd(), [(q, cache, table, lens, nosplit)],
         "one unit per sequence (no balancing)")
   if jattn.cache.is_float8(kvdt):
+    add("jattn.pallas[float8_qk=False]", jd(pd.DecodeConfig(float8_qk=False)),
+        [(q, cache, table, lens, plan)], "K converted to f16 like V (run 3's kernel)")
+    for st in (2, 4):
+      add(f"jattn.pallas[stages={st}]", jd(pd.DecodeConfig(stages=st)),
+          [(q, cache, table, lens, plan)], "host plan")
     return rows, bf16_bytes
   # Peers on the same bytes.
   Mpad = table.shape[1] * ps
@@ -312,6 +335,12 @@ def main():
             f"{100 * r['gbps'] / result['copy_gbps']:.0f}% |")
     else:
       print(f"| {r['workload']} | {r['impl']} | error | {r['error'][:80]} | |")
+  ms = {(r["workload"], r["impl"]): r["ms"] for r in result["rows"] if "ms" in r}
+  bf16 = ms.get(("decode_gqa32x8_b32_s4096_d128_p16", "jattn.pallas"))
+  for impl in ("jattn.pallas", "jattn.pallas[float8_qk=False]"):
+    f8 = ms.get(("decode_gqa32x8_b32_s4096_d128_p16_fp8", impl))
+    if bf16 and f8:
+      print(f"fp8 {impl}: {bf16 / f8:.2f}x the bf16 tokens/s (bar 1.8x)")
   bad = [c["name"] for c in result["checks"] if not c.get("ok")]
   print("checks failed:", bad or "none")
 

@@ -50,6 +50,7 @@ ROWS = 64                      # wgmma M: query heads of one kv head, padded
 LOG2E = math.log2(math.e)
 SMEM_BUDGET = 110 * 1024       # two CTAs per SM (228 KiB per SM on Hopper)
 MERGE_RING_BYTES = 160 * 1024  # partials in flight per merge CTA
+QMAX = 384.0                   # |c q| of a float8-split query row (e4m3 max is 448)
 
 
 # ----------------------------------------------------------------------------- tiles
@@ -66,6 +67,23 @@ def _staged(kv_dtype, q_dtype, page_size, variant) -> bool:
           or variant.key_transform is not None)
 
 
+def _ring_tiled(kv_dtype, page_size, d, dv, variant) -> bool:
+  """True when the TMA copies land in the swizzled layout wgmma reads (8-row pages,
+  rows a multiple of 32 bytes). Not for float8 with a key transform: the transform
+  needs K in the wgmma register layout, which the 8-bit swizzled loads do not give."""
+  kvb = jnp.dtype(kv_dtype).itemsize
+  if kvb == 1 and variant.key_transform is not None:
+    return False
+  return page_size % 8 == 0 and (d * kvb) % 32 == 0 and (dv * kvb) % 32 == 0
+
+
+def _qk8(kv_dtype, page_size, d, dv, variant) -> bool:
+  """True when Q·Kᵀ runs on float8 K straight from the ring (float8 pages in the swizzled
+  layout, no key transform); only V is converted through registers."""
+  return (is_float8(kv_dtype) and variant.key_transform is None
+          and _ring_tiled(kv_dtype, page_size, d, dv, variant))
+
+
 @dataclasses.dataclass(frozen=True)
 class DecodeConfig:
   """Knobs of `decode`; None keeps the heuristic. The plan knobs apply to plans made
@@ -76,25 +94,27 @@ class DecodeConfig:
   num_sms: Optional[int] = None        # for plans made inside `decode`
   waves: Optional[int] = None          # plan_decode's waves (default 4)
   min_unit_keys: Optional[int] = None  # plan_decode's min_unit_keys (default 256)
+  float8_qk: Optional[bool] = None     # False: convert float8 K to f16 as V (A/B runs)
 
 
-def _smem_bytes(stages, bk, d, dv, q_dtype, kv_dtype, staged) -> int:
-  """Shared memory of one decode CTA (the Q staging buffer lives while the ring does)."""
+def _smem_bytes(stages, bk, d, dv, q_dtype, kv_dtype, staged, qk8=False) -> int:
+  """Shared memory of one decode CTA (the Q staging buffer lives while the ring does).
+  qk8: Q is two e4m3 tiles (as many bytes as one f16 tile) and only V is tiled."""
   qb, kb = compute_dtype(q_dtype, kv_dtype).itemsize, jnp.dtype(kv_dtype).itemsize
   q_tile = ROWS * d * qb
   ring = stages * bk * (d + dv) * (kb if staged else qb)
-  tiled = (bk * (d + dv) * qb if staged else 0) + ROWS * bk * qb
+  tiled = (bk * ((0 if qk8 else d) + dv) * qb if staged else 0) + ROWS * bk * qb
   q_raw = ROWS * d * jnp.dtype(q_dtype).itemsize
   epilogue = ROWS * dv * 4 + ROWS * 4
   return q_tile + max(ring + tiled + q_raw, epilogue) + 1024
 
 
-def _stages(cfg, bk, d, dv, q_dtype, kv_dtype, staged) -> int:
+def _stages(cfg, bk, d, dv, q_dtype, kv_dtype, staged, qk8=False) -> int:
   """The deepest ring (up to 4) that leaves room for two CTAs per SM; at least 2."""
   if cfg is not None and cfg.stages is not None:
     return cfg.stages
   for s in (4, 3):
-    if _smem_bytes(s, bk, d, dv, q_dtype, kv_dtype, staged) <= SMEM_BUDGET:
+    if _smem_bytes(s, bk, d, dv, q_dtype, kv_dtype, staged, qk8) <= SMEM_BUDGET:
       return s
   return 2
 
@@ -140,19 +160,22 @@ def _iota(shape, dim):
 def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
                    params_ref, o_ref, lse_ref, q_smem, q_bar, *,
                    G, bk, stages, sm_scale, variant, param_names, param_dtypes,
-                   staged, ring_tiled, final, fold_k_scale, fold_v_scale):
+                   staged, ring_tiled, qk8, final, fold_k_scale, fold_v_scale):
   """One (kv head, unit): attention of the unit's keys for the kv head's G query heads.
-  `final`: the unit is its whole sequence, write o / lse; else write a partial."""
+  `final`: the unit is its whole sequence, write o / lse; else write a partial.
+  `qk8`: float8 K is read by the tensor cores straight from the ring; q_smem is then the
+  pair (hi, lo) of e4m3 tiles of the scaled query (see `stage_q`)."""
   P, ps, Nkv = k_ref.shape[:3]
   M = pt_ref.shape[1]
   D, Dv = q_ref.shape[1], v_ref.shape[3]   # q_ref: the queries as rows [B * Nq, D]
   Nq = G * Nkv
-  cdt = q_smem.dtype
-  kvh = lax.axis_index("kvh")
-  u = lax.axis_index("unit")
-  active = units_ref[u, 0] >= 0         # a real unit: it writes even if it skips
-  b = jnp.maximum(units_ref[u, 0], 0)   # every tile (empty sequence, band)
-  t_lo, t_hi = units_ref[u, 1], units_ref[u, 2]
+  cdt = (jnp.dtype(jnp.float16) if qk8 else q_smem.dtype)   # operand dtype of P V
+  w = lax.axis_index("cta")             # position in dispatch order (plan.work)
+  kvh = units_ref[w, 4]
+  active = units_ref[w, 0] >= 0         # a real unit: it writes even if it skips
+  b = jnp.maximum(units_ref[w, 0], 0)   # every tile (empty sequence, band)
+  t_lo, t_hi = units_ref[w, 1], units_ref[w, 2]
+  u = units_ref[w, 3]                   # its partial's row (plan.units order)
   kv_len = jnp.clip(lens_ref[b], 0, M * ps)
   q_pos = kv_len - 1
   if variant.band is not None and variant.band[0] is not None:
@@ -193,7 +216,10 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
     ).astype(dt) for i, (name, dt) in enumerate(zip(param_names, param_dtypes))}
 
   def stage_q(q_raw, p_smem):
-    """Q rows 0..G-1 of a zeroed 64-row tile, transformed, into the wgmma layout."""
+    """Q rows 0..G-1 of a zeroed 64-row tile, transformed, into the wgmma layout.
+    qk8: row r is scaled by c_r = QMAX / max|q_r| and split as c_r q_r = hi + lo, two
+    e4m3 tiles (lo holds hi's rounding error, so hi + lo keeps ~8 bits like bf16);
+    returns 1 / c [ROWS], else None."""
     q_raw[...] = jnp.zeros((ROWS, D), q_raw.dtype)
     plgpu.commit_smem()
     plgpu.copy_gmem_to_smem(q_ref.at[pl.ds(b * Nq + kvh * G, G)], q_raw.at[pl.ds(0, G)],
@@ -206,8 +232,18 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
                     head=jnp.minimum(kvh * G + _iota(shape, 0), Nq - 1),
                     batch=_full(shape, b), params=head_params(p_smem, shape))
       q = variant.query_transform(q, ctx)
-    q_smem[...] = q.astype(cdt)
+    if not qk8:
+      q_smem[...] = q.astype(cdt)
+      plgpu.commit_smem()
+      return None
+    amax = jnp.max(jnp.abs(q), axis=1)
+    c = jnp.where(amax > 0, QMAX / jnp.where(amax > 0, amax, 1.0), 1.0)
+    qc = q * lax.broadcast_in_dim(c, q.shape, [0])
+    hi = qc.astype(k_ref.dtype)
+    q_smem[0][...] = hi
+    q_smem[1][...] = (qc - hi.astype(jnp.float32)).astype(k_ref.dtype)
     plgpu.commit_smem()
+    return 1.0 / c
 
   def main(k_ring, v_ring, p_smem, k_tiled, v_tiled, k_bar, v_bar, par_smem, par_bar):
     if param_names:
@@ -219,11 +255,13 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
 
     if param_names:
       plgpu.barrier_wait(par_bar)
-    pl.run_scoped(functools.partial(stage_q, p_smem=par_smem),
-                  plgpu.SMEM((ROWS, D), q_ref.dtype))
+    q_inv = pl.run_scoped(functools.partial(stage_q, p_smem=par_smem),
+                          plgpu.SMEM((ROWS, D), q_ref.dtype))
 
     scale = sm_scale * (scale_ref[0, kvh] if fold_k_scale else 1.0)
     shape = (ROWS, bk)
+    if qk8:   # the logits of row r carry the factor c_r of its query
+      scale = lax.broadcast_in_dim(q_inv * scale, shape, [0])
     cols = _iota(shape, 1)
     head = jnp.minimum(kvh * G + _iota(shape, 0), Nq - 1)
     params = head_params(par_smem, shape)
@@ -239,7 +277,9 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
       next_pages = page_ids(t + stages + 1) if prefetch else ()
       plgpu.barrier_wait(k_bar.at[slot])
       plgpu.barrier_wait(v_bar.at[slot])
-      if staged:   # ring slot -> registers (dequantize / relayout / transform) -> tiles
+      if qk8:      # K stays float8 in the ring; V: ring -> registers (to f16) -> tile
+        k_view, v_view = k_ring.at[slot], v_tiled
+      elif staged:   # ring slot -> registers (dequantize / relayout / transform) -> tiles
         k_view, v_view = k_tiled, v_tiled
         k = plgpu.load(k_ring.at[slot], layout=to_regs, optimized=ring_tiled)
         v = plgpu.load(v_ring.at[slot], layout=to_regs, optimized=ring_tiled)
@@ -263,7 +303,14 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
         k_view, v_view = k_ring.at[slot], v_ring.at[slot]
 
       def qk(acc_ref):
-        plgpu.wgmma(acc_ref, q_smem, k_view.transpose((1, 0)))
+        if qk8:
+          for part in q_smem:      # c Q Kᵀ = hi Kᵀ + lo Kᵀ, e4m3 on the tensor cores
+            plgpu.wgmma(acc_ref, part, k_view.transpose((1, 0)))
+          # V is converted while the products run (v_tiled: the last P V has finished).
+          v = plgpu.load(v_ring.at[slot], layout=to_regs, optimized=True)
+          v_tiled[...] = _to(v, cdt)
+        else:
+          plgpu.wgmma(acc_ref, q_smem, k_view.transpose((1, 0)))
         return acc_ref[...]
       s = pl.run_scoped(qk, plgpu.ACC(shape, jnp.float32)) * scale
       kv_pos = t * bk + cols
@@ -281,7 +328,12 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
       p = jnp.exp2(s - lax.broadcast_in_dim(m_safe, shape, [0]))
       l_i = l_i * alpha + p.sum(axis=1)
       p_smem[...] = p.astype(cdt)
-      plgpu.commit_smem()
+      plgpu.commit_smem()   # qk8: also the V tile, and every thread is done with the slot
+
+      if qk8:
+        @pl.when(refill)
+        def _():
+          issue(t + stages, slot, k_ring, v_ring, k_bar, v_bar, pages or None)
 
       def pv(acc_ref):
         plgpu.wgmma(acc_ref, p_smem, v_view)
@@ -328,7 +380,7 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
       ring_tf = (_tiled(ring_dtype, D), _tiled(ring_dtype, Dv))
     else:
       ring_tf = ((), ())
-    tiled = ((plgpu.SMEM((bk, D), cdt, transforms=k_tf),
+    tiled = ((plgpu.SMEM((bk, D), cdt, transforms=k_tf) if not qk8 else None,
               plgpu.SMEM((bk, Dv), cdt, transforms=v_tf)) if staged else (None, None))
     acc, m_i, l_i = pl.run_scoped(
         main,
@@ -464,34 +516,42 @@ def decode(q, cache, page_table, kv_lens, *, sm_scale: float, variant: Variant,
   staged = _staged(cache.dtype, q.dtype, ps, variant)
   f8 = is_float8(cache.dtype)
   cdt = compute_dtype(q.dtype, cache.dtype)
-  stages = _stages(config, bk, D, Dv, q.dtype, cache.dtype, staged)
-  kvb = jnp.dtype(cache.dtype).itemsize
+  qk8 = _qk8(cache.dtype, ps, D, Dv, variant) and not (config and config.float8_qk is False)
+  stages = _stages(config, bk, D, Dv, q.dtype, cache.dtype, staged, qk8)
   scales = (jnp.stack([cache.k_scale, cache.v_scale]).astype(jnp.float32) if f8
             else jnp.ones((2, Nkv), jnp.float32))
   names, dtypes, params = _variant_params(variant, Nkv, G)
   U = plan.max_units
+  work = plan.work
+  if work is None or work.shape[0] != U * Nkv:   # by hand: kv-head-major, units in order
+    c = jnp.arange(U * Nkv, dtype=jnp.int32)
+    work = jnp.concatenate([plan.units[c % U], (c % U)[:, None], (c // U)[:, None]], axis=1)
   GL = -(-G // 4) * 4      # lse rows per kv head as written (16-byte TMA rows)
   interp = _interpret_params(interpret)
   final_types = (jax.ShapeDtypeStruct((B, Nq, Dv), q.dtype),
                  jax.ShapeDtypeStruct((B, Nkv, GL), jnp.float32))
 
+  if qk8:
+    q_tiles = tuple(plgpu.SMEM((ROWS, D), cache.dtype, transforms=_tiled(cache.dtype, D))
+                    for _ in range(2))
+  else:
+    q_tiles = plgpu.SMEM((ROWS, D), cdt, transforms=_tiled(cdt, D))
   kernel = functools.partial(
       _decode_kernel, G=G, bk=bk, stages=stages, sm_scale=float(sm_scale),
       variant=variant, param_names=names, param_dtypes=dtypes, staged=staged,
-      ring_tiled=ps % 8 == 0 and (D * kvb) % 32 == 0 and (Dv * kvb) % 32 == 0,
-      final=not plan.split, fold_k_scale=f8 and variant.key_transform is None,
+      ring_tiled=_ring_tiled(cache.dtype, ps, D, Dv, variant), qk8=qk8, final=not plan.split,
+      fold_k_scale=f8 and variant.key_transform is None,
       fold_v_scale=f8)
   o, lse = plgpu.kernel(
       kernel,
       out_type=(final_types if not plan.split else
                 (jax.ShapeDtypeStruct((U, Nkv, -(-G // 8) * 8, Dv), jnp.float32),
                  jax.ShapeDtypeStruct((U, Nkv, ROWS), jnp.float32))),
-      scratch_types=(plgpu.SMEM((ROWS, D), cdt, transforms=_tiled(cdt, D)),
-                     plgpu.Barrier()),
-      grid=(Nkv, U), grid_names=("kvh", "unit"),
+      scratch_types=(q_tiles, plgpu.Barrier()),
+      grid=(U * Nkv,), grid_names=("cta",),
       compiler_params=plgpu.CompilerParams(approx_math=True),
       interpret=interp,
-  )(q.reshape(B * Nq, D), cache.k_pages, cache.v_pages, page_table, kv_lens, plan.units,
+  )(q.reshape(B * Nq, D), cache.k_pages, cache.v_pages, page_table, kv_lens, work,
     scales, params)
 
   if plan.split:
