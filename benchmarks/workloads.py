@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 # Input rotation and page tables are shared with jattn.bench (one definition of each).
+from jattn import block_sparse
 from jattn.bench.definitions import shuffled_page_table
 from jattn.bench.timing import L2_BYTES, MAX_INPUT_SETS, num_input_sets  # noqa: F401
 
@@ -105,10 +106,9 @@ class Workload:
   # ---------------------------------------------------------------- counts
   def block_mask(self) -> np.ndarray:
     """block_sparse: bool [Nq, T/block, S/block], exactly round(density * S/block) random
-    key blocks in every query-block row of every head (seeded, so every run and every
-    implementation sees the same layout)."""
-    return random_block_mask(self.num_q_heads, self.q_len // self.block,
-                             self.kv_len // self.block, self.density)
+    key blocks in every query-block row of every head (`jattn.block_sparse.random_layout`,
+    seed 0: every run and every implementation sees the same layout)."""
+    return _random_mask(self.num_q_heads, self.q_len, self.kv_len, self.block, self.density)
 
   def visible_pairs(self) -> int:
     """Visible (query, key) pairs summed over the batch (bottom-right aligned); for
@@ -140,16 +140,8 @@ class Workload:
 
 
 @functools.lru_cache(maxsize=None)
-def random_block_mask(heads: int, q_blocks: int, k_blocks: int, density: float,
-                      seed: int = 0) -> np.ndarray:
-  """bool [heads, q_blocks, k_blocks] with exactly round(density * k_blocks) (at least 1)
-  True entries at random columns of every row."""
-  rng = np.random.default_rng(seed)
-  n = max(1, round(density * k_blocks))
-  cols = np.argsort(rng.random((heads, q_blocks, k_blocks)), axis=-1)[..., :n]
-  m = np.zeros((heads, q_blocks, k_blocks), bool)
-  np.put_along_axis(m, cols, True, axis=-1)
-  return m
+def _random_mask(heads: int, T: int, S: int, block: int, density: float) -> np.ndarray:
+  return np.asarray(block_sparse.random_layout(heads, T, S, block, density, seed=0).block_mask)
 
 
 def skewed_lengths(batch: int, mean: int, max_len: int, seed: int = 0) -> np.ndarray:

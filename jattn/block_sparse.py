@@ -9,8 +9,8 @@ block sizes and per-head layouts:
 
 Query t sees key s iff block_mask[h, block_of(t), block_of(s)] (and whatever the variant
 adds). Build one with `from_dense`, `from_bsr` (FlashInfer's indptr/indices), `variable`,
-or the helpers `local_global`, `strided`, `topk`, `from_mask_fn`. `to_bsr` gives the
-indptr/indices form that kernels iterate (no work for empty blocks).
+or the helpers `local_global`, `strided`, `topk`, `from_mask_fn`, `random_layout`.
+`to_bsr` gives the indptr/indices form that kernels iterate (no work for empty blocks).
 """
 
 from __future__ import annotations
@@ -202,3 +202,16 @@ def from_mask_fn(mask_fn: Callable[[Context], Any], T: int, S: int, block: tuple
   m = m & (t < T)[None, :, None] & (s < S)[None, None, :]
   m = m.reshape(num_heads, nq, R, nk, C).any(axis=(2, 4))
   return from_dense(m, block)
+
+
+def random_layout(num_heads: int, T: int, S: int, block: int, density: float,
+                  seed: int = 0) -> BlockSparseLayout:
+  """Per-head random layout with exactly max(1, round(density * nkb)) distinct key blocks
+  in every query block row (uniform without replacement, numpy `default_rng(seed)`), so
+  every row and head does the same work: the benchmarks' `density` workloads."""
+  nq, nk = -(-T // block), -(-S // block)
+  n = max(1, min(nk, int(round(density * nk))))
+  order = np.random.default_rng(seed).random((num_heads, nq, nk)).argsort(-1)
+  m = np.zeros((num_heads, nq, nk), bool)
+  np.put_along_axis(m, order[..., :n], True, -1)
+  return from_dense(m, (block, block))

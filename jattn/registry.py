@@ -56,3 +56,9 @@ register(Impl(op="merge_states", name="pallas_mosaic", family="pallas", platform
 register(Impl(op="mla_decode", name="pallas_mosaic", family="pallas", platforms=("gpu",),
               loader=lazy("jattn.pallas.mla", "mla_decode"),
               check=_lazy_check("jattn.pallas.mla"), priority=10, interpretable=True))
+
+# Block-sparse attention: the prefill kernels iterating per-(head, q tile) kv-tile lists
+# (fixed blocks that are multiples of 64; other layouts stay on xla, `supports` says so).
+register(Impl(op="block_sparse_attention", name="pallas_mosaic", family="pallas",
+              platforms=("gpu",), loader=lazy("jattn.pallas.block_sparse", "block_sparse_attention"),
+              check=_lazy_check("jattn.pallas.block_sparse"), priority=10, interpretable=True))

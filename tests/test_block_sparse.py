@@ -3,6 +3,8 @@ with the expanded mask (forward and backward)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,7 +12,7 @@ import pytest
 
 import jattn
 from jattn import block_sparse as bs, reference, variants as V
-from conftest import assert_close, impl_params, oracle, randn
+from conftest import assert_close, assert_lse_close, impl_params, oracle, randn
 
 
 def _dense_oracle(q, k, v, mask, variant=None):
@@ -113,3 +115,83 @@ def test_block_sparse_errors(rng):
     jattn.block_sparse_attention(q, q, q, bs.from_dense(np.ones((3, 4), bool), (4, 4)))
   with pytest.raises(TypeError, match="BlockSparseLayout"):
     jattn.block_sparse_attention(q, q, q, np.ones((4, 4), bool))
+
+
+# ----------------------------------------------------------------------------- 64x64 blocks
+# The Pallas kernel serves blocks whose sides are multiples of 64 (smaller blocks above are
+# passed over with its reason); these cases run it, interpreted on CPU.
+
+def test_random_layout_exact_density():
+  lay = bs.random_layout(3, 1000, 640, 64, 0.3, seed=5)
+  m = np.asarray(lay.block_mask)
+  assert m.shape == (3, 16, 10) and np.all(m.sum(-1) == 3)
+  assert not np.array_equal(m[0], m[1])
+  np.testing.assert_array_equal(m, np.asarray(bs.random_layout(3, 1000, 640, 64, 0.3, 5).block_mask))
+
+
+def _bs64_inputs(rng, B, T, S, Nq, Nkv, D, heads):
+  dtype = jnp.bfloat16
+  q, k, v = (randn(rng, (B, T, Nq, D), dtype), randn(rng, (B, S, Nkv, D), dtype),
+             randn(rng, (B, S, Nkv, D), dtype))
+  m = rng.random((heads, -(-T // 64), -(-S // 64))) < 0.5
+  m[:, 1:2] = False                   # an empty block row: those queries return 0
+  return q, k, v, bs.from_dense(m, (64, 64))
+
+
+@pytest.mark.parametrize("impl", impl_params("block_sparse_attention"))
+@pytest.mark.parametrize("per_head,causal", [(False, True), (True, False)])
+def test_block_sparse_64_forward(impl, per_head, causal, rng):
+  B, T, S, Nq, Nkv, D = 1, 192, 256, 4, 2, 32   # GQA; T pads to the kernel's 128 rows
+  q, k, v, lay = _bs64_inputs(rng, B, T, S, Nq, Nkv, D, Nq if per_head else 1)
+  o, lse = jattn.block_sparse_attention(q, k, v, lay, causal=causal, return_lse=True,
+                                        implementation=impl)
+  var = V.causal() if causal else None
+  ro, rl = _dense_oracle(q, k, v, lay.element_mask(T, S), var)
+  assert_close(o, ro, jnp.bfloat16, what=f"{impl} per_head={per_head} causal={causal}")
+  assert_lse_close(lse, rl, jnp.bfloat16)
+  assert np.all(np.asarray(o)[:, 64:128] == 0)
+
+
+@pytest.mark.parametrize("impl", impl_params("block_sparse_attention"))
+def test_block_sparse_64_decode(impl, rng):
+  """T = 1 (decode): one query against the listed key blocks of block row 0."""
+  q, k, v, _ = _bs64_inputs(rng, 2, 1, 320, 4, 1, 32, 1)
+  lay = bs.from_dense(rng.random((4, 1, 5)) < 0.6, (64, 64))
+  o = jattn.block_sparse_attention(q, k, v, lay, implementation=impl)
+  ro, _ = _dense_oracle(q, k, v, lay.element_mask(1, 320))
+  assert_close(o, ro, jnp.bfloat16, what=impl)
+
+
+@pytest.mark.parametrize("impl", impl_params("block_sparse_attention"))
+def test_block_sparse_64_grad(impl, rng):
+  """dq, dk, dv through the kernels' backward (dK/dV over the transposed lists): per-head
+  layout, GQA, a causal variant with soft-cap (masked diagonal tiles, a transform)."""
+  B, T, S, Nq, Nkv, D = 1, 256, 256, 4, 2, 32
+  q, k, v, lay = _bs64_inputs(rng, B, T, S, Nq, Nkv, D, Nq)
+  do = randn(rng, (B, T, Nq, D), jnp.float32)
+  var = V.compose(V.causal(), V.soft_cap(20.0))
+  loss = lambda q, k, v: jnp.sum(jattn.block_sparse_attention(
+      q, k, v, lay, variant=var, implementation=impl).astype(jnp.float32) * do)
+  g = jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
+  mask = lay.element_mask(T, S)
+
+  def ref_loss(q, k, v, do):
+    keep = lambda ctx: mask[ctx.head, ctx.q_pos - (S - T), ctx.kv_pos]
+    return jnp.sum(reference.attention(
+        q, k, v, sm_scale=D ** -0.5,
+        variant=V.compose(V.Variant(logits_mask=keep), var))[0] * do)
+
+  rg = oracle(jax.grad(ref_loss, argnums=(0, 1, 2)), q, k, v, do)
+  for name, a, b in zip("qkv", g, rg):
+    assert_close(a, b, jnp.bfloat16, what=f"{impl} d{name}")
+
+
+def test_block_sparse_kernel_passes_over_small_blocks():
+  from jattn.pallas import block_sparse as PB
+  spec = jattn.dispatch.Spec(op="block_sparse_attention", platform="gpu", dtype=jnp.bfloat16,
+                             kv_dtype=jnp.bfloat16, head_dim=128, v_head_dim=128,
+                             num_q_heads=4, num_kv_heads=4, extra=(("block_size", (64, 128)),))
+  assert PB.supports(spec) is None
+  for block in ((32, 64), None):
+    spec = dataclasses.replace(spec, extra=(("block_size", block),))
+    assert "64" in PB.supports(spec)

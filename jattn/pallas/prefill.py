@@ -29,6 +29,8 @@ through L2 and the causal tail is short). One CTA per item (default) or, with
     has a custom mask) evaluate the mask elementwise.
 Without per-sequence lengths the lengths are compile-time constants (no memory load
 before the first TMA).
+  * Block-sparse (`jattn.pallas.block_sparse`, a compile-time `geo.sparse`): the KV tiles
+    come from per-(head, q tile) lists instead of the band, one list per consumer.
 
 Variants: `logits_transform` and `logits_mask` are traced into the kernel with a `Context`
 built for the tile (q_pos/kv_pos int32 tiles, head/batch scalars, params gathered at the
@@ -252,6 +254,7 @@ class Dense:
   lens int32 [2, B] (q_len, kv_len); without it the lengths are compile-time constants."""
 
   kv_copies = 1
+  sparse = False   # True: per-(head, q tile) kv-tile lists (jattn.pallas.block_sparse)
 
   def __init__(self, B, Nq, num_q_tiles, T, S, has_lens, heavy_first):
     self.B, self.Nq, self.nqt, self.T, self.S = B, Nq, num_q_tiles, T, S
@@ -279,8 +282,11 @@ class Dense:
   def lse_rows(self, refs, w, b, h, t0, n):
     return refs.lse.at[b, h, pl.ds(t0, n)]
 
-  def kv_base(self, refs, b):
+  def kv_base(self, refs, b, h, r0):
     return None
+
+  def kv_index(self, refs, base, j):
+    return j
 
   def load_kv(self, refs, b, base, kvh, j, bkv, k_dst, v_dst, k_bar, v_bar):
     rows = pl.ds(j * bkv, bkv)
@@ -296,6 +302,8 @@ class Packed:
   caller gathers them back to packed rows). Sequence b has q_len seq[0, b], kv_len
   seq[1, b], and its K/V either contiguous from row seq[2, b] (a multiple of block_kv) of
   k [rows, Nkv, D], or in pages k [P, page_size, Nkv, D] through page_table [B, pages]."""
+
+  sparse = False
 
   def __init__(self, Nq, n_slots, rows, paged, page_size=None, num_pages=None, bkv=None):
     self.Nq, self.n_slots, self.rows, self.paged = Nq, n_slots, rows, paged
@@ -323,9 +331,12 @@ class Packed:
     t = lax.rem(w, self.n_slots)
     return refs.lse.at[h, t, pl.ds(pl.multiple_of(lax.rem(t0, self.rows), 8), n)]
 
-  def kv_base(self, refs, b):
+  def kv_base(self, refs, b, h, r0):
     """Per-item K/V addressing, read once per item (not once per tile)."""
     return None if self.paged else refs.extra[1][2, b]
+
+  def kv_index(self, refs, base, j):
+    return j
 
   def load_kv(self, refs, b, base, kvh, j, bkv, k_dst, v_dst, k_bar, v_bar):
     if not self.paged:
@@ -359,7 +370,13 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
   """A CTA runs its share of the work items (one item when not persistent; else items
   k * num_ctas + c, c snaking back and forth so that heavy and light items mix); an item
   is 2 * block_q query rows of one head. K/V slots and barrier phases run on across items,
-  so the producer prefetches the next item's Q and K/V while the consumers finish."""
+  so the producer prefetches the next item's Q and K/V while the consumers finish.
+
+  With `geo.sparse` (compile-time) the KV tiles come from per-(head, q tile) lists instead
+  of the band's [lo, hi): each consumer warpgroup owns one block_q-row q tile with its own
+  list, step g loads consumer c's g-th tile into half c of the ring slot, and both run
+  max(n_0, n_1) steps (a consumer past its list runs the barrier protocol without math,
+  so the ping-pong stays in step)."""
   bq, bkv, stages = cfg.block_q, cfg.block_kv, cfg.num_stages
   (q_smem, o_smem, lse_smem, k_smem, v_smem, q_bar, q_free, k_bar, v_bar, k_free, v_free,
    sched) = scratch
@@ -383,7 +400,10 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
     off = kv_len - q_len
     r0 = qt * (2 * bq)
     rows_end = jnp.minimum(r0 + 2 * bq, q_len)
-    lo, hi = band_tiles(variant, kv_len, off + r0, off + rows_end - 1, bkv)
+    if geo.sparse:
+      lo, hi = 0, geo.num_steps(refs, h, r0)
+    else:
+      lo, hi = band_tiles(variant, kv_len, off + r0, off + rows_end - 1, bkv)
     hi = jnp.where(rows_end > r0, hi, lo)            # no valid row: visit nothing
     return w, b, h, q_len, kv_len, off, r0, lo, hi
 
@@ -408,8 +428,17 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
       w0 = r0 + wg * bq
       qs = q_smem.at[buf, wg]
       params = {n: r[h] for n, r in zip(param_names, refs.extra[geo.num_extra:])}
-      w_last = jnp.maximum(jnp.minimum(w0 + bq, q_len) - 1, w0)
-      a, bb = full_tiles(variant, kv_len, off + w0, off + w_last, bkv, lo, hi)
+      if geo.sparse:   # own list: [0, nf) whole tiles, [nf, n) masked, [n, hi) idle
+        nf, n = geo.segment(refs, h, r0, wg)
+        segments = ((lo, nf, False), (nf, n, True))
+        kv_at = lambda slot, ref: ref.at[slot, wg]
+        kv_start = lambda j: geo.kv_tile(refs, h, r0, wg, j) * bkv
+      else:
+        w_last = jnp.maximum(jnp.minimum(w0 + bq, q_len) - 1, w0)
+        a, bb = full_tiles(variant, kv_len, off + w0, off + w_last, bkv, lo, hi)
+        segments = ((lo, a, True), (a, bb, False), (bb, hi, True))
+        kv_at = lambda slot, ref: ref.at[slot]
+        kv_start = lambda j: j * bkv
 
       def slot_of(j):
         return lax.rem(base + j - lo, stages)
@@ -420,8 +449,8 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
         is one fused multiply-add per element."""
         ctx = None
         if variant.logits_transform is not None or masked:
-          ctx = Context(q_pos=off + w0 + iota(0), kv_pos=j * bkv + iota(1), head=h, batch=b,
-                        params=params)
+          ctx = Context(q_pos=off + w0 + iota(0), kv_pos=kv_start(j) + iota(1), head=h,
+                        batch=b, params=params)
         c = sm_scale * LOG2E
         if variant.logits_transform is not None:
           s, c = variant.logits_transform(s * sm_scale, ctx) * LOG2E, None
@@ -432,12 +461,17 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
           s = jnp.where(keep, s, -jnp.inf)
         return s, c
 
+      def wait_next_k(j):
+        @pl.when(j + 1 < hi)
+        def _():
+          plgpu.barrier_wait(k_bar.at[slot_of(j + 1)])
+
       def step(j, carry, masked):
         acc, m_i, l_i = carry
         slot = slot_of(j)
 
         def qk(acc_ref):
-          plgpu.wgmma(acc_ref, qs, k_smem.at[slot].T)
+          plgpu.wgmma(acc_ref, qs, kv_at(slot, k_smem).T)
           plgpu.barrier_arrive(sched)
           return acc_ref[...]
 
@@ -464,15 +498,23 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
         plgpu.barrier_wait(sched)
         if not sum_early:
           l_i = l_i + p.sum(axis=1)
-
-        def wait_next_k():
-          @pl.when(j + 1 < hi)
-          def _():
-            plgpu.barrier_wait(k_bar.at[slot_of(j + 1)])
-
-        acc = mma_acc(acc, p16, v_smem.at[slot], interpret, then=wait_next_k)
+        acc = mma_acc(acc, p16, kv_at(slot, v_smem), interpret,
+                      then=functools.partial(wait_next_k, j))
         plgpu.barrier_arrive(v_free.at[slot])
         return acc, m_new, l_i
+
+      def idle_step(j, carry):
+        """`step`'s barrier protocol without the math (sparse: past this list's end)."""
+        slot = slot_of(j)
+        plgpu.barrier_arrive(sched)
+        plgpu.barrier_arrive(k_free.at[slot])
+        plgpu.barrier_wait(sched)
+        plgpu.barrier_arrive(sched)
+        plgpu.barrier_wait(v_bar.at[slot])
+        plgpu.barrier_wait(sched)
+        wait_next_k(j)
+        plgpu.barrier_arrive(v_free.at[slot])
+        return carry
 
       acc = plgpu.layout_cast(jnp.zeros((bq, v_smem.shape[-1]), jnp.float32), _WGMMA)
       m_i = plgpu.layout_cast(jnp.full((bq,), -jnp.inf, jnp.float32), _ROW)
@@ -490,9 +532,11 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
 
       pl.when(wg == 1)(rendezvous)
       carry = (acc, m_i, l_i)
-      carry = lax.fori_loop(lo, a, functools.partial(step, masked=True), carry)
-      carry = lax.fori_loop(a, bb, functools.partial(step, masked=False), carry)
-      acc, m_i, l_i = lax.fori_loop(bb, hi, functools.partial(step, masked=True), carry)
+      for start, stop, masked in segments:
+        carry = lax.fori_loop(start, stop, functools.partial(step, masked=masked), carry)
+      if geo.sparse:
+        carry = lax.fori_loop(n, hi, idle_step, carry)
+      acc, m_i, l_i = carry
       pl.when(wg == 0)(rendezvous)
       if release == "loop":   # Q is no longer read: the producer may refill its buffer
         plgpu.barrier_arrive(q_free.at[buf])
@@ -537,12 +581,13 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
         plgpu.copy_gmem_to_smem(geo.q_rows(refs, w, b, h, r0 + c * bq, bq), q_smem.at[buf, c],
                                 q_bar.at[buf])
       kvh = lax.div(h, group)
-      kv_base = geo.kv_base(refs, b)
+      kv_base = geo.kv_base(refs, b, h, r0)
 
       @pl.loop(lo, hi)
       def _(j):
         g = base + j - lo
         slot = lax.rem(g, stages)
+        j = geo.kv_index(refs, kv_base, j)   # (sparse: the tile ids, read before the wait)
 
         @pl.when(g >= stages)
         def _():
@@ -600,12 +645,13 @@ def run_forward(geo, q, k, v, extra, out_types, variant: Variant, *, sm_scale: f
     n_in = len(extra) + len(params)
     refs = Refs(q_ref, k_ref, v_ref, rest[:n_in], *rest[n_in:n_in + 2])
     st = cfg.num_stages
-    scratch = (
+    kv_rows = (st, 2, cfg.block_kv) if geo.sparse else (st, cfg.block_kv)  # sparse: a half
+    scratch = (                                                            # per consumer
         _tiled_smem((q_bufs, 2, cfg.block_q, D), dtype),
         _tiled_smem((2, cfg.block_q, Dv), dtype) if separate_o else None,
         plgpu.SMEM((2, cfg.block_q), jnp.float32),
-        _tiled_smem((st, cfg.block_kv, D), dtype),
-        _tiled_smem((st, cfg.block_kv, Dv), dtype),
+        _tiled_smem((*kv_rows, D), dtype),
+        _tiled_smem((*kv_rows, Dv), dtype),
         plgpu.Barrier(num_arrivals=2, num_barriers=q_bufs),          # Q loaded
         plgpu.Barrier(num_arrivals=2, num_barriers=q_bufs),          # Q buffer free
         plgpu.Barrier(num_arrivals=geo.kv_copies, num_barriers=st),  # K loaded

@@ -16,6 +16,8 @@ Kernels (2 consumer warpgroups + 1 TMA producer warpgroup each):
     GQA group and every query tile inside the band, so the group's contributions are summed
     in registers (no atomics, one write of dk and dv).
   * dQ: one CTA per 2 * block_q query rows of one head; it walks the band's KV tiles.
+Block-sparse (`SparseLists`): dQ walks each q tile's kv-tile list and dK/dV each kv tile's
+q-tile list (per head of the group); a ring slot holds one tile per consumer warpgroup.
 Rows with lse = -inf (past q_len, or seeing no key) get lse = +inf here, hence p = 0, and
 contribute nothing. Only tiles inside the band are visited; tiles wholly inside the band
 and below kv_len skip the mask, edge tiles (every tile with a custom mask) evaluate it.
@@ -140,9 +142,18 @@ def _full_q_tiles(variant, w0, bkv, bq, kv_len, off, qlo, qhi):
   return a, jnp.where(w0 + bkv <= kv_len, b, a)
 
 
+def copy_or_arrive(active, src, dst, bar):
+  """TMA src -> dst arriving on bar, or (inactive) a plain arrival in its place."""
+  pl.when(active)(lambda: plgpu.copy_gmem_to_smem(src, dst, bar))
+  pl.when(jnp.logical_not(active))(lambda: plgpu.barrier_arrive(bar))
+
+
 def _dkv_body(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, lens_ref, param_refs,
               dk_ref, dv_ref, scratch, *, cfg, variant, sm_scale, group, param_names,
-              interpret, static_lens):
+              interpret, static_lens, lists=None):
+  """lists: None (dense: the band's q tiles) or (cols table ref, per_head) for
+  block-sparse: consumer c walks, per head of the group, the q tiles that its kv tile's
+  list names; ring slots hold one q/do/lse/delta tile per consumer (see SparseLists)."""
   bq, bkv, stages = cfg.block_q, cfg.block_kv, cfg.num_stages
   (k_smem2, v_smem2, q_smem, do_smem, lse_smem, delta_smem, kv_bar, in_bar, in_free) = scratch
   dtype = k_ref.dtype
@@ -175,49 +186,83 @@ def _dkv_body(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, lens_ref, param_r
     plgpu.copy_gmem_to_smem(k_ref.at[b, pl.ds(w0, bkv), g], k_smem, kv_bar.at[wg])
     plgpu.copy_gmem_to_smem(v_ref.at[b, pl.ds(w0, bkv), g], v_smem, kv_bar.at[wg])
     plgpu.barrier_wait(kv_bar.at[wg])
-    a, bb = _full_q_tiles(variant, w0, bkv, bq, kv_len, off, qlo, qhi)
 
     def iota(d):
       return plgpu.broadcasted_iota(jnp.int32, (bkv, bq), d, layout=_WGMMA)
 
-    def step(i, carry, j, masked):
-      """Query tile i of the group's j-th head against this warpgroup's keys."""
+    def tile(carry, slot, hq, q0, masked, at):
+      """Query rows [q0(), q0() + bq) of head hq (ring slot `slot`) against this
+      warpgroup's keys; `at(ref)` picks the warpgroup's tile of a ring slot."""
       dk, dv = carry
-      s = j * n_tiles + (i - qlo)
-      slot = lax.rem(s, stages)
-      hq = g * group + j
       plgpu.barrier_wait(in_bar.at[slot])
+      qs, dos = at(q_smem.at[slot]), at(do_smem.at[slot])
 
       def kq(acc_ref):
-        plgpu.wgmma(acc_ref, k_smem, q_smem.at[slot].T)
+        plgpu.wgmma(acc_ref, k_smem, qs.T)
         return acc_ref[...]
 
       sT = pl.run_scoped(kq, plgpu.ACC((bkv, bq), jnp.float32))
-      ctx = Context(q_pos=off + i * bq + iota(1), kv_pos=w0 + iota(0), head=hq, batch=b,
+      ctx = Context(q_pos=off + q0() + iota(1), kv_pos=w0 + iota(0), head=hq, batch=b,
                     params={n: r[hq] for n, r in zip(param_names, param_refs)})
       t, s_raw = _scaled_logits(variant, sm_scale, sT, ctx)
-      lse = plgpu.load(lse_smem.at[slot], layout=_COL)
+      lse = plgpu.load(at(lse_smem.at[slot]), layout=_COL)
       pT = jnp.exp2(t - lax.broadcast_in_dim(lse, t.shape, [1]))
       if masked:
         pT = jnp.where(_keep(variant, ctx, kv_len), pT, 0.0)
-      dv, dpT = mma_pair(dv, pT.astype(dtype), do_smem.at[slot], v_smem,
-                         do_smem.at[slot].T, interpret)
-      delta = plgpu.load(delta_smem.at[slot], layout=_COL)
+      dv, dpT = mma_pair(dv, pT.astype(dtype), dos, v_smem, dos.T, interpret)
+      delta = plgpu.load(at(delta_smem.at[slot]), layout=_COL)
       dsT = pT * (dpT - lax.broadcast_in_dim(delta, dpT.shape, [1]))
       dsT = _transform_grad(variant, ctx, s_raw, dsT)
-      dk = mma_acc(dk, dsT.astype(dtype), q_smem.at[slot], interpret)
+      dk = mma_acc(dk, dsT.astype(dtype), qs, interpret)
       plgpu.barrier_arrive(in_free.at[slot])
       return dk, dv
 
-    def head(j, carry):
-      carry = lax.fori_loop(qlo, a, functools.partial(step, j=j, masked=True), carry)
-      carry = lax.fori_loop(a, bb, functools.partial(step, j=j, masked=False), carry)
-      return lax.fori_loop(bb, qhi, functools.partial(step, j=j, masked=True), carry)
+    if lists is None:
+      a, bb = _full_q_tiles(variant, w0, bkv, bq, kv_len, off, qlo, qhi)
+
+      def step(i, carry, j, masked):
+        """Query tile i of the group's j-th head against this warpgroup's keys."""
+        slot = lax.rem(j * n_tiles + (i - qlo), stages)
+        return tile(carry, slot, g * group + j, lambda: i * bq, masked, lambda r: r)
+
+      def head(j, carry):
+        carry = lax.fori_loop(qlo, a, functools.partial(step, j=j, masked=True), carry)
+        carry = lax.fori_loop(a, bb, functools.partial(step, j=j, masked=False), carry)
+        return lax.fori_loop(bb, qhi, functools.partial(step, j=j, masked=True), carry)
+    else:
+      table, per_head = lists
+      col = lax.div(k0, bkv)
+
+      def head(j, carry):
+        """Own list [0, nf) whole, [nf, n) masked; idle to the longer list's end."""
+        dk, dv, base = carry
+        hq = g * group + j
+        hl = hq if per_head else 0
+        n, nf = table[hl, col + wg, 0], table[hl, col + wg, 1]
+        steps_j = jnp.maximum(table[hl, col, 0], table[hl, col + 1, 0])
+
+        def step(i, carry, masked):
+          q0 = lambda: table[hl, col + wg, 2 + i] * bq
+          return tile(carry, lax.rem(base + i, stages), hq, q0, masked, lambda r: r.at[wg])
+
+        def idle(i, carry):
+          slot = lax.rem(base + i, stages)
+          plgpu.barrier_wait(in_bar.at[slot])
+          plgpu.barrier_arrive(in_free.at[slot])
+          return carry
+
+        c = lax.fori_loop(0, nf, functools.partial(step, masked=False), (dk, dv))
+        c = lax.fori_loop(nf, n, functools.partial(step, masked=True), c)
+        c = lax.fori_loop(n, steps_j, idle, c)
+        return (*c, base + steps_j)
 
     d, dvd = k_smem.shape[-1], v_smem.shape[-1]
     dk = plgpu.layout_cast(jnp.zeros((bkv, d), jnp.float32), _WGMMA)
     dv = plgpu.layout_cast(jnp.zeros((bkv, dvd), jnp.float32), _WGMMA)
-    dk, dv = lax.fori_loop(0, group, head, (dk, dv))
+    if lists is None:
+      dk, dv = lax.fori_loop(0, group, head, (dk, dv))
+    else:
+      dk, dv, _ = lax.fori_loop(0, group, head, (dk, dv, 0))
     k_smem[...] = (dk * sm_scale).astype(dtype)
     v_smem[...] = dv.astype(dtype)
     plgpu.commit_smem()
@@ -225,7 +270,43 @@ def _dkv_body(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, lens_ref, param_r
     plgpu.copy_smem_to_gmem(v_smem, dv_ref.at[b, pl.ds(w0, bkv), g])
     plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
-  @pl.when(wg == 2)
+  def _sparse_producer():
+    plgpu.set_max_registers(40, action="decrease")
+    table, per_head = lists
+    col = lax.div(k0, bkv)
+
+    def head(j, base):
+      hq = g * group + j
+      hl = hq if per_head else 0
+      n = (table[hl, col, 0], table[hl, col + 1, 0])
+      steps_j = jnp.maximum(*n)
+
+      @pl.loop(0, steps_j)
+      def _(i):
+        s = base + i
+        slot = lax.rem(s, stages)
+        tiles = (table[hl, col, 2 + i], table[hl, col + 1, 2 + i])
+
+        @pl.when(s >= stages)
+        def _():
+          plgpu.barrier_wait(in_free.at[slot])
+
+        bar = in_bar.at[slot]
+        for c in range(2):
+          rows = pl.ds(tiles[c] * bq, bq)
+          for src, dst in ((q_ref.at[b, rows, hq], q_smem), (do_ref.at[b, rows, hq], do_smem),
+                           (lse_ref.at[b, hq, rows], lse_smem),
+                           (delta_ref.at[b, hq, rows], delta_smem)):
+            copy_or_arrive(i < n[c], src, dst.at[slot, c], bar)
+
+      return base + steps_j
+
+    total = lax.fori_loop(0, group, head, 0)
+
+    @pl.loop(jnp.maximum(total - stages, 0), total)   # releases nobody waited for
+    def _(s):
+      plgpu.barrier_wait(in_free.at[lax.rem(s, stages)])
+
   def _producer():
     plgpu.set_max_registers(40, action="decrease")
 
@@ -250,33 +331,39 @@ def _dkv_body(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, lens_ref, param_r
       def _():
         load(s + stages, slot)
 
+  pl.when(wg == 2)(_producer if lists is None else _sparse_producer)
 
-def _dkv(q, k, v, do, lse2, delta, lens, variant, sm_scale, cfg, interpret, static_lens):
+
+def _dkv(q, k, v, do, lse2, delta, lens, variant, sm_scale, cfg, interpret, static_lens,
+         sparse=None):
   B, Tp, Nq, D = q.shape
   _, Sp, Nkv, Dv = v.shape
   names = tuple(sorted(variant.params))
   params = tuple(jnp.asarray(variant.params[n]) for n in names)
   dtype = k.dtype
+  front = (q, k, v, do, lse2, delta) + (() if sparse is None else (sparse.cols,))
 
   def entry(*refs):
-    (q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref), lens_ref, param_refs, \
-        (dk_ref, dv_ref), _ = split_refs(refs, 6, lens is not None, len(names), 2)
+    fr, lens_ref, param_refs, (dk_ref, dv_ref), _ = split_refs(
+        refs, len(front), lens is not None, len(names), 2)
+    lists = None if sparse is None else (fr[6], sparse.per_head)
     st = cfg.num_stages
+    ring = (st,) if sparse is None else (st, 2)    # sparse: one tile per consumer
     scratch = (
         _tiled_smem((2, cfg.block_kv, D), dtype),
         _tiled_smem((2, cfg.block_kv, Dv), dtype),
-        _tiled_smem((st, cfg.block_q, D), dtype),
-        _tiled_smem((st, cfg.block_q, Dv), dtype),
-        plgpu.SMEM((st, cfg.block_q), jnp.float32),
-        plgpu.SMEM((st, cfg.block_q), jnp.float32),
+        _tiled_smem((*ring, cfg.block_q, D), dtype),
+        _tiled_smem((*ring, cfg.block_q, Dv), dtype),
+        plgpu.SMEM((*ring, cfg.block_q), jnp.float32),
+        plgpu.SMEM((*ring, cfg.block_q), jnp.float32),
         plgpu.Barrier(num_arrivals=2, num_barriers=2),
-        plgpu.Barrier(num_arrivals=4, num_barriers=st),
+        plgpu.Barrier(num_arrivals=4 * len(ring), num_barriers=st),
         plgpu.Barrier(num_arrivals=2, num_barriers=st),
     )
-    body = functools.partial(_dkv_body, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref,
-                             lens_ref, param_refs, dk_ref, dv_ref, cfg=cfg, variant=variant,
-                             sm_scale=sm_scale, group=Nq // Nkv, param_names=names,
-                             interpret=bool(interpret), static_lens=static_lens)
+    body = functools.partial(_dkv_body, *fr[:6], lens_ref, param_refs, dk_ref, dv_ref,
+                             cfg=cfg, variant=variant, sm_scale=sm_scale, group=Nq // Nkv,
+                             param_names=names, interpret=bool(interpret),
+                             static_lens=static_lens, lists=lists)
     pl.run_scoped(lambda *s: body(s), *scratch, collective_axes="wg")
 
   return plgpu.kernel(
@@ -288,14 +375,17 @@ def _dkv(q, k, v, do, lse2, delta, lens, variant, sm_scale, cfg, interpret, stat
       thread_name="wg",
       compiler_params=plgpu.CompilerParams(approx_math=True),
       interpret=interpret_params(interpret),
-  )(q, k, v, do, lse2, delta, *([] if lens is None else [lens]), *params)
+  )(*front, *([] if lens is None else [lens]), *params)
 
 
 # ----------------------------------------------------------------------------- dQ
 
 def _dq_body(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, lens_ref, param_refs, dq_ref,
              scratch, *, cfg, variant, sm_scale, group, num_q_tiles, param_names, interpret,
-             static_lens):
+             static_lens, lists=None):
+  """lists: None (dense: the band's kv tiles) or (rows table ref, per_head) for
+  block-sparse: consumer c walks its q tile's kv-tile list, ring slots hold one K/V tile
+  per consumer, both step to the longer list's end (see SparseLists)."""
   bq, bkv, stages = cfg.block_q, cfg.block_kv, cfg.num_stages
   (q_smem2, do_smem2, lse_smem2, delta_smem2, k_smem, v_smem, q_bar, k_bar, kv_free) = scratch
   dtype = q_ref.dtype
@@ -307,7 +397,13 @@ def _dq_body(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, lens_ref, param_re
   off = kv_len - q_len
   r0 = qt * (2 * bq)
   rows_end = jnp.minimum(r0 + 2 * bq, q_len)
-  lo, hi = band_tiles(variant, kv_len, off + r0, off + rows_end - 1, bkv)
+  if lists is None:
+    lo, hi = band_tiles(variant, kv_len, off + r0, off + rows_end - 1, bkv)
+  else:
+    table, per_head = lists
+    hl, row = (h if per_head else 0), lax.div(r0, bq)
+    counts = (table[hl, row, 0], table[hl, row + 1, 0])
+    lo, hi = 0, jnp.maximum(*counts)
   hi = jnp.where(rows_end > r0, hi, lo)
 
   def slot_of(j):
@@ -331,16 +427,23 @@ def _dq_body(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, lens_ref, param_re
     def iota(d):
       return plgpu.broadcasted_iota(jnp.int32, (bq, bkv), d, layout=_WGMMA)
 
+    if lists is None:
+      kv_at = lambda slot, ref: ref.at[slot]
+      kv_start = lambda j: j * bkv
+    else:
+      kv_at = lambda slot, ref: ref.at[slot, wg]
+      kv_start = lambda j: table[hl, row + wg, 2 + j] * bkv
+
     def step(j, dq, masked):
       slot = slot_of(j)
       plgpu.barrier_wait(k_bar.at[slot])
 
       def qk(acc_ref):
-        plgpu.wgmma(acc_ref, q_smem, k_smem.at[slot].T)
+        plgpu.wgmma(acc_ref, q_smem, kv_at(slot, k_smem).T)
         return acc_ref[...]
 
       s = pl.run_scoped(qk, plgpu.ACC((bq, bkv), jnp.float32))
-      ctx = Context(q_pos=off + w0 + iota(0), kv_pos=j * bkv + iota(1), head=h, batch=b,
+      ctx = Context(q_pos=off + w0 + iota(0), kv_pos=kv_start(j) + iota(1), head=h, batch=b,
                     params=params)
       t, s_raw = _scaled_logits(variant, sm_scale, s, ctx)
       p = jnp.exp2(t - lax.broadcast_in_dim(lse, t.shape, [0]))
@@ -348,22 +451,33 @@ def _dq_body(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, lens_ref, param_re
         p = jnp.where(_keep(variant, ctx, kv_len), p, 0.0)
 
       def dov(acc_ref):
-        plgpu.wgmma(acc_ref, do_smem, v_smem.at[slot].T)
+        plgpu.wgmma(acc_ref, do_smem, kv_at(slot, v_smem).T)
         return acc_ref[...]
 
       dp = pl.run_scoped(dov, plgpu.ACC((bq, bkv), jnp.float32))
       ds = p * (dp - lax.broadcast_in_dim(delta, dp.shape, [0]))
       ds = _transform_grad(variant, ctx, s_raw, ds)
-      dq = mma_acc(dq, ds.astype(dtype), k_smem.at[slot], interpret)
+      dq = mma_acc(dq, ds.astype(dtype), kv_at(slot, k_smem), interpret)
       plgpu.barrier_arrive(kv_free.at[slot])
       return dq
 
+    def idle(j, dq):   # sparse, past this list's end: keep the ring's phases in step
+      plgpu.barrier_wait(k_bar.at[slot_of(j)])
+      plgpu.barrier_arrive(kv_free.at[slot_of(j)])
+      return dq
+
     dq = plgpu.layout_cast(jnp.zeros((bq, q_smem.shape[-1]), jnp.float32), _WGMMA)
-    w_last = jnp.maximum(jnp.minimum(w0 + bq, q_len) - 1, w0)
-    a, bb = full_tiles(variant, kv_len, off + w0, off + w_last, bkv, lo, hi)
-    dq = lax.fori_loop(lo, a, functools.partial(step, masked=True), dq)
-    dq = lax.fori_loop(a, bb, functools.partial(step, masked=False), dq)
-    dq = lax.fori_loop(bb, hi, functools.partial(step, masked=True), dq)
+    if lists is None:
+      w_last = jnp.maximum(jnp.minimum(w0 + bq, q_len) - 1, w0)
+      a, bb = full_tiles(variant, kv_len, off + w0, off + w_last, bkv, lo, hi)
+      segments = ((lo, a, True), (a, bb, False), (bb, hi, True))
+    else:   # own list: [0, nf) whole tiles, [nf, n) masked, [n, hi) idle
+      n, nf = table[hl, row + wg, 0], table[hl, row + wg, 1]
+      segments = ((lo, nf, False), (nf, n, True))
+    for start, stop, masked in segments:
+      dq = lax.fori_loop(start, stop, functools.partial(step, masked=masked), dq)
+    if lists is not None:
+      dq = lax.fori_loop(n, hi, idle, dq)
     q_smem[...] = (dq * sm_scale).astype(dtype)
     plgpu.commit_smem()
     plgpu.copy_smem_to_gmem(q_smem, dq_ref.at[b, pl.ds(w0, bq), h])
@@ -375,6 +489,12 @@ def _dq_body(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, lens_ref, param_re
     kvh = lax.div(h, group)
 
     def load(j, slot):
+      if lists is not None:
+        for c in range(2):
+          rows = pl.ds(table[hl, row + c, 2 + j] * bkv, bkv)
+          for src, dst in ((k_ref, k_smem), (v_ref, v_smem)):
+            copy_or_arrive(j < counts[c], src.at[b, rows, kvh], dst.at[slot, c], k_bar.at[slot])
+        return
       rows = pl.ds(j * bkv, bkv)
       plgpu.copy_gmem_to_smem(k_ref.at[b, rows, kvh], k_smem.at[slot], k_bar.at[slot])
       plgpu.copy_gmem_to_smem(v_ref.at[b, rows, kvh], v_smem.at[slot], k_bar.at[slot])
@@ -392,34 +512,37 @@ def _dq_body(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, lens_ref, param_re
         load(j + stages, slot)
 
 
-def _dq(q, k, v, do, lse2, delta, lens, variant, sm_scale, cfg, interpret, static_lens):
+def _dq(q, k, v, do, lse2, delta, lens, variant, sm_scale, cfg, interpret, static_lens,
+        sparse=None):
   B, Tp, Nq, D = q.shape
   _, Sp, Nkv, Dv = v.shape
   names = tuple(sorted(variant.params))
   params = tuple(jnp.asarray(variant.params[n]) for n in names)
   dtype = q.dtype
   num_q_tiles = Tp // (2 * cfg.block_q)
+  front = (q, k, v, do, lse2, delta) + (() if sparse is None else (sparse.rows,))
 
   def entry(*refs):
-    (q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref), lens_ref, param_refs, \
-        (dq_ref,), _ = split_refs(refs, 6, lens is not None, len(names), 1)
+    fr, lens_ref, param_refs, (dq_ref,), _ = split_refs(
+        refs, len(front), lens is not None, len(names), 1)
+    lists = None if sparse is None else (fr[6], sparse.per_head)
     st = cfg.num_stages
+    ring = (st,) if sparse is None else (st, 2)    # sparse: one tile per consumer
     scratch = (
         _tiled_smem((2, cfg.block_q, D), dtype),
         _tiled_smem((2, cfg.block_q, Dv), dtype),
         plgpu.SMEM((2, cfg.block_q), jnp.float32),
         plgpu.SMEM((2, cfg.block_q), jnp.float32),
-        _tiled_smem((st, cfg.block_kv, D), dtype),
-        _tiled_smem((st, cfg.block_kv, Dv), dtype),
+        _tiled_smem((*ring, cfg.block_kv, D), dtype),
+        _tiled_smem((*ring, cfg.block_kv, Dv), dtype),
         plgpu.Barrier(num_arrivals=4, num_barriers=2),
-        plgpu.Barrier(num_arrivals=2, num_barriers=st),
+        plgpu.Barrier(num_arrivals=2 * len(ring), num_barriers=st),
         plgpu.Barrier(num_arrivals=2, num_barriers=st),
     )
-    body = functools.partial(_dq_body, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref,
-                             lens_ref, param_refs, dq_ref, cfg=cfg, variant=variant,
-                             sm_scale=sm_scale, group=Nq // Nkv, num_q_tiles=num_q_tiles,
-                             param_names=names, interpret=bool(interpret),
-                             static_lens=static_lens)
+    body = functools.partial(_dq_body, *fr[:6], lens_ref, param_refs, dq_ref, cfg=cfg,
+                             variant=variant, sm_scale=sm_scale, group=Nq // Nkv,
+                             num_q_tiles=num_q_tiles, param_names=names,
+                             interpret=bool(interpret), static_lens=static_lens, lists=lists)
     pl.run_scoped(lambda *s: body(s), *scratch, collective_axes="wg")
 
   return plgpu.kernel(
@@ -431,17 +554,32 @@ def _dq(q, k, v, do, lse2, delta, lens, variant, sm_scale, cfg, interpret, stati
       thread_name="wg",
       compiler_params=plgpu.CompilerParams(approx_math=True),
       interpret=interpret_params(interpret),
-  )(q, k, v, do, lse2, delta, *([] if lens is None else [lens]), *params)
+  )(*front, *([] if lens is None else [lens]), *params)
 
 
 # ----------------------------------------------------------------------------- entry
 
+@dataclasses.dataclass(frozen=True)
+class SparseLists:
+  """Block-sparse tile lists (`jattn.pallas.block_sparse.tile_lists`, tiles of
+  block_q = block_kv rows): rows int32 [Hl, Tp / bq, 2 + nkt] (each q tile's kv tiles)
+  and cols int32 [Hl, Sp / bkv, 2 + nqt] (each kv tile's q tiles), entries
+  [n, n_whole, ids...]; Hl = Nq when per_head, else 1."""
+
+  rows: Any
+  cols: Any
+  per_head: bool
+  tile: int
+
+
 def flash_backward(q, k, v, lens, variant: Variant, o, lse, do, dlse, *, sm_scale: float,
-                   config: Optional[BwdConfig] = None, interpret: Any = False):
-  """(dq, dk, dv) for the forward's inputs. lse, dlse: [B,Nq,T] float32.
+                   config: Optional[BwdConfig] = None, interpret: Any = False,
+                   sparse: Optional[SparseLists] = None):
+  """(dq, dk, dv) for the forward's inputs. lse, dlse: [B,Nq,T] float32. With `sparse`
+  the kernels visit only the listed tiles (the variant still masks inside them).
 
   Head dims above 128 are not served by the kernels yet: there the gradient is
-  `jax.vjp` of the XLA reference (see `bwd_supports`)."""
+  `jax.vjp` of the XLA reference (see `bwd_supports`; block-sparse checks it first)."""
   B, T, Nq, D = q.shape
   S, Dv = k.shape[1], v.shape[3]
   if bwd_supports(D, Dv) is not None:
@@ -453,7 +591,7 @@ def flash_backward(q, k, v, lens, variant: Variant, o, lse, do, dlse, *, sm_scal
     dq, dk, dv = vjp((do, jnp.swapaxes(dlse, 1, 2)))
     return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
 
-  cfg = config or BwdConfig()
+  cfg = config or (BwdConfig(sparse.tile, sparse.tile) if sparse else BwdConfig())
   delta = (jnp.einsum("btnd,btnd->bnt", do.astype(jnp.float32), o.astype(jnp.float32))
            - dlse.astype(jnp.float32))
   # Base-2 lse; rows without any visible key (lse = -inf) get +inf so that p = 0.
@@ -464,6 +602,6 @@ def flash_backward(q, k, v, lens, variant: Variant, o, lse, do, dlse, *, sm_scal
   delta = _pad_to(delta, 2, rows)
   kp, vp = _pad_to(k, 1, rows), _pad_to(v, 1, rows)
   args = (qp, kp, vp, dop, lse2, delta, lens, variant, sm_scale, cfg, interpret, (T, S))
-  dk, dv = _dkv(*args)
-  dq = _dq(*args)
+  dk, dv = _dkv(*args, sparse=sparse)
+  dq = _dq(*args, sparse=sparse)
   return dq[:, :T], dk[:, :S], dv[:, :S]

@@ -1,0 +1,231 @@
+"""Block-sparse attention on the Pallas Mosaic GPU prefill kernels (`jattn.pallas.prefill`,
+`jattn.pallas.prefill_bwd`), which iterate per-(head, q tile) kv-tile lists in place of
+the band's tile range when their geometry says `sparse` (a compile-time branch: the dense
+path is unchanged).
+
+Layouts (public API, BTNH): q [B,T,Nq,D], k [B,S,Nkv,D], v [B,S,Nkv,Dv] -> o [B,T,Nq,Dv],
+lse [B,T,Nq]; query t sees key s iff the layout lists their (block, block) tile and the
+variant keeps (q_pos, kv_pos) = (S - T + t, s). Rows that see no key give 0 and lse -inf.
+
+Tile lists (`tile_lists`, jnp before the call, once per call): the layout's blocks are
+expanded to 64 x 64 kernel tiles (so fixed block sizes must be multiples of 64), cut to
+the variant's band, and each 64-row q tile gets the ascending list of its kv tiles, whole
+tiles first (no mask code: inside the band and below S) then edge tiles (mask evaluated
+elementwise: band edges, custom masks). Table int32 [Hl, rows, 2 + nkt]:
+[n, n_whole, tile ids...]; Hl = 1 (shared) or Nq (per head). The forward's CTA covers
+two q tiles (one per consumer warpgroup); both step through max(n_0, n_1) ring slots,
+each loading its own tile into its half of the slot. Empty tiles cost nothing; a q tile
+with an empty list writes zeros.
+
+Backward (`jax.custom_vjp`): dQ iterates the same lists; dK/dV iterate the transposed
+lists (per kv tile, the q tiles that list it, for every head of the GQA group).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from jattn.pallas import prefill as P
+from jattn.variants import Variant
+
+TILE = 64   # kernel tile (rows and keys); layouts' blocks must be multiples of it
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Forward ring depth (3 stages exceed the SMEM limit at D=128 by 120 bytes) and the
+  persistent grid (used interpreted on CPU, as the dense kernel does)."""
+
+  num_stages: int = 2
+  persistent: bool = False
+
+
+# ----------------------------------------------------------------------------- capability
+
+def supports(spec) -> Optional[str]:
+  """None if the kernel can serve `spec`, else the reason."""
+  if spec.op != "block_sparse_attention":
+    return f"no Pallas block-sparse kernel for op {spec.op!r}"
+  if not any(jnp.dtype(spec.dtype) == jnp.dtype(d) for d in P.DTYPES):
+    return f"dtype {jnp.dtype(spec.dtype).name} (needs bfloat16 or float16)"
+  if jnp.dtype(spec.kv_dtype) != jnp.dtype(spec.dtype):
+    return f"kv dtype {jnp.dtype(spec.kv_dtype).name} differs from q dtype"
+  for name, d in (("head_dim", spec.head_dim), ("v_head_dim", spec.v_head_dim)):
+    if d % 16 or not 16 <= d <= 128:
+      return f"{name} {d} (needs a multiple of 16 in [16, 128])"
+  block = dict(spec.extra).get("block_size")
+  if block is None:
+    return ("variable block sizes: the kernel needs fixed blocks whose sides are "
+            f"multiples of {TILE} (the xla implementation serves any layout)")
+  if block[0] % TILE or block[1] % TILE:
+    return f"block size {tuple(block)}: the kernel needs multiples of {TILE}"
+  return None
+
+
+# ----------------------------------------------------------------------------- tile lists
+
+def _expand(layout, T, S):
+  """bool [Hl, nqt, nkt]: the layout's blocks as TILE x TILE tiles."""
+  R, C = layout.block_size
+  m = jnp.repeat(jnp.repeat(layout.block_mask, R // TILE, 1), C // TILE, 2)
+  return m[:, :-(-T // TILE), :-(-S // TILE)]
+
+
+def _sorted_lists(keep, whole, n_rows):
+  """Per row of keep/whole [Hl, r, n]: [count, whole count, ids (whole, then edge, then
+  the rest, each ascending)], rows padded with empty lists to n_rows."""
+  # A stable partition by cumulative counts and one scatter (an argsort took 45 us on an
+  # H100 at 32 x 128 x 128, a seventh of the density-0.1 call).
+  edge = keep & ~whole
+  n_whole = whole.sum(-1, dtype=jnp.int32, keepdims=True)
+  n = keep.sum(-1, dtype=jnp.int32, keepdims=True)
+  rank = lambda x: jnp.cumsum(x, -1, dtype=jnp.int32) - 1
+  pos = jnp.where(whole, rank(whole), jnp.where(edge, n_whole + rank(edge), n + rank(~keep)))
+  j = jnp.broadcast_to(jnp.arange(keep.shape[-1], dtype=jnp.int32), keep.shape)
+  ids = jnp.put_along_axis(jnp.zeros_like(j), pos, j, axis=-1, inplace=False)
+  table = jnp.concatenate([n, n_whole, ids], -1)
+  return jnp.pad(table, ((0, 0), (0, n_rows - table.shape[1]), (0, 0)))
+
+
+def tile_lists(layout, T: int, S: int, variant: Variant, rows_pad: int, cols_pad: int):
+  """(rows int32 [Hl, rows_pad, 2 + nkt], cols int32 [Hl, cols_pad, 2 + nqt]): the
+  kv-tile list of each q tile and the q-tile list of each kv tile (see module doc)."""
+  tm = _expand(layout, T, S)
+  nqt, nkt = tm.shape[1:]
+  r = jnp.arange(nqt, dtype=jnp.int32)
+  first = S - T + r * TILE
+  last = S - T + jnp.minimum(r * TILE + TILE, T) - 1
+  lo, hi = P.band_tiles(variant, S, first, last, TILE)
+  a, b = P.full_tiles(variant, S, first, last, TILE, lo, hi)
+  j = jnp.arange(nkt, dtype=jnp.int32)[None]
+  col = lambda x: jnp.broadcast_to(x, (nqt,))[:, None]
+  inside = lambda x, y: (j >= col(x)) & (j < col(y))
+  keep = tm & inside(lo, hi)[None]
+  whole = keep & inside(a, b)[None]
+  # The transposed lists: a (q tile, kv tile) pair runs mask-free in the backward when it
+  # does in the forward (the whole-tile test is per q tile; it holds per pair).
+  return (_sorted_lists(keep, whole, rows_pad),
+          _sorted_lists(jnp.swapaxes(keep, 1, 2), jnp.swapaxes(whole, 1, 2), cols_pad))
+
+
+# ----------------------------------------------------------------------------- geometry
+
+class Sparse(P.Dense):
+  """Dense q/k/v/o/lse layouts (no lengths), work items of two TILE-row q tiles; the KV
+  steps come from extra[0] = the rows table of `tile_lists` (see the module doc)."""
+
+  sparse = True
+  kv_copies = 2   # each ring slot holds one K (V) tile per consumer warpgroup
+
+  def __init__(self, B, Nq, num_q_tiles, T, S, per_head):
+    super().__init__(B, Nq, num_q_tiles, T, S, False, False)
+    self.num_extra, self.per_head = 1, per_head
+
+  def _row(self, h, r0):
+    return (h if self.per_head else 0), lax.div(r0, TILE)
+
+  def num_steps(self, refs, h, r0):
+    hl, r = self._row(h, r0)
+    (t,) = refs.extra[:1]
+    return jnp.maximum(t[hl, r, 0], t[hl, r + 1, 0])
+
+  def segment(self, refs, h, r0, c):
+    """(whole tiles, all tiles) of consumer c's list."""
+    hl, r = self._row(h, r0)
+    return refs.extra[0][hl, r + c, 1], refs.extra[0][hl, r + c, 0]
+
+  def kv_tile(self, refs, h, r0, c, g):
+    hl, r = self._row(h, r0)
+    return refs.extra[0][hl, r + c, 2 + g]
+
+  def kv_base(self, refs, b, h, r0):
+    hl, r = self._row(h, r0)
+    t = refs.extra[0]
+    return hl, r, (t[hl, r, 0], t[hl, r + 1, 0])
+
+  def kv_index(self, refs, base, g):
+    hl, r, _ = base
+    t = refs.extra[0]
+    return g, (t[hl, r, 2 + g], t[hl, r + 1, 2 + g])
+
+  def load_kv(self, refs, b, base, kvh, j, bkv, k_dst, v_dst, k_bar, v_bar):
+    """Step g: consumer c's g-th tile into half c (a plain arrival past its list)."""
+    g, tiles = j
+    counts = base[2]
+    for src, dst, bar in ((refs.k, k_dst, k_bar), (refs.v, v_dst, v_bar)):
+      for c in range(2):
+        @pl.when(g < counts[c])
+        def _():
+          rows = pl.ds(pl.multiple_of(tiles[c] * bkv, 8), bkv)
+          plgpu.copy_gmem_to_smem(src.at[b, rows, kvh], dst.at[c], bar)
+
+        @pl.when(g >= counts[c])
+        def _():
+          plgpu.barrier_arrive(bar)
+
+
+# ----------------------------------------------------------------------------- forward
+
+def _forward(q, k, v, rows, variant, *, sm_scale, cfg, per_head, interpret):
+  """o [B,T,Nq,Dv], lse [B,Nq,T] (head-major, as the kernel writes it)."""
+  B, T, Nq, D = q.shape
+  _, S, Nkv, Dv = v.shape
+  kcfg = P.Config(block_q=TILE, block_kv=TILE, num_stages=cfg.num_stages,
+                  heavy_first=False, persistent=cfg.persistent)
+  qp = P._pad_to(q, 1, 2 * TILE)
+  kp, vp = P._pad_to(k, 1, TILE), P._pad_to(v, 1, TILE)
+  Tp = qp.shape[1]
+  geo = Sparse(B, Nq, Tp // (2 * TILE), T, S, per_head)
+  out_types = (jax.ShapeDtypeStruct((B, Tp, Nq, Dv), q.dtype),
+               jax.ShapeDtypeStruct((B, Nq, Tp), jnp.float32))
+  o, lse = P.run_forward(geo, qp, kp, vp, [rows], out_types, variant, sm_scale=sm_scale,
+                         cfg=kcfg, head_dim=D, v_head_dim=Dv, group=Nq // Nkv,
+                         interpret=interpret)
+  return o[:, :T], lse[:, :, :T]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9))
+def _core(q, k, v, rows, cols, variant, sm_scale, cfg, per_head, interpret):
+  o, lse = _forward(q, k, v, rows, variant, sm_scale=sm_scale, cfg=cfg, per_head=per_head,
+                    interpret=interpret)
+  return o, jnp.swapaxes(lse, 1, 2)
+
+
+def _core_fwd(q, k, v, rows, cols, variant, sm_scale, cfg, per_head, interpret):
+  o, lse = _forward(q, k, v, rows, variant, sm_scale=sm_scale, cfg=cfg, per_head=per_head,
+                    interpret=interpret)
+  return (o, jnp.swapaxes(lse, 1, 2)), (q, k, v, rows, cols, variant, o, lse)
+
+
+def _core_bwd(sm_scale, cfg, per_head, interpret, res, cts):
+  from jattn.pallas import prefill_bwd
+  q, k, v, rows, cols, variant, o, lse = res
+  do, dlse = cts
+  dq, dk, dv = prefill_bwd.flash_backward(
+      q, k, v, None, variant, o, lse, do, jnp.swapaxes(dlse, 1, 2), sm_scale=sm_scale,
+      interpret=interpret, sparse=prefill_bwd.SparseLists(rows, cols, per_head, TILE))
+  return dq, dk, dv, None, None, jax.tree.map(jnp.zeros_like, variant)
+
+
+_core.defvjp(_core_fwd, _core_bwd)
+
+
+def block_sparse_attention(q, k, v, layout, *, sm_scale, variant, interpret=False,
+                           config: Optional[Config] = None):
+  """`jattn.block_sparse_attention` on the kernels. Returns (o, lse [B,T,Nq])."""
+  T, S = q.shape[1], k.shape[1]
+  cfg = config or Config(persistent=bool(interpret))
+  q, k = P.token_transforms(q, k, variant, None, None)
+  kvar = P._kernel_variant(variant)
+  rows, cols = tile_lists(layout, T, S, kvar, -(-T // (2 * TILE)) * 2,
+                          -(-S // (2 * TILE)) * 2)
+  return _core(q, k, v, rows, cols, kvar, float(sm_scale), cfg, layout.num_heads > 1,
+               interpret)
