@@ -6,12 +6,15 @@ timings next to cuDNN bf16 in one process.
       cache (seconds), then a second process on that cache (its compile count)
   PYTHONPATH=. python3 -m benchmarks.fp8_probe --sanitize CASE one small call, for
       compute-sanitizer --tool memcheck|racecheck --kernel-name kns=jattn python3 ...
+  PYTHONPATH=. python3 -m benchmarks.fp8_probe --ncu prefill|decode   the benchmark
+      shape, two calls (for ncu -k regex:jattn --launch-skip 1 --launch-count 1)
 
 Prefill: B4 T4096 H32 D128 causal; FP8 (implementation="cuda", V^T pass included, and
 the kernel alone on a pre-transposed V) vs cuDNN bf16 and jattn's bf16 prefill. Causal
 FLOPs = 2 B N T^2 D. Decode: B32 S4096 Hq32 Hkv8 D128, FP8 pages of 16 tokens vs cuDNN
 bf16 dense decode and jattn's bf16 paged decode; bytes = K + V read once. Timing:
 benchmarks.timing.bench (median of 7 repetitions of back-to-back jitted calls).
+VARIANTS: build-macro variants of the kernels (csrc/ knobs), timed next to the default.
 """
 
 from __future__ import annotations
@@ -68,6 +71,21 @@ def build_check() -> dict:
   return dict(first_build_s=first, second_process_compiles=r.stdout.strip() or r.stderr[-300:])
 
 
+# Kernel variants timed next to the defaults: extra (macro, value) build parameters.
+PREFILL_VARIANTS = ()
+DECODE_VARIANTS = ((("DECODE_KPERM", 1),), (("DECODE_L2_PREFETCH", 1),),
+                   (("DECODE_KPERM", 1), ("DECODE_L2_PREFETCH", 1)))
+
+
+def variant(kernel: build.Kernel, extra) -> build.Kernel:
+  return build.Kernel(kernel.name, kernel.source, kernel.symbol,
+                      tuple(sorted(dict(kernel.params + tuple(extra)).items())))
+
+
+def register(kernel: build.Kernel) -> str:
+  return fp8._target(kernel, fp8.device_arch())
+
+
 def prefill_inputs(key, B, T, H, D, n=2):
   sets = []
   for i in range(n):
@@ -90,20 +108,21 @@ def prefill_bench(B=4, T=4096, H=32, D=128) -> dict:
     return jattn.attention(q, k, v, causal=True, q_scale=one, k_scale=one, v_scale=one,
                            implementation="cuda")
 
-  name = fp8._target(build.prefill_kernel(D, True, fp8.device_arch()), fp8.device_arch())
-  kernel = jax.ffi.ffi_call(name, (jax.ShapeDtypeStruct((B, T, H, D), jnp.bfloat16),
-                                   jax.ShapeDtypeStruct((B, T, H), jnp.float32)))
+  def kernel_only(kernel):
+    call = jax.ffi.ffi_call(register(kernel), (
+        jax.ShapeDtypeStruct((B, T, H, D), jnp.bfloat16), jax.ShapeDtypeStruct((B, T, H), jnp.float32)))
+    return jax.jit(lambda q, k, vt: call(q, k, vt, one, one, one, sm_scale=np.float32(D ** -0.5),
+                                         causal=np.bool_(True))[0])
 
-  def fp8_kernel_only(q, k, vt):
-    return kernel(q, k, vt, one, one, one, sm_scale=np.float32(D ** -0.5),
-                  causal=np.bool_(True))[0]
-
+  default = build.prefill_kernel(D, True, fp8.device_arch())
   vts = [(q, k, jax.jit(fp8.transpose_v)(v)) for q, k, v in s8]
   cands = {
       "cudnn_bf16": (jax.jit(lambda q, k, v: jax.nn.dot_product_attention(
           q, k, v, is_causal=True, implementation="cudnn")), bf),
       "jattn_fp8_cuda": (jax.jit(fp8_call), s8),
-      "jattn_fp8_kernel_only": (jax.jit(fp8_kernel_only), vts),
+      "jattn_fp8_kernel_only": (kernel_only(default), vts),
+      **{"kernel_only_" + variant(default, ex).tag(): (kernel_only(variant(default, ex)), vts)
+         for ex in PREFILL_VARIANTS},
       "v_transpose_only": (jax.jit(fp8.transpose_v), [(s[2],) for s in s8]),
       "jattn_bf16_pallas": (jax.jit(lambda q, k, v: jattn.attention(
           q, k, v, causal=True, implementation="pallas")), bf),
@@ -120,8 +139,9 @@ def prefill_bench(B=4, T=4096, H=32, D=128) -> dict:
     except Exception as e:  # noqa: BLE001  (report and go on)
       res[name] = dict(error=f"{type(e).__name__}: {str(e)[:300]}")
       log(f"prefill {name} failed: {res[name]['error']}")
-  if "jattn_fp8_cuda" in outs and "cudnn_bf16" in outs:
-    res["rel_err_fp8_vs_cudnn_bf16"] = rel(outs["jattn_fp8_cuda"], outs["cudnn_bf16"])
+  for name in outs:  # every fp8 output against cuDNN's on the same (rounded) data
+    if "cudnn" not in name and "transpose" not in name and "cudnn_bf16" in outs:
+      res[f"rel_err_{name}_vs_cudnn_bf16"] = rel(outs[name], outs["cudnn_bf16"])
   return res
 
 
@@ -148,11 +168,24 @@ def decode_bench(B=32, S=4096, Hq=32, Hkv=8, D=128, page=16) -> dict:
   lens = jnp.full((B,), S, jnp.int32)
   bytes8 = 2 * B * S * Hkv * D
   res = {}
+
+  def decode_variant(kernel):  # the FFI call of fp8.decode, on a variant build
+    splits, per = fp8.decode_splits(B, Hkv, S, getattr(jax.devices()[0], "core_count", 132))
+    call = jax.ffi.ffi_call(register(kernel), (
+        jax.ShapeDtypeStruct((B, Hq, D), jnp.bfloat16), jax.ShapeDtypeStruct((B, Hq), jnp.float32),
+        jax.ShapeDtypeStruct((B, Hq, splits, D), jnp.float32),
+        jax.ShapeDtypeStruct((B, Hq, splits), jnp.float32)))
+    return jax.jit(lambda q, c, t, l: call(q, c.k_pages, c.v_pages, c.k_scale, c.v_scale, t, l,
+                                           sm_scale=np.float32(D ** -0.5), splits=np.int64(splits),
+                                           split_tokens=np.int64(per))[0])
   cands = {
       "cudnn_bf16_dense": (jax.jit(lambda q, k, v: jax.nn.dot_product_attention(
           q[:, None], k, v, implementation="cudnn")[:, 0]), [(q, kb, vb)], 2 * bytes8),
       "jattn_fp8_cuda_paged": (jax.jit(lambda q, c, t, l: jattn.decode(
           q, c, t, l, implementation="cuda")), [(q, c8, table, lens)], bytes8),
+      **{"fp8_" + variant(build.decode_kernel(D, Hq // Hkv), ex).tag(): (
+          decode_variant(variant(build.decode_kernel(D, Hq // Hkv), ex)),
+          [(q, c8, table, lens)], bytes8) for ex in DECODE_VARIANTS},
       "jattn_bf16_pallas_paged": (jax.jit(lambda q, c, t, l: jattn.decode(
           q, c, t, l, implementation="pallas")), [(q, cbf, table, lens)], 2 * bytes8),
   }
@@ -168,9 +201,33 @@ def decode_bench(B=32, S=4096, Hq=32, Hkv=8, D=128, page=16) -> dict:
     except Exception as e:  # noqa: BLE001
       res[name] = dict(error=f"{type(e).__name__}: {str(e)[:300]}")
       log(f"decode {name} failed: {res[name]['error']}")
-  if "jattn_fp8_cuda_paged" in outs and "cudnn_bf16_dense" in outs:
-    res["rel_err_fp8_vs_cudnn_bf16"] = rel(outs["jattn_fp8_cuda_paged"], outs["cudnn_bf16_dense"])
+  for name in outs:
+    if "fp8" in name and "cudnn_bf16_dense" in outs:
+      res[f"rel_err_{name}_vs_cudnn_bf16"] = rel(outs[name], outs["cudnn_bf16_dense"])
   return res
+
+
+def ncu_calls(what: str):
+  """Two calls of the default FP8 kernel at the benchmark shape (profile the second)."""
+  if what == "prefill":
+    B, T, H, D = 4, 4096, 32, 128
+    q, k, v = (x.astype(F8) for x in prefill_inputs(jax.random.key(0), B, T, H, D, n=1)[0])
+    fn = jax.jit(lambda q, k, v: jattn.attention(q, k, v, causal=True, implementation="cuda"))
+    args = (q, k, v)
+  else:
+    B, S, Hq, Hkv, D, page = 32, 4096, 32, 8, 128, 16
+    ks = jax.random.split(jax.random.key(1), 3)
+    M = S // page
+    kp = (jax.random.normal(ks[0], (B * M, page, Hkv, D), jnp.float32) / 4).astype(F8)
+    vp = (jax.random.normal(ks[1], (B * M, page, Hkv, D), jnp.float32) / 4).astype(F8)
+    sc = jnp.full((Hkv,), 0.25, jnp.float32)
+    table = jnp.asarray(np.random.default_rng(0).permutation(B * M).reshape(B, M), jnp.int32)
+    q = jax.random.normal(ks[2], (B, Hq, D), jnp.float32).astype(jnp.bfloat16)
+    fn = jax.jit(lambda q, c, t, l: jattn.decode(q, c, t, l, implementation="cuda"))
+    args = (q, jattn.PagedKVCache(kp, vp, sc, sc), table, jnp.full((B,), S, jnp.int32))
+  for _ in range(2):
+    jax.block_until_ready(fn(*args))
+  log(f"ncu {what}: two calls done")
 
 
 SANITIZE_PREFILL = ((128, True, 150, 300), (64, False, 70, 130), (256, True, 130, 90))
@@ -214,11 +271,15 @@ def main():
   ap.add_argument("--sanitize", type=int, default=None, metavar="CASE",
                   help=f"one small call, CASE in 0..{len(SANITIZE_PREFILL) + len(SANITIZE_DECODE) - 1}")
   ap.add_argument("--build-check", action="store_true")
+  ap.add_argument("--ncu", choices=("prefill", "decode"), default=None)
   args = ap.parse_args()
   dev = jax.devices()[0]
   log("device", dev.device_kind, getattr(dev, "compute_capability", "?"))
   if args.sanitize is not None:
     sanitize_calls(args.sanitize)
+    return
+  if args.ncu:
+    ncu_calls(args.ncu)
     return
   if args.build_check:
     log("build", build_check())
@@ -242,12 +303,15 @@ def main():
   for name, r in p.items():
     if isinstance(r, dict) and "ms" in r:
       print(f"| prefill {name} | {r['ms']:.3f} ms, {r['tflops']:.0f} TFLOP/s |")
-  print(f"| prefill fp8 / cuDNN bf16 speed | {ratio(p.get('jattn_fp8_cuda', {}), p.get('cudnn_bf16', {}), 'tflops'):.2f}x |")
+  for peer in ("cudnn_bf16", "jattn_bf16_pallas"):
+    for mine in ("jattn_fp8_cuda", "jattn_fp8_kernel_only"):
+      print(f"| prefill {mine} / {peer} speed | {ratio(p.get(mine, {}), p.get(peer, {}), 'tflops'):.2f}x |")
   for name, r in d.items():
     if isinstance(r, dict) and "us" in r:
       print(f"| decode {name} | {r['us']:.1f} us, {r['gbps']:.0f} GB/s |")
-  print(f"| decode fp8 / cuDNN bf16 tokens/s | "
-        f"{ratio(d.get('jattn_fp8_cuda_paged', {}), d.get('cudnn_bf16_dense', {}), 'tokens_per_s'):.2f}x |")
+  for peer in ("cudnn_bf16_dense", "jattn_bf16_pallas_paged"):
+    print(f"| decode fp8 / {peer} tokens/s | "
+          f"{ratio(d.get('jattn_fp8_cuda_paged', {}), d.get(peer, {}), 'tokens_per_s'):.2f}x |")
   print(f"| decode fp8 GB/s / copy GB/s | "
         f"{d.get('jattn_fp8_cuda_paged', {}).get('gbps', float('nan')) / res['ceilings']['copy_gbps']:.2f} |")
 

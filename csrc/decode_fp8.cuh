@@ -41,10 +41,34 @@ struct DecodeParams {
   float* part_o;    // [B, Nq, splits, D]
   float* part_lse;  // [B, Nq, splits]
   int B, Nq, Nkv, P, page_size, M, splits, split_tokens;
+  int page_shift;  // log2(page_size) when a power of two, else -1
   float sm_scale;
 };
 
 constexpr int kDecodeWarps = 4;
+
+// Knobs, off by default (benchmarks/fp8_probe.py times them as variants; not measured yet):
+// JATTN_DECODE_L2_PREFETCH=1: prefetch.global.L2 of the chunk after the next (one line per
+// lane and tensor; run 3 measured the cp.async.bulk.prefetch.L2 form 6 % slower).
+// JATTN_DECODE_KPERM=1: the D/4 bytes of K a thread multiplies are taken as 16-byte pieces
+// 64 bytes apart (each load instruction covers whole 64-byte spans of a row) instead of
+// D/4 contiguous bytes (each 16-byte load used half of each sector).
+#ifndef JATTN_DECODE_L2_PREFETCH
+#define JATTN_DECODE_L2_PREFETCH 0
+#endif
+#ifndef JATTN_DECODE_KPERM
+#define JATTN_DECODE_KPERM 0
+#endif
+
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(p) : "memory");
+}
+
+// d of byte e of K word c held by quad lane t (the same order is used for q).
+template <int D>
+__device__ __forceinline__ int k_dim(int t, int c) {
+  return JATTN_DECODE_KPERM ? (c / 4) * 64 + t * 16 + 4 * (c % 4) : t * (D / 4) + 4 * c;
+}
 
 template <int N>
 __device__ __forceinline__ void load_words(uint32_t (&dst)[N], const uint8_t* src) {
@@ -84,12 +108,13 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_fp8_kernel(const Dec
   for (int r = 0; r < 2; ++r) {
     const int head = g + 8 * r;
     const bool ok = head < G && (r == 0 || HT == 2);
-    const __nv_bfloat16* qp = prm.q + (size_t(b) * prm.Nq + hk * G + head) * D + t * (D / 4);
+    const __nv_bfloat16* qp = prm.q + (size_t(b) * prm.Nq + hk * G + head) * D;
 #pragma unroll
     for (int c = 0; c < KW; ++c) {
       float x[4];
 #pragma unroll
-      for (int e = 0; e < 4; ++e) x[e] = ok ? __bfloat162float(qp[4 * c + e]) * prm.sm_scale : 0.f;
+      for (int e = 0; e < 4; ++e)
+        x[e] = ok ? __bfloat162float(qp[k_dim<D>(t, c) + e]) * prm.sm_scale : 0.f;
       qa[c][r] = f32x2_to_f16x2(x[0], x[1]);
       qa[c][2 + r] = f32x2_to_f16x2(x[2], x[3]);
     }
@@ -107,42 +132,83 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_fp8_kernel(const Dec
 #pragma unroll
   for (int h = 0; h < HT; ++h) m[h] = -INFINITY, l[h] = 0.f;
 
+  // Addresses: lane l of a warp finds the cache row ((page * page_size + slot) * Nkv + hk)
+  // of token base + l of a chunk (-1 past the end: K is then masked, V zeroed), one page
+  // table load per lane and chunk; the load slots take their rows by shuffle. Page ids
+  // are loaded two chunks before their data and turned into rows one chunk before.
+  const int ps = prm.page_size;
+  auto page_of = [&](int tok) { return prm.page_shift >= 0 ? tok >> prm.page_shift : tok / ps; };
+  auto page_id = [&](int chunk) {  // (clamped: every lane reads a valid table entry)
+    return __ldg(table + page_of(min(chunk + lane, end - 1)));
+  };
+  auto row_of = [&](int chunk, int pid) {
+    const int tok = chunk + lane, page = page_of(tok);
+    const int r = (min(max(pid, 0), prm.P - 1) * ps + (tok - page * ps)) * prm.Nkv + hk;
+    return tok < end ? r : -1;
+  };
   // Token of each load slot within a 32-token chunk: K slot n -> 8n + g; V slot
   // 4*ks + u -> 16 ks + {2t, 2t+1, 2t+8, 2t+9}[u].
-  auto token_offset = [&](int tok, int col) -> size_t {
-    int page = table[tok / prm.page_size];
-    page = min(max(page, 0), prm.P - 1);
-    return ((size_t(page) * prm.page_size + tok % prm.page_size) * prm.Nkv + hk) * D + col;
-  };
   uint32_t kc[4][KW], vc[8][VW], kn[kPrefetch ? 4 : 1][KW], vn[kPrefetch ? 8 : 1][VW];
-  auto load_chunk = [&](int base, auto& kd, auto& vd) {
+  auto load_chunk = [&](int rows, auto& kd, auto& vd) {
 #pragma unroll
     for (int n = 0; n < 4; ++n) {
-      const int tok = base + 8 * n + g;
-      if (tok < end) load_words(kd[n], prm.k_pages + token_offset(tok, t * (D / 4)));
-      else
+      const int r = __shfl_sync(0xffffffff, rows, 8 * n + g);
+      const uint8_t* row = prm.k_pages + size_t(max(r, 0)) * D;  // (masked later)
+      if constexpr (JATTN_DECODE_KPERM && KW >= 4) {
 #pragma unroll
-        for (int w = 0; w < KW; ++w) kd[n][w] = 0;
+        for (int i = 0; i < KW / 4; ++i) {
+          uint4 v = __ldg(reinterpret_cast<const uint4*>(row + i * 64 + t * 16));
+          kd[n][4 * i] = v.x, kd[n][4 * i + 1] = v.y, kd[n][4 * i + 2] = v.z, kd[n][4 * i + 3] = v.w;
+        }
+      } else {
+        load_words(kd[n], row + t * (D / 4));
+      }
     }
 #pragma unroll
     for (int s = 0; s < 8; ++s) {
-      const int tok = base + 16 * (s / 4) + 2 * t + (s % 2) + 8 * ((s / 2) % 2);
-      if (tok < end) load_words(vd[s], prm.v_pages + token_offset(tok, g * (D / 8)));
-      else
+      const int r = __shfl_sync(0xffffffff, rows, 16 * (s / 4) + 2 * t + (s % 2) + 8 * ((s / 2) % 2));
+      load_words(vd[s], prm.v_pages + size_t(max(r, 0)) * D + g * (D / 8));
+      if (r < 0)
 #pragma unroll
-        for (int w = 0; w < VW; ++w) vd[s][w] = 0;
+        for (int w = 0; w < VW; ++w) vd[s][w] = 0;  // p is 0 there, but junk may be NaN
+    }
+  };
+  // Optionally (JATTN_DECODE_L2_PREFETCH) the chunk after the next is prefetched into L2.
+  auto prefetch_chunk = [&](int rows) {
+    if (rows >= 0) {
+      prefetch_l2(prm.k_pages + size_t(rows) * D);
+      prefetch_l2(prm.v_pages + size_t(rows) * D);
     }
   };
 
   const int stride = 32 * kDecodeWarps;
   int base = begin + 32 * warp;
-  if (kPrefetch && base < end) load_chunk(base, kc, vc);
-  for (; base < end; base += stride) {
+  // At the top of each iteration: r_a = rows of the next chunk to load (this one without
+  // register prefetch, the following one with it), r_b = rows of the chunk after r_a's,
+  // pid_c = page ids of the chunk after r_b's.
+  int r_a = 0, r_b = 0, pid_c = 0;
+  if (base < end) {
+    r_a = row_of(base, page_id(base));
+    r_b = row_of(base + stride, page_id(base + stride));
+    pid_c = page_id(base + 2 * stride);
     if constexpr (kPrefetch) {
-      if (base + stride < end) load_chunk(base + stride, kn, vn);
-    } else {
-      load_chunk(base, kc, vc);
+      load_chunk(r_a, kc, vc);
+      r_a = r_b;
+      r_b = row_of(base + 2 * stride, pid_c);
+      pid_c = page_id(base + 3 * stride);
     }
+  }
+  for (; base < end; base += stride) {
+    const int next = kPrefetch ? base + stride : base;  // the chunk loaded now
+    if constexpr (kPrefetch) {
+      if (next < end) load_chunk(r_a, kn, vn);
+    } else {
+      load_chunk(r_a, kc, vc);
+    }
+    if (JATTN_DECODE_L2_PREFETCH && next + stride < end) prefetch_chunk(r_b);
+    r_a = r_b;
+    r_b = row_of(next + 2 * stride, pid_c);
+    pid_c = page_id(next + 3 * stride);
 
     // S^T: 4 tiles of 8 tokens; s[n][0..1] head g tokens 8n+2t+{0,1}, s[n][2..3] head g+8.
     float s[4][4];

@@ -45,8 +45,8 @@ ffi::Error Decode(cudaStream_t stream, ffi::Buffer<ffi::BF16> q, ffi::AnyBuffer 
   if (k_scale.element_count() != size_t(Nkv) || v_scale.element_count() != size_t(Nkv))
     return bad("k_scale / v_scale must be float32 [Nkv]");
   if (B <= 0 || B > 65535 || Nkv > 65535 || P <= 0 || ps <= 0 || M <= 0 ||
-      M * ps > (int64_t(1) << 30) || P * ps * Nkv * kD > (int64_t(1) << 62))
-    return bad("shape out of range");
+      M * ps > (int64_t(1) << 30) || P * ps * Nkv >= (int64_t(1) << 31))
+    return bad("shape out of range (pages * page_size * Nkv must be < 2^31)");
   if (splits < 1 || splits > 65535 || split_tokens % 32 || splits * split_tokens < M * ps)
     return bad("splits * split_tokens must cover max_pages * page_size, split_tokens % 32 == 0");
   if (o->element_count() != q.element_count() || lse->element_count() != size_t(B * Nq) ||
@@ -71,6 +71,7 @@ ffi::Error Decode(cudaStream_t stream, ffi::Buffer<ffi::BF16> q, ffi::AnyBuffer 
   prm.Nkv = int(Nkv);
   prm.P = int(P);
   prm.page_size = int(ps);
+  prm.page_shift = (ps & (ps - 1)) ? -1 : __builtin_ctzll(uint64_t(ps));
   prm.M = int(M);
   prm.splits = int(splits);
   prm.split_tokens = int(split_tokens);

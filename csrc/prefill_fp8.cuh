@@ -253,54 +253,73 @@ __global__ void __launch_bounds__(384, 1)
     };
     if (cw == 1) named_arrive(1, 256);  // consumer 0 issues first
 
-    // Softmax of block j on s: masks, updates m/l, rescales o, writes p.
-    auto softmax = [&](int j) {
+    // Blocks that need a mask (keys past S, or past the diagonal of the CTA's first row)
+    // are the highest ones, i.e. the first n_masked visited; the others run the softmax
+    // without any per-key test.
+    int first_masked = (prm.S / BN);
+    if (CAUSAL) first_masked = min(first_masked, max(0, m0 + offset + 1) / BN);
+    const int n_masked = n_blocks - min(first_masked, n_blocks);
+
+    // Online softmax of block j held in s: masks if `mask`, updates m and l, writes e4m3
+    // probabilities to pd and the factors that rescale o to the new maximum to alpha.
+    // The row max and sum run as 4 independent chains each (one serial chain of 32
+    // dependent instructions per row was exposed: one warp per scheduler is in here).
+    // (Called with a constant mask: after inlining, each call site is specialized.)
+    auto softmax = [&](int j, bool mask, float (&alpha)[2], uint32_t (&pd)[BN / 32][4]) {
       const int key0 = j * BN + 2 * t;
-      const bool need_mask = (j + 1) * BN > prm.S || (CAUSAL && (j + 1) * BN - 1 > m0 + offset);
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const int last_key = CAUSAL ? m0 + row_in_cta + 8 * h + offset : prm.S - 1;
-        float mx = -INFINITY;  // of the raw q.k (scale_log2 > 0 keeps the order)
+        if (mask) {
+          const int last_key = CAUSAL ? m0 + row_in_cta + 8 * h + offset : prm.S - 1;
 #pragma unroll
-        for (int nt = 0; nt < BN / 8; ++nt)
+          for (int nt = 0; nt < BN / 8; ++nt)
 #pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            if (need_mask) {
+            for (int e = 0; e < 2; ++e) {
               const int key = key0 + nt * 8 + e;
               if (key >= prm.S || key > last_key) s[nt * 4 + 2 * h + e] = -INFINITY;
             }
-            mx = fmaxf(mx, s[nt * 4 + 2 * h + e]);
-          }
+        }
+        float mx4[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};  // of the raw q.k
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+          for (int e = 0; e < 2; ++e)
+            mx4[2 * (nt % 2) + e] = fmaxf(mx4[2 * (nt % 2) + e], s[nt * 4 + 2 * h + e]);
+        float mx = fmaxf(fmaxf(mx4[0], mx4[1]), fmaxf(mx4[2], mx4[3]));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
         const float m_new = fmaxf(m[h], mx * scale_log2);  // m is kept in log2 units
         const float m_use = m_new == -INFINITY ? 0.f : m_new;
-        const float alpha = exp2_approx(m[h] - m_use);
+        alpha[h] = exp2_approx(m[h] - m_use);
         m[h] = m_new;
         const float bias = 8.f - m_use;
-        float sum = 0.f;
+        float sum4[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-        for (int i = 2 * h; i < BN / 2; i += 4)
+        for (int nt = 0; nt < BN / 8; ++nt)
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
-            const float pv = exp2_approx(fmaf(s[i + e], scale_log2, bias));
-            s[i + e] = pv;
-            sum += pv;
+            const int i = nt * 4 + 2 * h + e;
+            s[i] = exp2_approx(fmaf(s[i], scale_log2, bias));
+            sum4[2 * (nt % 2) + e] += s[i];
           }
-        l[h] = l[h] * alpha + sum;
-#pragma unroll
-        for (int i = 2 * h; i < D / 2; i += 4) {
-          o[i] *= alpha;
-          o[i + 1] *= alpha;
-        }
+        l[h] = l[h] * alpha[h] + ((sum4[0] + sum4[1]) + (sum4[2] + sum4[3]));
       }
 #pragma unroll
       for (int kk = 0; kk < BN / 32; ++kk) {
         const float* s0 = &s[kk * 16];  // n8 blocks 4kk .. 4kk+3
-        p[kk][0] = pack_e4m3x4(s0[0], s0[1], s0[4], s0[5]);
-        p[kk][1] = pack_e4m3x4(s0[2], s0[3], s0[6], s0[7]);
-        p[kk][2] = pack_e4m3x4(s0[8], s0[9], s0[12], s0[13]);
-        p[kk][3] = pack_e4m3x4(s0[10], s0[11], s0[14], s0[15]);
+        pd[kk][0] = pack_e4m3x4(s0[0], s0[1], s0[4], s0[5]);
+        pd[kk][1] = pack_e4m3x4(s0[2], s0[3], s0[6], s0[7]);
+        pd[kk][2] = pack_e4m3x4(s0[8], s0[9], s0[12], s0[13]);
+        pd[kk][3] = pack_e4m3x4(s0[10], s0[11], s0[14], s0[15]);
+      }
+    };
+    auto rescale_o = [&](const float (&alpha)[2]) {
+#pragma unroll
+      for (int i = 0; i < D / 2; i += 4) {
+        o[i] *= alpha[0];
+        o[i + 1] *= alpha[0];
+        o[i + 2] *= alpha[1];
+        o[i + 3] *= alpha[1];
       }
     };
     auto release = [&](int stage) {
@@ -309,27 +328,37 @@ __global__ void __launch_bounds__(384, 1)
     };
 
     mbar_wait(q_full, 0);
-    // First block: S only.
-    mbar_wait(&k_full[0], 0);
-    sched_wait();
-    issue_fence<C>(s, o);
-    gemm_qk<C>(s, q_tile, k_tiles, cw * 64);
-    sched_arrive(false);
-    commit_and_wait<C>(s, o);
-    softmax(n_blocks - 1);
-    for (int it = 1; it < n_blocks; ++it) {
+    // First block: S only (o is still zero: no rescale).
+    {
+      mbar_wait(&k_full[0], 0);
+      sched_wait();
+      issue_fence<C>(s, o);
+      gemm_qk<C>(s, q_tile, k_tiles, cw * 64);
+      sched_arrive(false);
+      commit_and_wait<C>(s, o);
+      float alpha[2];
+      if (n_masked > 0) softmax(n_blocks - 1, true, alpha, p);
+      else softmax(n_blocks - 1, false, alpha, p);
+    }
+    // Block it: S_it = Q K_it^T and O += P_{it-1} V_{it-1}, then the softmax of S_it.
+    auto step = [&](int it, bool mask) {
       const int stage = it % STAGES, prev = (it - 1) % STAGES;
       mbar_wait(&k_full[stage], (it / STAGES) & 1);
       mbar_wait(&v_full[prev], ((it - 1) / STAGES) & 1);
       sched_wait();
       issue_fence<C>(s, o);
       gemm_qk<C>(s, q_tile, k_tiles + stage * C::K_BYTES, cw * 64);
+      float alpha[2];
       gemm_pv<C>(o, p, v_tiles + prev * C::V_BYTES);
       sched_arrive(false);
       commit_and_wait<C>(s, o);
       release(prev);
-      softmax(n_blocks - 1 - it);
-    }
+      softmax(n_blocks - 1 - it, mask, alpha, p);
+      rescale_o(alpha);
+    };
+    int it = 1;
+    for (; it < n_masked; ++it) step(it, true);
+    for (; it < n_blocks; ++it) step(it, false);
     // Last block: P.V only.
     const int last = (n_blocks - 1) % STAGES;
     mbar_wait(&v_full[last], ((n_blocks - 1) / STAGES) & 1);

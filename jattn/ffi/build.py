@@ -34,7 +34,9 @@ ARCHS = ("sm_90a", "sm_100a")
 DEFAULT_NVCC = "/usr/local/cuda/bin/nvcc"
 HEAD_DIMS = (64, 128, 256)
 
-stats = {"compiles": 0, "seconds": 0.0}  # this process's nvcc runs (tests read it)
+# This process's nvcc runs (tests read it). "perf_warnings": ptxas's "Potential Performance
+# Loss" lines (C7513: every wgmma serialized) per library built.
+stats = {"compiles": 0, "seconds": 0.0, "perf_warnings": {}}
 _stats_lock = threading.Lock()
 
 
@@ -158,9 +160,12 @@ def build(kernel: Kernel, arch: str) -> pathlib.Path:
       raise RuntimeError(f"jattn.ffi: nvcc failed for {kernel.name} {kernel.tag()} {arch}:\n"
                          f"{' '.join(cmd)}\n{r.stderr[-4000:]}")
     os.replace(tmp, lib)  # atomic: readers see no file or the whole file
+    warnings = [line for line in r.stderr.splitlines() if "Performance Loss" in line]
     with _stats_lock:
       stats["compiles"] += 1
       stats["seconds"] += time.perf_counter() - t0
+      if warnings:
+        stats["perf_warnings"][lib.name] = warnings
   return lib
 
 
