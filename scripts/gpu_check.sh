@@ -15,7 +15,8 @@
 # benchmark's <date>-<gpu>.json/.md/.png. tokamax is benchmarked when its wheels are in
 # .whl/ (see benchmarks/README.md); they are installed into a scratch folder that only
 # the benchmark process sees. By default every tests/test_*.py runs in its own pytest
-# process, all at once (TEST_FILE_TIMEOUT, default 240 s, bounds each); PYTEST_ARGS runs
+# process, all at once (TEST_FILE_TIMEOUT, default 240 s, bounds each; TEST_SPLIT spreads
+# the largest over pytest-xdist workers); PYTEST_ARGS runs
 # one pytest process with those arguments instead.
 # Exit status: pytest's, else the benchmark's.
 set -u -o pipefail
@@ -62,13 +63,20 @@ if [ "$tests" = 1 ]; then
     # One pytest process per test file, all at once: compilation uses the host's cores,
     # and a CUDA fault (which poisons a process's context) fails only its own file.
     # Each process allocates GPU memory on demand; TEST_FILE_TIMEOUT bounds each file.
+    # The largest files also spread over pytest-xdist workers where it is installed
+    # (TEST_SPLIT: "file:workers ..."; a CUDA fault then fails one worker's share).
     tl=$(mktemp -d)
     pids=()
+    xdist=0; "$PY" -c 'import xdist' 2>/dev/null && xdist=1
     for f in tests/test_*.py; do
       n=$(basename "$f" .py)
+      split=()
+      for sw in ${TEST_SPLIT:-test_ops:3 test_flax:2}; do
+        [ "$xdist" = 1 ] && [ "${sw%%:*}" = "$n" ] && split=(-n "${sw#*:}")
+      done
       XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "${TEST_FILE_TIMEOUT:-240}" \
-        "$PY" -m pytest "$f" -q -rs --tb=short -p no:cacheprovider -p no:benchmark \
-        --junitxml="$tl/$n.xml" >"$tl/$n.log" 2>&1 &
+        "$PY" -m pytest "$f" "${split[@]}" -q -rs --tb=short -p no:cacheprovider \
+        -p no:benchmark --junitxml="$tl/$n.xml" >"$tl/$n.log" 2>&1 &
       pids+=("$!:$n")
     done
     for pn in "${pids[@]}"; do
