@@ -16,7 +16,6 @@ import os
 import platform as _platform
 import secrets
 import time
-import traceback
 from typing import Callable, Iterable, Optional
 
 import jax
@@ -131,6 +130,18 @@ def evaluate(defn, workloads: Iterable[Workload], solutions: Iterable[Solution],
   return traces
 
 
+_NOISE = ("For simplicity, JAX has removed", "Set JAX_TRACEBACK_FILTERING", "-----",
+          "The preceding stack trace", "The above exception")
+
+
+def _message(e: BaseException) -> str:
+  """The first line of an exception's message that says something (JAX prefixes a note
+  about filtered frames to errors raised while lowering)."""
+  lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+  lines = [ln for ln in lines if not ln.startswith(_NOISE)] or lines
+  return lines[0] if lines else ""
+
+
 def evaluate_one(defn: Definition, wl: Workload, sol: Solution, spec, *, interpret: bool,
                  timing_kw: dict, seed: Optional[int] = None) -> Trace:
   now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -169,8 +180,7 @@ def evaluate_one(defn: Definition, wl: Workload, sol: Solution, spec, *, interpr
     t.reps, t.calls = r.reps, r.calls
     t.status = "passed"
   except Exception as e:  # noqa: BLE001  (recorded in the trace)
-    lines = [ln for ln in traceback.format_exception_only(e)[-1].splitlines() if ln.strip()]
-    t.status, t.reason = "error", f"{type(e).__name__}: {lines[0][:400] if lines else ''}"
+    t.status, t.reason = "error", f"{type(e).__name__}: {_message(e)[:400]}"
   return t
 
 

@@ -75,7 +75,9 @@ def tune(workloads: Iterable[Workload], traces_path: str, *, tiny: bool = False,
   new work after `deadline` seconds. `interpret`: run Pallas points interpreted off-GPU
   (else they are "unsupported" there; default: on the CPU). Returns all traces of the file."""
   start = time.time()
-  interpret = (jax.default_backend() == "cpu") if interpret is None else interpret
+  on_gpu = jax.default_backend() == "gpu"
+  # A GPU runs Pallas points compiled whatever the flag, so the heuristic is the GPU's too.
+  interpret = (not on_gpu) if interpret is None else (interpret and not on_gpu)
   if fresh and os.path.exists(traces_path):
     os.remove(traces_path)
   done = done_keys(load_traces(traces_path))

@@ -7,8 +7,9 @@ are flattened to rows. One CTA merges 64 rows: both tiles arrive by TMA, then
   lse = m + log(w_a + w_b)
 
 with rows whose two lse are -inf (or NaN) giving o = 0, lse = -inf (as `jattn.reference`). The
-last tile may run past the rows: TMA fills the missing rows with zeros on load and drops
-them on store.
+rows are padded to at least one tile and to a multiple of 8 (TMA's row tiling rejects other
+counts); past that the last tile may run beyond the rows: TMA fills the missing rows with
+zeros on load and drops them on store.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def merge_states(o_a, lse_a, o_b, lse_b, *, interpret=False):
   o_a, o_b = o_a.reshape(-1, Dv), o_b.reshape(-1, Dv)
   lse_a = lse_a.reshape(-1).astype(jnp.float32)
   lse_b = lse_b.reshape(-1).astype(jnp.float32)
-  pad = max(0, ROWS - N)       # the slices of a tile must fit the arrays
+  pad = max(ROWS - N, -N % 8)  # a tile's slices must fit; TMA wants rows % 8 == 0
   if pad:
     o_a, o_b = (jnp.pad(x, ((0, pad), (0, 0))) for x in (o_a, o_b))
     lse_a, lse_b = (jnp.pad(x, (0, pad), constant_values=-jnp.inf) for x in (lse_a, lse_b))

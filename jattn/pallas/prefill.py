@@ -90,6 +90,11 @@ class Config:
   # one CTA per item). Measured slower on an H100 (see benchmarks/NOTES.md), so off.
   persistent: bool = False
 
+  def __post_init__(self):
+    if self.block_kv % 64 or self.block_q != 64:
+      raise ValueError(f"prefill Config: block_kv must be a multiple of 64 (the P.V wgmma's "
+                       f"K) and block_q 64, got block_kv={self.block_kv}, block_q={self.block_q}")
+
 
 def default_config(head_dim: int, v_head_dim: int, interpret: Any = False) -> Config:
   """Tiles by head dim. Interpreted on CPU, the persistent form runs on a 2-CTA grid:
