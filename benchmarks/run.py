@@ -116,6 +116,14 @@ def merge(path: str, meta: dict, rows: list[dict]) -> dict:
   if os.path.exists(path):
     with open(path) as f:
       old = json.load(f)
+  have = {(r["workload"], r["impl"]) for r in old["rows"]}
+  # A row this run skipped (deadline) does not replace an earlier measurement, and a
+  # workload whose peers this run never reached keeps its earlier rows (ratios compare
+  # rows of one run only).
+  rows = [r for r in rows if r["status"] != "skipped" or (r["workload"], r["impl"]) not in have]
+  peered = lambda rs: {r["workload"] for r in rs if r["family"] == "peer" and r["status"] == "ok"}
+  lost = peered(old["rows"]) - peered(rows)
+  rows = [r for r in rows if r["workload"] not in lost]
   done = {(r["workload"], r["impl"]) for r in rows}
   kept = [r for r in old["rows"] if (r["workload"], r["impl"]) not in done]
   live = {r["run_id"] for r in kept}
