@@ -90,7 +90,7 @@ def summary_table(res) -> str:
   by = {(r["workload"], r["impl"]): r for r in rows}
   out = ["| workload | " + " | ".join(impls) + " | best jattn vs best peer |",
          "|---" * (len(impls) + 2) + "|"]
-  for w in _workloads(rows):
+  for w in _workloads([r for r in rows if r["status"] == "ok"]):  # (the rest: notes)
     ratios = [by[(w, i)]["vs_best_peer"] for i in impls
               if (w, i) in by and by[(w, i)]["family"] == "jattn"
               and by[(w, i)].get("vs_best_peer")]
