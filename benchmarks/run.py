@@ -47,7 +47,12 @@ def _matches(name: str, patterns) -> bool:
 
 
 def select(suite: str, workloads=None, tiny=False) -> list[W.Workload]:
+  """The suite's workloads matching the patterns, in the patterns' order (so a run under a
+  deadline reaches the ones listed first), else in the standard order."""
   wls = [w for w in W.STANDARD if (suite == "all" or w.kind == suite) and _matches(w.name, workloads)]
+  if workloads:
+    first = lambda w: next(i for i, p in enumerate(workloads) if fnmatch.fnmatch(w.name, p))
+    wls.sort(key=first)
   return [W.tiny(w) for w in wls] if tiny else wls
 
 
@@ -157,7 +162,8 @@ def main(argv=None) -> int:
   ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
   ap.add_argument("--quick", action="store_true", help="fewer repetitions (smoke runs)")
   ap.add_argument("--tiny", action="store_true", help="tiny shapes (CPU test of the harness)")
-  ap.add_argument("--workloads", default="", help="comma-separated fnmatch patterns")
+  ap.add_argument("--workloads", default="",
+                  help="comma-separated fnmatch patterns; workloads run in this order")
   ap.add_argument("--impls", default="", help="comma-separated fnmatch patterns, e.g. 'jattn.*,cudnn'")
   ap.add_argument("--deadline", type=float, default=0,
                   help="seconds; workloads not started by then are recorded as skipped")
