@@ -271,3 +271,30 @@ def test_tune_cli_tiny_interpret_and_dispatch_reads_the_table(tmp_path):
     with tuned.use(None):
       trace()
     assert tuned.history[-1] == (key, None)
+
+
+@pytest.mark.parametrize("path", sorted(pathlib.Path(tuned.DIR).glob("*.json")),
+                         ids=lambda p: p.stem)
+def test_shipped_tables_come_from_their_traces_and_reach_the_kernels(path, monkeypatch):
+  """Every packaged table: each entry is the fastest passed trace of its bucket in the
+  traces file beside it, and on its GPU the prefill kernel's config pick returns it."""
+  table = tuned.load(str(path))
+  traces = bench.load_traces(str(path.parent / table["traces"]))
+  assert table["entries"] and all(t.device == table["device"] for t in traces)
+  monkeypatch.setattr(tuned, "device_kind", lambda: table["device"])
+  for key, entry in table["entries"].items():
+    passed = [t for t in traces if t.bucket == key and t.status == "passed"]
+    best = min(passed, key=lambda t: t.median_ms)
+    assert entry["config"] == best.config and entry["median_ms"] == pytest.approx(best.median_ms, rel=1e-4)
+    assert tuned.lookup(key) == entry["config"]
+    if entry["definition"] != "attention":
+      continue
+    w = best.workload
+    q = jax.ShapeDtypeStruct((w["batch"], w["q_len"], w["num_q_heads"], w["head_dim"]),
+                             jnp.dtype(w["dtype"]))
+    k = jax.ShapeDtypeStruct((w["batch"], w["kv_len"], w["num_kv_heads"], w["head_dim"]),
+                             jnp.dtype(w["dtype"]))
+    var = jattn.variants.causal() if w["causal"] else jattn.Variant()
+    cfg = pallas_prefill.pick_config("attention", q, k, k, batch=w["batch"], q_len=w["q_len"],
+                                     kv_len=w["kv_len"], variant=var, interpret=False)
+    assert cfg == pallas_prefill.Config(**entry["config"])
