@@ -28,24 +28,12 @@ import jax.numpy as jnp
 import numpy as np
 
 import jattn
-from benchmarks.timing import bench
+from benchmarks.timing import bench, log
+from jattn.bench.definitions import rel_err
 from jattn import block_sparse as bs, reference, variants as V
 from jattn.pallas import block_sparse as PB, prefill as P
 
 T0 = time.time()
-
-
-def log(*a):
-  print(f"[{time.time() - T0:6.1f}s]", *a, flush=True)
-
-
-def rel(x, ref):
-  x = np.asarray(jnp.asarray(x, jnp.float32), np.float64)
-  ref = np.asarray(ref, np.float64)
-  if np.isnan(x).any():
-    return float("inf")
-  fin = np.isfinite(ref)
-  return float(np.linalg.norm((x - ref)[fin]) / max(np.linalg.norm(ref[fin]), 1e-30))
 
 
 def rand(key, shape, dtype=jnp.bfloat16):
@@ -67,7 +55,7 @@ def check(B, T, S, Nq, Nkv, D, heads, block, density, var, grad):
   ro, rl = jax.jit(lambda q, k, v, lay: reference.block_sparse_attention(
       *up(q, k, v), lay, sm_scale=D ** -0.5, variant=var))(q, k, v, lay)
   fin = np.isfinite(np.asarray(rl))
-  row.update(out_rel=rel(o, ro), lse_abs=float(np.max(np.abs(np.asarray(lse)[fin] - np.asarray(rl)[fin]))),
+  row.update(out_rel=rel_err(o, ro), lse_abs=float(np.max(np.abs(np.asarray(lse)[fin] - np.asarray(rl)[fin]))),
              lse_inf_match=bool(np.array_equal(np.isneginf(np.asarray(lse)), ~fin)))
   if grad:
     do = rand(ks[3], o.shape, jnp.float32)
@@ -75,7 +63,7 @@ def check(B, T, S, Nq, Nkv, D, heads, block, density, var, grad):
         q, k, v, lay, variant=var).astype(jnp.float32) * do), argnums=(0, 1, 2)))(q, k, v)
     rg = jax.jit(jax.grad(lambda q, k, v: jnp.sum(reference.block_sparse_attention(
         q, k, v, lay, sm_scale=D ** -0.5, variant=var)[0] * do), argnums=(0, 1, 2)))(*up(q, k, v))
-    row.update({f"d{n}_rel": rel(a, b) for n, a, b in zip("qkv", g, rg)})
+    row.update({f"d{n}_rel": rel_err(a, b) for n, a, b in zip("qkv", g, rg)})
   return row
 
 

@@ -17,18 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import workloads as W
+from jattn.bench.definitions import rel_err
 
 HI = jax.lax.Precision.HIGHEST
-
-
-def rel_err(x, ref) -> float:
-  x = np.asarray(jnp.asarray(x, jnp.float32), np.float64)
-  ref = np.asarray(ref, np.float64)
-  if x.shape != ref.shape or not np.isfinite(x).all():
-    return float("inf")
-  den = np.linalg.norm(ref)
-  num = np.linalg.norm(x - ref)
-  return float(num / den) if den > 0 else float(num)
 
 
 @functools.partial(jax.jit, static_argnames=("causal", "window", "scale"))

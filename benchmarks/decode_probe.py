@@ -27,16 +27,10 @@ from jattn import reference, variants as V
 from jattn.pallas import decode as pd
 from jattn.pallas import merge as pm
 from benchmarks.timing import bench
+from jattn.bench.definitions import rel_err
 from benchmarks.workloads import skewed_lengths
 
 INTERPRET = jax.default_backend() != "gpu"   # a CPU dry run (use --tiny) interprets
-
-
-def rel_err(x, ref):
-  x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
-  if np.isnan(x).any():
-    return float("inf")
-  return float(np.linalg.norm(x - ref) / max(np.linalg.norm(ref), 1e-30))
 
 
 def random_cache(key, B, max_len, Nkv, D, Dv, ps, dtype, extra_pages=7):

@@ -32,22 +32,12 @@ import jax.numpy as jnp
 import numpy as np
 
 import jattn
-from benchmarks.timing import bench, ceilings
+from benchmarks.timing import bench, ceilings, log
+from jattn.bench.definitions import rel_err
 from jattn import reference, variants as V
 from jattn.ffi import build, fp8
 
-T0 = time.time()
 F8 = jnp.float8_e4m3fn
-
-
-def log(*a):
-  print(f"[{time.time() - T0:6.1f}s]", *a, flush=True)
-
-
-def rel(x, ref):
-  x = np.asarray(jnp.asarray(x, jnp.float32), np.float64)
-  ref = np.asarray(jnp.asarray(ref, jnp.float32), np.float64)
-  return float(np.linalg.norm(x - ref) / np.linalg.norm(ref))
 
 
 def build_check() -> dict:
@@ -141,7 +131,7 @@ def prefill_bench(B=4, T=4096, H=32, D=128) -> dict:
       log(f"prefill {name} failed: {res[name]['error']}")
   for name in outs:  # every fp8 output against cuDNN's on the same (rounded) data
     if "cudnn" not in name and "transpose" not in name and "cudnn_bf16" in outs:
-      res[f"rel_err_{name}_vs_cudnn_bf16"] = rel(outs[name], outs["cudnn_bf16"])
+      res[f"rel_err_{name}_vs_cudnn_bf16"] = rel_err(outs[name], outs["cudnn_bf16"])
   return res
 
 
@@ -203,7 +193,7 @@ def decode_bench(B=32, S=4096, Hq=32, Hkv=8, D=128, page=16) -> dict:
       log(f"decode {name} failed: {res[name]['error']}")
   for name in outs:
     if "fp8" in name and "cudnn_bf16_dense" in outs:
-      res[f"rel_err_{name}_vs_cudnn_bf16"] = rel(outs[name], outs["cudnn_bf16_dense"])
+      res[f"rel_err_{name}_vs_cudnn_bf16"] = rel_err(outs[name], outs["cudnn_bf16_dense"])
   return res
 
 
@@ -248,7 +238,7 @@ def sanitize_calls(case: int):
     ref = reference.attention_fp8(q, k, v, *(jnp.ones((n,), jnp.float32) for n in (2, 1, 1)),
                                   sm_scale=D ** -0.5, variant=V.causal() if causal
                                   else V.Variant(name="identity"))[0]
-    log(f"sanitize prefill D{D} causal={causal}: rel err {rel(o, ref):.3e}")
+    log(f"sanitize prefill D{D} causal={causal}: rel err {rel_err(o, ref):.3e}")
   for S, page, G in decode:
     k, v = r(2, S, 2, 128), r(2, S, 2, 128)
     M = -(-S // page)
@@ -262,7 +252,7 @@ def sanitize_calls(case: int):
     o = jattn.decode(q, c, table, lens, implementation="cuda")
     ref = reference.decode(q.astype(jnp.float32), c, table, lens, sm_scale=128 ** -0.5,
                            variant=V.Variant(name="identity"))[0]
-    log(f"sanitize decode S{S} G{G}: rel err {rel(o, ref):.3e}")
+    log(f"sanitize decode S{S} G{G}: rel err {rel_err(o, ref):.3e}")
 
 
 def main():

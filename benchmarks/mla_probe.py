@@ -23,6 +23,7 @@ import numpy as np
 import jattn
 from jattn.pallas import mla
 from benchmarks.timing import bench, ceilings
+from jattn.bench.definitions import rel_err
 
 INTERPRET = jax.default_backend() != "gpu"
 R, DR = 512, 64
@@ -31,13 +32,6 @@ WORKLOADS = {   # name: (B, S, H, T, page_size)
     "mla_decode_b64_s4096_h128_p64": (64, 4096, 128, 1, 64),
     "mla_decode_b128_s8192_h16_p64": (128, 8192, 16, 1, 64),
 }
-
-
-def rel_err(x, ref):
-  x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
-  if np.isnan(x).any():
-    return float("inf")
-  return float(np.linalg.norm(x - ref) / max(np.linalg.norm(ref), 1e-30))
 
 
 def inputs(key, B, S, H, T, ps, dtype=jnp.bfloat16, r=R, dr=DR, lens=None, extra_pages=5):

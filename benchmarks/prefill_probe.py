@@ -25,25 +25,12 @@ import jax.numpy as jnp
 import numpy as np
 
 import jattn
+from benchmarks.timing import log
 from jattn import reference, variants as V
+from jattn.bench.definitions import rel_err
 from jattn.pallas import prefill as P
 
 T0 = time.time()
-
-
-def log(*a):
-  print(f"[{time.time() - T0:6.1f}s]", *a, flush=True)
-
-
-def rel(x, ref):
-  x = np.asarray(jnp.asarray(x, jnp.float32), np.float64)
-  ref = np.asarray(ref, np.float64)
-  if np.isnan(x).any():
-    return float("inf")
-  fin = np.isfinite(ref)
-  if not np.array_equal(np.isfinite(x), fin):
-    return float("inf")
-  return float(np.linalg.norm((x - ref)[fin]) / max(np.linalg.norm(ref[fin]), 1e-30))
 
 
 def rand(key, shape, dtype):
@@ -92,7 +79,7 @@ def _check(results, name, fn):
 def _out_lse_errors(o, lse, ro, rl):
   lse, rl = np.asarray(lse), np.asarray(rl)
   fin = np.isfinite(rl)
-  return dict(out_rel=rel(o, ro),
+  return dict(out_rel=rel_err(o, ro),
               lse_abs=float(np.max(np.abs(lse[fin] - rl[fin]))) if fin.any() else 0.0,
               lse_inf_match=bool(np.array_equal(np.isneginf(lse), np.isneginf(rl))))
 
@@ -127,7 +114,7 @@ def run_checks(results):
         q, k, v, sm_scale=D ** -0.5, variant=var, q_lengths=ql, kv_lengths=kl)[0] * do)
     rg = jax.jit(jax.grad(rloss, argnums=(0, 1, 2)))(*(x.astype(jnp.float32) for x in (q, k, v)))
     return dict(chosen=jattn.dispatch.chosen("attention"),
-                **{f"d{n}_rel": rel(a, b) for n, a, b in zip("qkv", g, rg)})
+                **{f"d{n}_rel": rel_err(a, b) for n, a, b in zip("qkv", g, rg)})
   _check(results, "grad_softcap_gqa_lens", grad)
 
   def packed(paged):

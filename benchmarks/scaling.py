@@ -39,6 +39,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 import jattn
 from benchmarks import timing
+from jattn.bench.definitions import rel_err
 
 BENCHES = ("decode_tp", "prefill_tp", "ring")
 AXIS = "x"
@@ -156,11 +157,6 @@ def _sample(o, tiny):
     idx = np.unique(np.linspace(0, o.shape[axis] - 1, 64).astype(np.int32))
     o = jnp.take(o, jnp.asarray(idx), axis=axis)
   return np.asarray(o)
-
-
-def rel_err(x, ref) -> float:
-  den = float(np.linalg.norm(ref))
-  return float(np.linalg.norm(x - ref) / den) if den else float(np.linalg.norm(x))
 
 
 def run_bench(bench, s, dtype, n, cfg, tiny, ref):

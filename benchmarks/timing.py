@@ -13,10 +13,19 @@ bytes written; compute = a bf16 8192^3 matrix product (random data), 2*N^3 FLOPs
 
 from __future__ import annotations
 
+import time
+
 import jax
 import jax.numpy as jnp
 
 from jattn.bench.timing import Timing, bench  # noqa: F401  (re-exported for the harness)
+
+_T0 = time.time()
+
+
+def log(*a):
+  """A progress line with the seconds since the run started (the probes' logs)."""
+  print(f"[{time.time() - _T0:6.1f}s]", *a, flush=True)
 
 
 def ceilings(*, tiny: bool = False, reps: int = 7) -> dict:

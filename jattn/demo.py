@@ -39,6 +39,7 @@ from flax import nnx
 
 import jattn
 from jattn import dispatch
+from jattn.bench.definitions import rel_err
 from jattn.flax import JAX_NN
 from jattn.models.llama import CONFIGS, Llama
 
@@ -363,13 +364,6 @@ class Engine:
 
 # ---------------------------------------------------------------------- the check
 
-def rel_err(x, ref) -> float:
-  x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
-  if not np.isfinite(x).all():
-    return float("inf")
-  return float(np.linalg.norm(x - ref) / max(np.linalg.norm(ref), 1e-30))
-
-
 def dense_logits(model: Llama, requests, trace: Trace, implementation=JAX_NN) -> dict:
   """Teacher forcing: the model run densely over prompt + generated[:-1] of every
   request; returns rid -> logits at the positions that produced its outputs."""
@@ -443,9 +437,13 @@ def main(argv=None) -> int:
     setup = dataclasses.replace(setup, batch=a.batch)
   steps = a.steps or setup.steps
   cfg = CONFIGS[setup.model]
-  if cfg.dtype == "float32":
-    # The check compares float32 logits at 1e-3; a GPU's default float32 dot is TF32-class.
-    jax.config.update("jax_default_matmul_precision", "highest")
+  # The check compares float32 logits at 1e-3; a GPU's default float32 dot is TF32-class.
+  with jax.default_matmul_precision("highest" if cfg.dtype == "float32" else None):
+    return _serve(a, setup, steps, cfg)
+
+
+def _serve(a, setup: Setup, steps: int, cfg) -> int:
+  """Build the model, compile both loops, check, time; returns the exit status."""
   dev = jax.devices()[0]
   print(f"jattn demo: size {a.size} on {dev.platform} ({dev.device_kind}), jax {jax.__version__}")
   t = time.perf_counter()

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -54,13 +54,9 @@ def supports(spec) -> Optional[str]:
   """None if the kernel can serve `spec`, else the reason."""
   if spec.op != "block_sparse_attention":
     return f"no Pallas block-sparse kernel for op {spec.op!r}"
-  if not any(jnp.dtype(spec.dtype) == jnp.dtype(d) for d in P.DTYPES):
-    return f"dtype {jnp.dtype(spec.dtype).name} (needs bfloat16 or float16)"
-  if jnp.dtype(spec.kv_dtype) != jnp.dtype(spec.dtype):
-    return f"kv dtype {jnp.dtype(spec.kv_dtype).name} differs from q dtype"
-  for name, d in (("head_dim", spec.head_dim), ("v_head_dim", spec.v_head_dim)):
-    if d % 16 or not 16 <= d <= 128:
-      return f"{name} {d} (needs a multiple of 16 in [16, 128])"
+  why = P.operand_reason(spec, max_head_dim=128)
+  if why is not None:
+    return why
   block = dict(spec.extra).get("block_size")
   if block is None:
     return ("variable block sizes: the kernel needs fixed blocks whose sides are "

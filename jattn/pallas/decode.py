@@ -43,6 +43,7 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from jattn import tuned
 from jattn.cache import is_float8
+from jattn.pallas.prefill import online_softmax
 from jattn.plan import DecodePlan, block_kv, plan_decode  # noqa: F401  (re-exported)
 from jattn.variants import Context, Variant
 
@@ -322,11 +323,7 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
       if variant.logits_mask is not None:
         keep = jnp.logical_and(keep, variant.logits_mask(ctx))
       s = jnp.where(keep, s * LOG2E, -jnp.inf)
-      m_new = jnp.maximum(m_i, s.max(axis=1))
-      m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)
-      alpha = jnp.exp2(m_i - m_safe)
-      p = jnp.exp2(s - lax.broadcast_in_dim(m_safe, shape, [0]))
-      l_i = l_i * alpha + p.sum(axis=1)
+      m_new, alpha, p, l_i = online_softmax(s, m_i, l_i)
       p_smem[...] = p.astype(cdt)
       plgpu.commit_smem()   # qk8: also the V tile, and every thread is done with the slot
 

@@ -56,7 +56,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from jattn.cache import is_float8
-from jattn.pallas.prefill import interpret_params, mma_acc
+from jattn.pallas.prefill import interpret_params, mma_acc, online_softmax
 
 ROWS = 64                      # wgmma M: query rows (t, h) of one CTA
 BK = 64                        # keys per tile
@@ -211,11 +211,7 @@ def _kernel(qn_ref, qp_ref, ckv_ref, kpe_ref, pt_ref, lens_ref, o_ref, lse_ref,
       if T > 1:
         keep = jnp.logical_and(keep, kv_pos <= q_pos)
       s = jnp.where(keep, s * c, -jnp.inf)
-      m_new = jnp.maximum(m_i, s.max(axis=1))
-      m_use = jnp.where(m_new == -jnp.inf, 0.0, m_new)
-      alpha = jnp.exp2(m_i - m_use)
-      p = jnp.exp2(s - lax.broadcast_in_dim(m_use, shape, [0]))
-      l_i = l_i * alpha + p.sum(axis=1)
+      m_new, alpha, p, l_i = online_softmax(s, m_i, l_i)
       p16 = p.astype(dtype)
       if role == "lead":
         @pl.when(j > lo)

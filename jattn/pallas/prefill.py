@@ -130,17 +130,25 @@ def pick_config(op: str, q, k, v, *, batch: int, q_len: int, kv_len: int, varian
 
 # ----------------------------------------------------------------------------- capability
 
-def supports(spec) -> Optional[str]:
-  """None if this kernel can serve `spec`, else the reason it cannot."""
-  if spec.op not in ("attention", "prefill", "prefill_ragged"):
-    return f"no Pallas prefill kernel for op {spec.op!r}"
+def operand_reason(spec, max_head_dim: int = 256) -> Optional[str]:
+  """Why these kernels cannot take the call's dtypes and head dims, or None."""
   if not any(jnp.dtype(spec.dtype) == jnp.dtype(d) for d in DTYPES):
     return f"dtype {jnp.dtype(spec.dtype).name} (needs bfloat16 or float16)"
   if jnp.dtype(spec.kv_dtype) != jnp.dtype(spec.dtype):
     return f"kv dtype {jnp.dtype(spec.kv_dtype).name} differs from q dtype"
   for name, d in (("head_dim", spec.head_dim), ("v_head_dim", spec.v_head_dim)):
-    if d % 16 or not 16 <= d <= 256:
-      return f"{name} {d} (needs a multiple of 16 in [16, 256])"
+    if d % 16 or not 16 <= d <= max_head_dim:
+      return f"{name} {d} (needs a multiple of 16 in [16, {max_head_dim}])"
+  return None
+
+
+def supports(spec) -> Optional[str]:
+  """None if this kernel can serve `spec`, else the reason it cannot."""
+  if spec.op not in ("attention", "prefill", "prefill_ragged"):
+    return f"no Pallas prefill kernel for op {spec.op!r}"
+  why = operand_reason(spec)
+  if why is not None:
+    return why
   if spec.op == "prefill":
     ps, bkv = spec.page_size, default_config(spec.head_dim, spec.v_head_dim).block_kv
     if not page_fits(ps, bkv):
@@ -187,6 +195,17 @@ def mma_acc(acc, a, b_ref, interpret: bool, then=None):
       then()
 
   return pl.run_state(fn)(plgpu.ACC.init(acc))
+
+
+def online_softmax(s, m_i, l_i):
+  """One online-softmax step over base-2 logits s [rows, keys] (masked entries -inf):
+  (m_new, alpha, p, l_new) with alpha = 2^(m_i - m_new) the rescale of what came before.
+  Rows with nothing visible yet keep m = -inf and get p = 0."""
+  m_new = jnp.maximum(m_i, s.max(axis=1))
+  m_use = jnp.where(m_new == -jnp.inf, 0.0, m_new)
+  alpha = jnp.exp2(m_i - m_use)
+  p = jnp.exp2(s - lax.broadcast_in_dim(m_use, s.shape, [0]))
+  return m_new, alpha, p, l_i * alpha + p.sum(axis=1)
 
 
 def _cdiv(a, b):
