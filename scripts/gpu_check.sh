@@ -74,14 +74,18 @@ if [ "$tests" = 1 ]; then
       for sw in ${TEST_SPLIT:-test_ops:3 test_flax:2}; do
         [ "$xdist" = 1 ] && [ "${sw%%:*}" = "$n" ] && split=(-n "${sw#*:}")
       done
-      XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "${TEST_FILE_TIMEOUT:-400}" \
-        "$PY" -m pytest "$f" "${split[@]}" -q -rs --tb=short -p no:cacheprovider \
-        -p no:benchmark --junitxml="$tl/$n.xml" >"$tl/$n.log" 2>&1 &
+      (
+        s=$(date +%s)
+        XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "${TEST_FILE_TIMEOUT:-400}" \
+          "$PY" -m pytest "$f" "${split[@]}" -q -rs --tb=short -p no:cacheprovider \
+          -p no:benchmark --durations=5 --junitxml="$tl/$n.xml" >"$tl/$n.log" 2>&1
+        rc=$?; echo "$(( $(date +%s) - s ))" >"$tl/$n.secs"; exit $rc
+      ) &
       pids+=("$!:$n")
     done
     for pn in "${pids[@]}"; do
       wait "${pn%%:*}"; rc=$?
-      echo "# ${pn#*:}: exit $rc" >>"$tl/exits"
+      echo "# ${pn#*:}: exit $rc in $(cat "$tl/${pn#*:}.secs" 2>/dev/null)s" >>"$tl/exits"
       # exit 5: nothing collected (a module skipped at import, e.g. no nbclient there)
       [ "$rc" != 0 ] && [ "$rc" != 5 ] && rc_tests=$rc
     done

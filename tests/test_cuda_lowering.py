@@ -128,9 +128,11 @@ def test_merge_states(shape, dtype):
         op="merge_states")
 
 
-@pytest.mark.parametrize("B,T,H,page_size", [(2, 1, 16, 64), (1, 3, 128, 64), (3, 1, 16, 16)])
-def test_mla_decode(B, T, H, page_size):
-  pages, R, Dr = 48, 512, 64
+@pytest.mark.parametrize("B,T,H,page_size,R,Dr", [
+    (2, 1, 16, 64, 512, 64), (1, 3, 128, 64, 512, 64), (3, 1, 16, 16, 512, 64),
+    (2, 1, 16, 16, 64, 16)])       # R = 64: the shared-P schedule does not lower there
+def test_mla_decode(B, T, H, page_size, R, Dr):
+  pages = 48
   table = jnp.zeros((B, -(-1000 // page_size)), jnp.int32)
   kv_lens = jnp.array([1000, 70, 5][:B], jnp.int32)
   q_nope, q_pe = (z(B, H, R), z(B, H, Dr)) if T == 1 else (z(B, T, H, R), z(B, T, H, Dr))

@@ -160,3 +160,11 @@ def test_supports_reasons():
   assert "float32" in pd.supports(spec.__class__(**{**spec.__dict__, "dtype": jnp.float32}))
   assert "page_size" in pd.supports(spec.__class__(**{**spec.__dict__, "page_size": 48}))
   assert "head_dim" in pd.supports(spec.__class__(**{**spec.__dict__, "head_dim": 40}))
+  # TMA copies land every page_size rows in shared memory, 128-byte aligned: page_size 1
+  # with 32 bf16 columns (64 bytes) faulted with a misaligned address on the H100.
+  small = {**spec.__dict__, "page_size": 1, "head_dim": 32, "v_head_dim": 32}
+  assert "128-byte" in pd.supports(spec.__class__(**small))
+  assert pd.supports(spec.__class__(**{**small, "head_dim": 64, "v_head_dim": 64})) is None
+  assert pd.supports(spec.__class__(**{**small, "page_size": 2})) is None
+  assert "128-byte" in pd.supports(spec.__class__(
+      **{**small, "head_dim": 64, "v_head_dim": 64, "kv_dtype": jnp.float8_e4m3fn}))

@@ -10,7 +10,7 @@ import pytest
 
 import jattn
 from jattn import reference, variants as V
-from conftest import assert_close, assert_lse_close, impl_params, oracle, randn
+from conftest import ON_GPU, assert_close, assert_lse_close, impl_params, oracle, randn
 
 
 def _mla_inputs(rng, B, S, H, R, Dr, Dn, Dv, dtype):
@@ -134,20 +134,22 @@ def _unabsorbed(rng, B, T, H, R, Dr, ps, S, kv_lens, dtype):
 
 
 @pytest.mark.parametrize("T,H,R,Dr,ps,S,splits,share_p", [
-    (1, 16, 64, 16, 16, 40, None, True),      # one row block of 16 rows, shared P
+    (1, 16, 128, 16, 16, 40, None, True),     # one row block of 16 rows, shared P
     (3, 4, 64, 16, 8, 37, None, False),       # causal new tokens, 12 rows -> 16, both S
     (2, 64, 128, 32, 64, 150, 2, True),       # 128 rows = 2 CTAs, split-K merged, page 64
 ])
 def test_mla_pallas_kernel_bf16(T, H, R, Dr, ps, S, splits, share_p, rng):
-  """The Pallas kernel (interpret mode, uninitialized memory poisoned with NaN) against
-  real per-head MLA in float64: value up-projection applied after the latent output."""
+  """The Pallas kernel (compiled on a GPU; interpreted on CPU with uninitialized memory
+  poisoned with NaN) against real per-head MLA in float64: value up-projection applied
+  after the latent output."""
   from jax.experimental.pallas import mosaic_gpu as plgpu
   from jattn.pallas import mla
   B, dtype = 2, jnp.bfloat16
   kv_lens = jnp.array([S, max(T, S // 3)], jnp.int32)
   args, w_uv, scale, ro, rl = _unabsorbed(rng, B, T, H, R, Dr, ps, S, kv_lens, dtype)
   o_lat, lse = mla.mla_decode(*args, kv_lens, sm_scale=scale,
-                              interpret=plgpu.InterpretGPUParams(uninitialized_memory="nan"),
+                              interpret=False if ON_GPU else plgpu.InterpretGPUParams(
+                                  uninitialized_memory="nan"),
                               config=mla.MLAConfig(splits=splits, share_p=share_p))
   out = jnp.einsum("bthr,hrv->bthv", o_lat.astype(jnp.float32), w_uv)
   assert_close(out, ro, dtype, what="mla pallas")
@@ -180,3 +182,13 @@ def test_mla_pallas_supports():
   assert "bf16/fp16" in mla.supports(dataclasses.replace(spec, dtype=jnp.float32,
                                                          kv_dtype=jnp.float32))
   assert "page_size" in mla.supports(dataclasses.replace(spec, page_size=4))
+
+
+def test_mla_shared_p_schedule_needs_r_multiple_of_128():
+  """Shared P lowers only for R % 128 == 0: the heuristic falls back to both-compute-S,
+  and asking for it explicitly is an error that says why."""
+  from jattn.pallas import mla
+  assert mla._schedule(512, 64, 2, mla.MLAConfig())[1] is True
+  assert mla._schedule(64, 16, 2, mla.MLAConfig())[1] is False
+  with pytest.raises(ValueError, match="multiple of 128"):
+    mla._schedule(64, 16, 2, mla.MLAConfig(share_p=True))

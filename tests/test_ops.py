@@ -145,7 +145,7 @@ def _lengths(rng, B, S):
 @pytest.mark.parametrize("name,case", _variant_cases()[2:] + [("plain", {})],
                          ids=[c[0] for c in _variant_cases()[2:]] + ["plain"])
 def test_decode(impl, page_size, name, case, rng):
-  B, S, Nq, Nkv, D = 3, 40, 8, 2, 32
+  B, S, Nq, Nkv, D = 3, 40, 8, 2, 64   # 64 bf16 columns: one-row pages are 128-byte TMA copies
   dtype = jnp.bfloat16
   case = {k: v for k, v in case.items() if k != "causal"}  # decode is causal by construction
   kd, vd = randn(rng, (B, S, Nkv, D), dtype), randn(rng, (B, S, Nkv, D), dtype)

@@ -43,6 +43,13 @@ def _check(q, k, v, var, *, q_lengths=None, kv_lengths=None, sm_scale=None, conf
   return np.asarray(o), np.asarray(lse)
 
 
+def _skip_hung_on_gpu(D, Dv):
+  """Compiled D != Dv calls hung on an H100 (32/16 and 64/128); `supports` declines them
+  on a GPU until that is fixed, and these direct kernel calls skip there."""
+  if ON_GPU and D != Dv:
+    pytest.skip(f"D={D} != Dv={Dv}: hangs compiled on an H100 (issue 5)")
+
+
 def _rel_bias(s, ctx):
   return s - 0.05 * (ctx.head + 1).astype(s.dtype) * jnp.abs(ctx.kv_pos - ctx.q_pos).astype(s.dtype)
 
@@ -64,6 +71,7 @@ def test_tile_edges_gqa(T, S, causal, rng):
 
 @pytest.mark.parametrize("D,Dv", [(32, 16), (64, 128), (128, 64), (256, 256)])
 def test_head_dims(D, Dv, rng):
+  _skip_hung_on_gpu(D, Dv)
   q, k, v = _dense(rng, 1, 96, 160, 2, 1, D, Dv)
   _check(q, k, v, V.causal())
 
@@ -110,6 +118,7 @@ def test_gradients_match_reference(name, rng):
     B, T, S, Nq, Nkv, D, Dv = 1, 130, 130, 2, 1, 64, 32
     var = V.compose(V.sliding_window(30, 5), V.alibi(V.alibi_slopes(2)))
     ql = kl = None
+  _skip_hung_on_gpu(D, Dv)
   q, k, v = _dense(rng, B, T, S, Nq, Nkv, D, Dv)
   do = randn(rng, (B, T, Nq, Dv), jnp.float32)
   dl = randn(rng, (B, T, Nq), jnp.float32)

@@ -2,7 +2,8 @@
 
 Layout. q [B, Nq, D] (bf16/fp16); pages [P, page_size, Nkv, D] (v: Dv) in q's dtype or
 float8; page_table int32 [B, M]; kv_lens int32 [B]. Query head h reads kv head h // G
-(G = Nq / Nkv). page_size must divide 64 or be a multiple of 64; D, Dv multiples of 16.
+(G = Nq / Nkv). page_size must divide 64 or be a multiple of 64; D, Dv multiples of 16;
+one page's rows (up to 64) of K and of V a multiple of 128 bytes (TMA alignment).
 
 Work split. The keys of sequence b are cut into 64-key tiles (whole pages, or a slice of
 one page when pages are larger). A `DecodePlan` (`plan_decode`) cuts every sequence into
@@ -51,6 +52,7 @@ ROWS = 64                      # wgmma M: query heads of one kv head, padded
 LOG2E = math.log2(math.e)
 SMEM_BUDGET = 110 * 1024       # two CTAs per SM (228 KiB per SM on Hopper)
 MERGE_RING_BYTES = 160 * 1024  # partials in flight per merge CTA
+TMA_ALIGN = 128                # shared-memory destination alignment of a TMA copy (bytes)
 QMAX = 384.0                   # |c q| of a float8-split query row (e4m3 max is 448)
 
 
@@ -140,6 +142,12 @@ def supports(spec) -> Optional[str]:
   bk = block_kv(spec.page_size)
   if bk is None:
     return f"page_size must divide 64 or be a multiple of 64, got {spec.page_size}"
+  rows, kvb = min(spec.page_size, bk), kv.itemsize
+  for name, d in (("head_dim", spec.head_dim), ("v_head_dim", spec.v_head_dim)):
+    if rows * d * kvb % TMA_ALIGN:
+      return (f"one page's rows of {name} are {rows * d * kvb} bytes; each TMA copy lands "
+              f"at a multiple of that in shared memory, which must be {TMA_ALIGN}-byte "
+              f"aligned (page_size {spec.page_size}, {name} {d}, {kv.name})")
   variant = spec.variant or Variant()
   staged = _staged(spec.kv_dtype, spec.dtype, spec.page_size, variant)
   if _smem_bytes(2, bk, spec.head_dim, spec.v_head_dim, spec.dtype, spec.kv_dtype,

@@ -95,8 +95,14 @@ def _smem_bytes(stages: int, R: int, Dr: int, itemsize: int, share_p: bool) -> i
 
 def _schedule(R: int, Dr: int, itemsize: int, cfg: "MLAConfig") -> tuple[int, bool]:
   """(stages, share_p): the deepest ring (2..4) that fits, shared P when it fits too
-  (it is preferred over a deeper ring)."""
-  shares = (cfg.share_p,) if cfg.share_p is not None else (True, False)
+  (it is preferred over a deeper ring). Shared P needs R a multiple of 128: below that,
+  Mosaic GPU finds no layout for the follower's SMEM-operand wgmma (seen lowering R = 64,
+  96, 160, 192 for CUDA)."""
+  if cfg.share_p and R % 128:
+    raise ValueError(f"MLAConfig(share_p=True) needs the latent dim R to be a multiple of "
+                     f"128, got {R}; leave share_p=None to pick the schedule")
+  shares = ((cfg.share_p,) if cfg.share_p is not None
+            else (True, False) if R % 128 == 0 else (False,))
   for share in shares:
     for s in ((cfg.stages,) if cfg.stages else (4, 3, 2)):
       if _smem_bytes(s, R, Dr, itemsize, share) <= SMEM_LIMIT:
