@@ -92,6 +92,7 @@ def test_rows_are_complete(result):
   (base,) = [r for r in rows if r["family"] == "baseline"]
   if jax.default_backend() == "gpu":
     assert base["status"] == "ok" and base["flops"] > 0, base
+    assert base["max_rel_err"] is None and not base["err_flag"], base   # another op
   else:
     assert base["status"] == "unavailable" and "GPU" in base["reason"]
 
