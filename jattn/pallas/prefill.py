@@ -140,9 +140,9 @@ def operand_reason(spec, max_head_dim: int = 256) -> Optional[str]:
     if d % 16 or not 16 <= d <= max_head_dim:
       return f"{name} {d} (needs a multiple of 16 in [16, {max_head_dim}])"
   if spec.platform == "gpu" and spec.head_dim != spec.v_head_dim:
-    return (f"head_dim {spec.head_dim} != v_head_dim {spec.v_head_dim} on a GPU: compiled "
-            f"calls with D != Dv (32/16, 64/128) hung on an H100; interpreted on CPU they "
-            f"pass (see issue 5)")
+    return (f"head_dim {spec.head_dim} != v_head_dim {spec.v_head_dim} on a GPU: two "
+            f"compiled D != Dv calls (32/16, 64/128 at T=96, S=160) hung on an H100; "
+            f"interpreted on CPU they pass (see benchmarks/NOTES.md, session 3)")
   return None
 
 
