@@ -71,9 +71,11 @@ def measure(wl, data, label, family, build, ceil, cfg) -> dict:
              reason=None, note="", chosen=None, flops=wl.flops(), bytes=wl.bytes(),
              ceil_tflops=ceil["matmul_tflops"], ceil_gbps=ceil["copy_gbps"])
   try:
+    t0 = time.time()
     prep = build(wl, data)
     row["note"] = prep.note
     row["input_sets"] = len(prep.args)
+    row["setup_s"] = round(time.time() - t0, 2)     # inputs, plans, peers' set-up
     t = timing.bench(prep.fn, prep.args, **cfg)
     if prep.chosen is not None:
       row["chosen"] = prep.chosen()
@@ -81,7 +83,9 @@ def measure(wl, data, label, family, build, ceil, cfg) -> dict:
     t.out = None
     # A baseline computes another function (dense attention beside a block-sparse
     # workload): its distance to this workload's reference is no error (not recorded).
+    t0 = time.time()
     err = None if family == "baseline" else check.check(wl, data, out)
+    row["check_s"] = round(time.time() - t0, 2)     # reference slices and the comparison
     del out
     sec = t.median_s
     flops = prep.flops or wl.flops()
@@ -156,7 +160,8 @@ def _fmt(r) -> str:
   err = (f"err {r['max_rel_err']:.1e}{' !' if r['err_flag'] else ''}"
          if r["max_rel_err"] is not None else "err n/a (baseline: another op)")
   return (f"  {r['impl']:28s} {r['median_ms']:9.3f} ms {metric} {r['frac_ceiling']:6.1%}"
-          f"  {err}  compile {r['compile_s']:.1f}s{chosen}")
+          f"  {err}  compile {r['compile_s']:.1f}s setup {r['setup_s']:.1f}s "
+          f"check {r['check_s']:.1f}s{chosen}")
 
 
 def main(argv=None) -> int:
@@ -220,6 +225,7 @@ def main(argv=None) -> int:
     auto = {}
     if not args.deadline or time.time() - start < args.deadline:
       auto = {op: impls.auto_choice(wl, data, op) for op in impls.jattn_ops(wl)}
+    t_auto = time.time() - t_wl    # the auto-dispatch choice (lazy inputs may start here)
     for label, family, build in impls.entries(wl):
       if not _matches(label, ipats):
         continue
@@ -237,7 +243,7 @@ def main(argv=None) -> int:
       gc.collect()
     del data
     gc.collect()
-    print(f"  ({time.time() - t_wl:.1f}s)", flush=True)
+    print(f"  ({time.time() - t_wl:.1f}s; before the rows {t_auto:.1f}s)", flush=True)
     meta["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     meta["wall_s"] = round(time.time() - start, 1)
     res = merge(path, meta, rows)
