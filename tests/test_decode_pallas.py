@@ -168,3 +168,11 @@ def test_supports_reasons():
   assert pd.supports(spec.__class__(**{**small, "page_size": 2})) is None
   assert "128-byte" in pd.supports(spec.__class__(
       **{**small, "head_dim": 64, "v_head_dim": 64, "kv_dtype": jnp.float8_e4m3fn}))
+
+
+def test_direct_call_refuses_misaligned_pages(rng):
+  """Called directly (past `supports`), the compiled kernel refuses pages whose TMA copies
+  would land off 128-byte alignment instead of faulting on the GPU."""
+  q, cache, table, lens = _case(rng, B=1, S=40, Nq=2, Nkv=1, D=32, ps=1)
+  with pytest.raises(ValueError, match="128-byte"):
+    pd.decode(q, cache, table, lens, sm_scale=0.2, variant=V.Variant(), interpret=False)

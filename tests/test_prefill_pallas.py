@@ -203,3 +203,12 @@ def test_public_api_runs_the_kernel_interpreted(rng):
   assert dispatch.chosen("attention") == "pallas_mosaic (interpret)"
   ro, _ = oracle(reference.attention, q, k, v, sm_scale=64 ** -0.5, variant=V.causal())
   assert_close(o, ro, jnp.bfloat16)
+
+
+def test_direct_call_refuses_d_ne_dv_compiled(rng):
+  """Called directly (past `supports`), the compiled kernel refuses D != Dv (it hung on an
+  H100) instead of hanging; interpreted it runs (test_head_dims)."""
+  q, k, v = _dense(rng, 1, 64, 64, 2, 1, 64, 32)
+  with pytest.raises(NotImplementedError, match="v_head_dim"):
+    P.attention(q, k, v, sm_scale=0.125, variant=V.causal(), q_lengths=None, kv_lengths=None,
+                interpret=False)

@@ -518,6 +518,11 @@ def decode(q, cache, page_table, kv_lens, *, sm_scale: float, variant: Variant,
   if plan.block_kv != bk:
     raise ValueError(f"jattn.decode: plan was made for {plan.block_kv}-key tiles, the "
                      f"cache's page_size {ps} needs {bk}; rebuild it with page_size={ps}")
+  copy_bytes = [min(ps, bk) * d * jnp.dtype(cache.dtype).itemsize for d in (D, Dv)]
+  if not interpret and any(n % TMA_ALIGN for n in copy_bytes):
+    raise ValueError(f"decode kernel: TMA copies of {copy_bytes} bytes (page_size {ps}, "
+                     f"head dims {D}/{Dv}) land off {TMA_ALIGN}-byte alignment and fault "
+                     f"(`supports` declines this)")
   staged = _staged(cache.dtype, q.dtype, ps, variant)
   f8 = is_float8(cache.dtype)
   cdt = compute_dtype(q.dtype, cache.dtype)

@@ -663,6 +663,9 @@ def run_forward(geo, q, k, v, extra, out_types, variant: Variant, *, sm_scale: f
   names = tuple(sorted(variant.params))
   params = tuple(jnp.asarray(variant.params[n]) for n in names)
   D, Dv, dtype = head_dim, v_head_dim, q.dtype
+  if D != Dv and not interpret:   # what `supports` declines on a GPU, for direct callers
+    raise NotImplementedError(f"prefill kernel: head_dim {D} != v_head_dim {Dv} compiled "
+                              f"hung on an H100 (see operand_reason)")
   num_ctas = geo.num_items
   if cfg.persistent:
     num_ctas = max(min(num_ctas, _num_sms(interpret)), 1)
