@@ -18,7 +18,6 @@ Timing: `benchmarks.timing.bench` (median of 7 repetitions of <= 20 calls).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 import traceback
@@ -28,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jattn
-from benchmarks.timing import bench, log
+from benchmarks.timing import bench, log, probe_results, write_probe
 from jattn.bench.definitions import rel_err
 from jattn import block_sparse as bs, reference, variants as V
 from jattn.pallas import block_sparse as PB, prefill as P
@@ -161,26 +160,19 @@ def main():
   ap.add_argument("--deadline", type=float, default=200.0)
   ap.add_argument("--no-checks", action="store_true")
   args = ap.parse_args()
-  dev = jax.devices()[0]
-  results = dict(device=str(getattr(dev, "device_kind", dev)), jax=jax.__version__,
-                 checks=[], timing=[])
-  log("device", results["device"])
+  results = probe_results()
   if not args.no_checks:
     run_checks(results)
   run_timing(results, args.deadline)
-  with open(os.path.join(args.out, "block_sparse_probe.json"), "w") as f:
-    json.dump(results, f, indent=1)
-  print("\n== checks ==")
-  for r in results["checks"]:
-    print(json.dumps(r))
-  print("\n== timing (", results["device"], ") ==")
-  for r in results["timing"]:
-    if "error" in r:
-      print(f"{r['impl']:36s} ERROR {r['error'][:300]}")
-    else:
-      extra = "".join(f" {k}={r[k]:.3f}" for k in ("tflops", "speedup_vs_dense",
-                                                     "ratio_to_density_x_dense") if r.get(k))
-      print(f"{r['impl']:36s} {r['ms']:8.3f} ms{extra}")
+  write_probe(results, os.path.join(args.out, "block_sparse_probe.json"), _timing_line)
+
+
+def _timing_line(r) -> str:
+  if "error" in r:
+    return f"{r['impl']:36s} ERROR {r['error'][:300]}"
+  extra = "".join(f" {k}={r[k]:.3f}" for k in ("tflops", "speedup_vs_dense",
+                                                 "ratio_to_density_x_dense") if r.get(k))
+  return f"{r['impl']:36s} {r['ms']:8.3f} ms{extra}"
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import statistics
 import time
@@ -25,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jattn
-from benchmarks.timing import log
+from benchmarks.timing import log, probe_results, write_probe
 from jattn import reference, variants as V
 from jattn.bench.definitions import rel_err
 from jattn.pallas import prefill as P
@@ -300,25 +299,19 @@ def main():
   ap.add_argument("--only", default="")
   ap.add_argument("--no-checks", action="store_true")
   args = ap.parse_args()
-  dev = jax.devices()[0]
-  results = dict(device=str(getattr(dev, "device_kind", dev)), jax=jax.__version__,
-                 checks=[], timing=[])
-  log("device", results["device"])
+  results = probe_results()
   if not args.no_checks:
     run_checks(results)
   run_timing(results, args.only, args.deadline)
-  with open(os.path.join(args.out, "prefill_probe.json"), "w") as f:
-    json.dump(results, f, indent=1)
-  print("\n== checks ==")
-  for r in results["checks"]:
-    print(json.dumps(r))
-  print("\n== timing (", results["device"], ") ==")
-  for r in results["timing"]:
-    if "error" in r:
-      print(f"{r['shape']:38s} {r['group']:15s} {r['impl']:30s} ERROR {r['error'][:300]}")
-    else:
-      tf = f"{r['tflops']:7.1f} TFLOP/s" if r["tflops"] else ""
-      print(f"{r['shape']:38s} {r['group']:15s} {r['impl']:30s} {r['ms']:8.3f} ms {tf}")
+  write_probe(results, os.path.join(args.out, "prefill_probe.json"), _timing_line)
+
+
+def _timing_line(r) -> str:
+  head = f"{r['shape']:38s} {r['group']:15s} {r['impl']:30s}"
+  if "error" in r:
+    return f"{head} ERROR {r['error'][:300]}"
+  tf = f"{r['tflops']:7.1f} TFLOP/s" if r["tflops"] else ""
+  return f"{head} {r['ms']:8.3f} ms {tf}"
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ bytes written; compute = a bf16 8192^3 matrix product (random data), 2*N^3 FLOPs
 
 from __future__ import annotations
 
+import json
 import time
 
 import jax
@@ -26,6 +27,28 @@ _T0 = time.time()
 def log(*a):
   """A progress line with the seconds since the run started (the probes' logs)."""
   print(f"[{time.time() - _T0:6.1f}s]", *a, flush=True)
+
+
+def probe_results() -> dict:
+  """The probes' result record: device, JAX version, then their checks and timing rows."""
+  dev = jax.devices()[0]
+  res = dict(device=str(getattr(dev, "device_kind", dev)), jax=jax.__version__,
+             checks=[], timing=[])
+  log("device", res["device"])
+  return res
+
+
+def write_probe(res: dict, path: str, timing_line) -> None:
+  """Write a probe's results to `path` (JSON) and print its checks, then its timing rows
+  as `timing_line(row)` formats them."""
+  with open(path, "w") as f:
+    json.dump(res, f, indent=1)
+  print("\n== checks ==")
+  for r in res["checks"]:
+    print(json.dumps(r))
+  print("\n== timing (", res["device"], ") ==")
+  for r in res["timing"]:
+    print(timing_line(r))
 
 
 def ceilings(*, tiny: bool = False, reps: int = 7) -> dict:

@@ -124,6 +124,18 @@ def _stages(cfg, bk, d, dv, q_dtype, kv_dtype, staged, qk8=False) -> int:
 
 # ----------------------------------------------------------------------------- checks
 
+def _misaligned_pages(page_size, bk, d, dv, kv_dtype) -> Optional[str]:
+  """Why the TMA copies of a page's rows (bk-key tiles) would land off TMA_ALIGN in the
+  shared-memory ring (each copy starts at a multiple of its own size), or None."""
+  rows, kv = min(page_size, bk), jnp.dtype(kv_dtype)
+  for name, n in (("head_dim", d), ("v_head_dim", dv)):
+    if rows * n * kv.itemsize % TMA_ALIGN:
+      return (f"one page's rows of {name} are {rows * n * kv.itemsize} bytes; each TMA copy "
+              f"lands at a multiple of that in shared memory, which must be {TMA_ALIGN}-byte "
+              f"aligned (page_size {page_size}, {name} {n}, {kv.name})")
+  return None
+
+
 def supports(spec) -> Optional[str]:
   if spec.op != "decode":
     return f"serves decode, not {spec.op}"
@@ -142,12 +154,9 @@ def supports(spec) -> Optional[str]:
   bk = block_kv(spec.page_size)
   if bk is None:
     return f"page_size must divide 64 or be a multiple of 64, got {spec.page_size}"
-  rows, kvb = min(spec.page_size, bk), kv.itemsize
-  for name, d in (("head_dim", spec.head_dim), ("v_head_dim", spec.v_head_dim)):
-    if rows * d * kvb % TMA_ALIGN:
-      return (f"one page's rows of {name} are {rows * d * kvb} bytes; each TMA copy lands "
-              f"at a multiple of that in shared memory, which must be {TMA_ALIGN}-byte "
-              f"aligned (page_size {spec.page_size}, {name} {d}, {kv.name})")
+  why = _misaligned_pages(spec.page_size, bk, spec.head_dim, spec.v_head_dim, kv)
+  if why is not None:
+    return why
   variant = spec.variant or Variant()
   staged = _staged(spec.kv_dtype, spec.dtype, spec.page_size, variant)
   if _smem_bytes(2, bk, spec.head_dim, spec.v_head_dim, spec.dtype, spec.kv_dtype,
@@ -518,11 +527,9 @@ def decode(q, cache, page_table, kv_lens, *, sm_scale: float, variant: Variant,
   if plan.block_kv != bk:
     raise ValueError(f"jattn.decode: plan was made for {plan.block_kv}-key tiles, the "
                      f"cache's page_size {ps} needs {bk}; rebuild it with page_size={ps}")
-  copy_bytes = [min(ps, bk) * d * jnp.dtype(cache.dtype).itemsize for d in (D, Dv)]
-  if not interpret and any(n % TMA_ALIGN for n in copy_bytes):
-    raise ValueError(f"decode kernel: TMA copies of {copy_bytes} bytes (page_size {ps}, "
-                     f"head dims {D}/{Dv}) land off {TMA_ALIGN}-byte alignment and fault "
-                     f"(`supports` declines this)")
+  why = None if interpret else _misaligned_pages(ps, bk, D, Dv, cache.dtype)
+  if why is not None:   # what `supports` declines, for direct callers: TMA would fault
+    raise ValueError(f"decode kernel: {why}")
   staged = _staged(cache.dtype, q.dtype, ps, variant)
   f8 = is_float8(cache.dtype)
   cdt = compute_dtype(q.dtype, cache.dtype)

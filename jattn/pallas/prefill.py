@@ -139,10 +139,17 @@ def operand_reason(spec, max_head_dim: int = 256) -> Optional[str]:
   for name, d in (("head_dim", spec.head_dim), ("v_head_dim", spec.v_head_dim)):
     if d % 16 or not 16 <= d <= max_head_dim:
       return f"{name} {d} (needs a multiple of 16 in [16, {max_head_dim}])"
-  if spec.platform == "gpu" and spec.head_dim != spec.v_head_dim:
-    return (f"head_dim {spec.head_dim} != v_head_dim {spec.v_head_dim} on a GPU: two "
-            f"compiled D != Dv calls (32/16, 64/128 at T=96, S=160) hung on an H100; "
-            f"interpreted on CPU they pass (see benchmarks/NOTES.md, session 3)")
+  if spec.platform == "gpu":
+    return _compiled_head_dims_reason(spec.head_dim, spec.v_head_dim)
+  return None
+
+
+def _compiled_head_dims_reason(D: int, Dv: int) -> Optional[str]:
+  """Why the compiled kernels refuse these head dims, or None."""
+  if D != Dv:
+    return (f"head_dim {D} != v_head_dim {Dv} on a GPU: two compiled D != Dv calls "
+            f"(32/16, 64/128 at T=96, S=160) hung on an H100; interpreted on CPU they pass "
+            f"(see benchmarks/NOTES.md, session 3)")
   return None
 
 
@@ -663,9 +670,9 @@ def run_forward(geo, q, k, v, extra, out_types, variant: Variant, *, sm_scale: f
   names = tuple(sorted(variant.params))
   params = tuple(jnp.asarray(variant.params[n]) for n in names)
   D, Dv, dtype = head_dim, v_head_dim, q.dtype
-  if D != Dv and not interpret:   # what `supports` declines on a GPU, for direct callers
-    raise NotImplementedError(f"prefill kernel: head_dim {D} != v_head_dim {Dv} compiled "
-                              f"hung on an H100 (see operand_reason)")
+  why = None if interpret else _compiled_head_dims_reason(D, Dv)
+  if why is not None:   # what `supports` declines on a GPU, for direct callers
+    raise NotImplementedError(f"prefill kernel: {why}")
   num_ctas = geo.num_items
   if cfg.persistent:
     num_ctas = max(min(num_ctas, _num_sms(interpret)), 1)
