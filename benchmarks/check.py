@@ -55,84 +55,98 @@ def _group(x, h, g):
   return x[:, h * g:(h + 1) * g]
 
 
-def check_dense(wl: W.Workload, d: dict, out) -> float:
+# Each refs_* returns [(pick, ref)]: `pick(out)` cuts the slice out of an implementation's
+# canonical output, `ref` is that slice's float32 reference. A workload's references are
+# computed once and compared with every implementation's output.
+
+def refs_dense(wl: W.Workload, d: dict) -> list:
   """out: [B,T,Nq,Dv] for the inputs d (q, k, v)."""
   g = wl.group
-  err = 0.0
-  for b, h in _slices(wl):
-    ref = ref_group(_group(d["q"][b], h, g), d["k"][b, :, h], d["v"][b, :, h], wl.kv_len,
-                    causal=wl.causal, window=wl.window, scale=wl.sm_scale)
-    err = max(err, rel_err(_group(out[b], h, g), ref))
-  return err
+  return [(lambda o, b=b, h=h: _group(o[b], h, g),
+           ref_group(_group(d["q"][b], h, g), d["k"][b, :, h], d["v"][b, :, h], wl.kv_len,
+                     causal=wl.causal, window=wl.window, scale=wl.sm_scale))
+          for b, h in _slices(wl)]
 
 
-def check_decode(wl: W.Workload, p: dict, out) -> float:
-  """out: [B,Nq,Dv] for the paged inputs p (q, cache, table, kv_lens)."""
+def refs_decode(wl: W.Workload, p: dict) -> list:
+  """out: [B,Nq,Dv] for the paged inputs p (q, cache, table, kv_lens): the first few
+  sequences and the longest."""
   lens = np.asarray(p["kv_lens"])
   picks = sorted(set(range(min(3, wl.batch))) | {int(np.argmax(lens))})
   nkv, g, d = wl.num_kv_heads, wl.group, wl.head_dim
   per_head = jax.vmap(functools.partial(ref_group, causal=True, window=None,
                                         scale=wl.sm_scale), in_axes=(0, 1, 1, None))
-  err = 0.0
+  out = []
   for b in picks:
     k = W.gather_dense(p["cache"].k_pages, p["table"][b:b + 1])[0]  # [S, Nkv, D]
     v = W.gather_dense(p["cache"].v_pages, p["table"][b:b + 1])[0]
     q = p["q"][b].reshape(nkv, 1, g, d)
     ref = per_head(q, k, v, int(lens[b]))                           # [Nkv, 1, G, Dv]
-    err = max(err, rel_err(out[b], ref.reshape(wl.num_q_heads, -1)))
-  return err
+    out.append((lambda o, b=b: o[b], ref.reshape(wl.num_q_heads, -1)))
+  return out
 
 
-def check_bwd(wl: W.Workload, d: dict, grads) -> float:
-  """grads: (dq, dk, dv) of sum(attention(q, k, v) * do)."""
-  dq, dk, dv = grads
+def refs_bwd(wl: W.Workload, d: dict) -> list:
+  """out: (dq, dk, dv) of sum(attention(q, k, v) * do)."""
   g = wl.group
-  err = 0.0
-  for b, h in _slices(wl):
+
+  @jax.jit
+  def grads(q, k, v, do, kv_len):
     def loss(q, k, v):
-      o = ref_group(q, k, v, wl.kv_len, causal=wl.causal, window=wl.window, scale=wl.sm_scale)
-      return jnp.sum(o * _group(d["do"][b], h, g).astype(jnp.float32))
-    rq, rk, rv = jax.grad(loss, argnums=(0, 1, 2))(
-        _group(d["q"][b], h, g).astype(jnp.float32), d["k"][b, :, h].astype(jnp.float32),
-        d["v"][b, :, h].astype(jnp.float32))
-    err = max(err, rel_err(_group(dq[b], h, g), rq), rel_err(dk[b, :, h], rk),
-              rel_err(dv[b, :, h], rv))
-  return err
+      o = ref_group(q, k, v, kv_len, causal=wl.causal, window=wl.window, scale=wl.sm_scale)
+      return jnp.sum(o * do.astype(jnp.float32))
+    return jax.grad(loss, argnums=(0, 1, 2))(*(x.astype(jnp.float32) for x in (q, k, v)))
+
+  out = []
+  for b, h in _slices(wl):
+    rq, rk, rv = grads(_group(d["q"][b], h, g), d["k"][b, :, h], d["v"][b, :, h],
+                       _group(d["do"][b], h, g), wl.kv_len)
+    out += [(lambda o, b=b, h=h: _group(o[0][b], h, g), rq),
+            (lambda o, b=b, h=h: o[1][b, :, h], rk), (lambda o, b=b, h=h: o[2][b, :, h], rv)]
+  return out
 
 
-def check_mla(wl: W.Workload, m: dict, out) -> float:
+def refs_mla(wl: W.Workload, m: dict) -> list:
   """out: [B,H,Dv] for the MLA inputs m; key = [ckv, kpe], value = ckv, one kv head."""
   lens = np.asarray(m["kv_lens"])
-  err = 0.0
+  out = []
   for b in sorted(set(range(min(3, wl.batch))) | {wl.batch - 1}):
     ckv = m["ckv"][m["table"][b]].reshape(-1, wl.dv)
     k = jnp.concatenate([ckv, m["kpe"][m["table"][b]].reshape(ckv.shape[0], -1)], -1)
     q = jnp.concatenate([m["q_nope"][b], m["q_pe"][b]], -1)[None]      # [1, H, D]
     ref = ref_group(q, k, ckv, int(lens[b]), causal=True, window=None, scale=wl.sm_scale)
-    err = max(err, rel_err(out[b], ref[0]))
-  return err
+    out.append((lambda o, b=b: o[b], ref[0]))
+  return out
 
 
-def check_block_sparse(wl: W.Workload, d: dict, layout, out) -> float:
+def refs_block_sparse(wl: W.Workload, d: dict, layout) -> list:
   """out: [B,T,Nq,Dv]; two (sequence, query head) slices against the expanded mask."""
-  err = 0.0
+  out = []
   for b, h in sorted({(0, 0), (wl.batch - 1, wl.num_q_heads - 1)}):
     keep = layout.element_mask(wl.q_len, wl.kv_len)[h if layout.num_heads > 1 else 0]
     kvh = h // wl.group
     ref = ref_group(d["q"][b][:, h:h + 1], d["k"][b, :, kvh], d["v"][b, :, kvh], wl.kv_len,
                     causal=False, window=None, scale=wl.sm_scale, keep=keep[None])
-    err = max(err, rel_err(out[b][:, h:h + 1], ref))
-  return err
+    out.append((lambda o, b=b, h=h: o[b][:, h:h + 1], ref))
+  return out
+
+
+def references(wl: W.Workload, data) -> list:
+  """The workload's [(pick, ref)]; `data` is impls.Data."""
+  if wl.kind == "mla":
+    return refs_mla(wl, data.mla[0])
+  if wl.kind == "block_sparse":
+    return refs_block_sparse(wl, data.dense[0], data.layout)
+  if wl.kind == "decode":
+    return refs_decode(wl, data.paged[0])
+  if wl.kind == "bwd":
+    return refs_bwd(wl, data.dense[0])
+  return refs_dense(wl, data.dense[0])
 
 
 def check(wl: W.Workload, data, out) -> float:
-  """Dispatch on the workload kind; `data` is impls.Data, `out` in canonical layout."""
-  if wl.kind == "mla":
-    return check_mla(wl, data.mla[0], out)
-  if wl.kind == "block_sparse":
-    return check_block_sparse(wl, data.dense[0], data.layout, out)
-  if wl.kind == "decode":
-    return check_decode(wl, data.paged[0], out)
-  if wl.kind == "bwd":
-    return check_bwd(wl, data.dense[0], out)
-  return check_dense(wl, data.dense[0], out)
+  """Largest relative error of `out` (canonical layout, computed from the first input
+  set) over the slices; the references are computed on the first call per workload and
+  kept in `data`."""
+  refs = data.memo("refs", lambda: [(pick, np.asarray(r)) for pick, r in references(wl, data)])
+  return max(rel_err(pick(out), ref) for pick, ref in refs)

@@ -66,7 +66,7 @@ class Data:
     self.key = jax.random.key(seed, impl="rbg")  # compiles faster than threefry
     self._cache = {}
 
-  def _memo(self, name, make):
+  def memo(self, name, make):
     if name not in self._cache:
       self._cache[name] = make()
     return self._cache[name]
@@ -77,11 +77,11 @@ class Data:
   @property
   def dense(self) -> list[dict]:
     """prefill/append/bwd: q [B,T,Nq,D], k/v [B,S,Nkv,D] (+ do for bwd)."""
-    return self._memo("dense", lambda: W.dense_inputs(self.wl, self.key, self.n_sets()))
+    return self.memo("dense", lambda: W.dense_inputs(self.wl, self.key, self.n_sets()))
 
   @property
   def table(self):
-    return self._memo("table", lambda: W.page_table(self.wl))
+    return self.memo("table", lambda: W.page_table(self.wl))
 
   @property
   def paged(self) -> list[dict]:
@@ -105,7 +105,7 @@ class Data:
         sets.append(dict(q=d["q"].reshape(-1, wl.num_q_heads, wl.head_dim), cache=cache,
                          table=table, kv_lens=kv_lens, q_offsets=q_offsets))
       return sets
-    return self._memo("paged", make)
+    return self.memo("paged", make)
 
   @property
   def mla(self) -> list[dict]:
@@ -115,12 +115,12 @@ class Data:
       kv_lens = jnp.asarray(self.wl.kv_lens())
       return [dict(W.mla_set(self.wl, num_pages, key), table=table, kv_lens=kv_lens)
               for key in jax.random.split(jax.random.fold_in(self.key, 2), self.n_sets())]
-    return self._memo("mla", make)
+    return self.memo("mla", make)
 
   @property
   def layout(self):
     """block_sparse: the workload's layout as a jattn.block_sparse.BlockSparseLayout."""
-    return self._memo("layout", lambda: jattn.block_sparse.from_dense(
+    return self.memo("layout", lambda: jattn.block_sparse.from_dense(
         self.wl.block_mask(), (self.wl.block, self.wl.block)))
 
   @property
@@ -131,7 +131,7 @@ class Data:
       return [dict(q=p["q"][:, None], k=W.gather_dense(p["cache"].k_pages, p["table"]),
                    v=W.gather_dense(p["cache"].v_pages, p["table"]), kv_lens=p["kv_lens"])
               for p in self.paged]
-    return self._memo("decode_dense", make)
+    return self.memo("decode_dense", make)
 
 
 # ------------------------------------------------------------------------ jattn
