@@ -55,98 +55,119 @@ def _group(x, h, g):
   return x[:, h * g:(h + 1) * g]
 
 
-# Each refs_* returns [(pick, ref)]: `pick(out)` cuts the slice out of an implementation's
-# canonical output, `ref` is that slice's float32 reference. A workload's references are
-# computed once and compared with every implementation's output.
+# Each plan_* returns (picks, fn, args): `fn(*args)` computes the slices' float32
+# references, `picks[i](out)` cuts slice i out of an implementation's canonical output.
+# Both run jitted (one compile per workload, not one per eager slice op), the references
+# once per workload, the picks once per row.
 
-def refs_dense(wl: W.Workload, d: dict) -> list:
+def plan_dense(wl: W.Workload, d: dict):
   """out: [B,T,Nq,Dv] for the inputs d (q, k, v)."""
-  g = wl.group
-  return [(lambda o, b=b, h=h: _group(o[b], h, g),
-           ref_group(_group(d["q"][b], h, g), d["k"][b, :, h], d["v"][b, :, h], wl.kv_len,
-                     causal=wl.causal, window=wl.window, scale=wl.sm_scale))
-          for b, h in _slices(wl)]
+  g, sl = wl.group, _slices(wl)
+  fn = lambda q, k, v: [ref_group(_group(q[b], h, g), k[b, :, h], v[b, :, h], wl.kv_len,
+                                  causal=wl.causal, window=wl.window, scale=wl.sm_scale)
+                        for b, h in sl]
+  picks = [lambda o, b=b, h=h: _group(o[b], h, g) for b, h in sl]
+  return picks, fn, (d["q"], d["k"], d["v"])
 
 
-def refs_decode(wl: W.Workload, p: dict) -> list:
+def plan_decode(wl: W.Workload, p: dict):
   """out: [B,Nq,Dv] for the paged inputs p (q, cache, table, kv_lens): the first few
   sequences and the longest."""
   lens = np.asarray(p["kv_lens"])
-  picks = sorted(set(range(min(3, wl.batch))) | {int(np.argmax(lens))})
+  sel = sorted(set(range(min(3, wl.batch))) | {int(np.argmax(lens))})
   nkv, g, d = wl.num_kv_heads, wl.group, wl.head_dim
   per_head = jax.vmap(functools.partial(ref_group, causal=True, window=None,
                                         scale=wl.sm_scale), in_axes=(0, 1, 1, None))
-  out = []
-  for b in picks:
-    k = W.gather_dense(p["cache"].k_pages, p["table"][b:b + 1])[0]  # [S, Nkv, D]
-    v = W.gather_dense(p["cache"].v_pages, p["table"][b:b + 1])[0]
-    q = p["q"][b].reshape(nkv, 1, g, d)
-    ref = per_head(q, k, v, int(lens[b]))                           # [Nkv, 1, G, Dv]
-    out.append((lambda o, b=b: o[b], ref.reshape(wl.num_q_heads, -1)))
-  return out
+
+  def fn(q, k_pages, v_pages, table):
+    refs = []
+    for b in sel:
+      k = W.gather_dense(k_pages, table[b:b + 1])[0]                # [S, Nkv, D]
+      v = W.gather_dense(v_pages, table[b:b + 1])[0]
+      ref = per_head(q[b].reshape(nkv, 1, g, d), k, v, int(lens[b]))  # [Nkv, 1, G, Dv]
+      refs.append(ref.reshape(wl.num_q_heads, -1))
+    return refs
+  picks = [lambda o, b=b: o[b] for b in sel]
+  return picks, fn, (p["q"], p["cache"].k_pages, p["cache"].v_pages, p["table"])
 
 
-def refs_bwd(wl: W.Workload, d: dict) -> list:
+def plan_bwd(wl: W.Workload, d: dict):
   """out: (dq, dk, dv) of sum(attention(q, k, v) * do)."""
-  g = wl.group
+  g, sl = wl.group, _slices(wl)
 
-  @jax.jit
-  def grads(q, k, v, do, kv_len):
-    def loss(q, k, v):
-      o = ref_group(q, k, v, kv_len, causal=wl.causal, window=wl.window, scale=wl.sm_scale)
-      return jnp.sum(o * do.astype(jnp.float32))
-    return jax.grad(loss, argnums=(0, 1, 2))(*(x.astype(jnp.float32) for x in (q, k, v)))
+  def fn(q, k, v, do):
+    refs = []
+    for b, h in sl:
+      def loss(qs, ks, vs):
+        o = ref_group(qs, ks, vs, wl.kv_len, causal=wl.causal, window=wl.window,
+                      scale=wl.sm_scale)
+        return jnp.sum(o * _group(do[b], h, g).astype(jnp.float32))
+      f32 = lambda x: x.astype(jnp.float32)
+      refs += jax.grad(loss, argnums=(0, 1, 2))(f32(_group(q[b], h, g)), f32(k[b, :, h]),
+                                                f32(v[b, :, h]))
+    return refs
+  picks = []
+  for b, h in sl:
+    picks += [lambda o, b=b, h=h: _group(o[0][b], h, g), lambda o, b=b, h=h: o[1][b, :, h],
+              lambda o, b=b, h=h: o[2][b, :, h]]
+  return picks, fn, (d["q"], d["k"], d["v"], d["do"])
 
-  out = []
-  for b, h in _slices(wl):
-    rq, rk, rv = grads(_group(d["q"][b], h, g), d["k"][b, :, h], d["v"][b, :, h],
-                       _group(d["do"][b], h, g), wl.kv_len)
-    out += [(lambda o, b=b, h=h: _group(o[0][b], h, g), rq),
-            (lambda o, b=b, h=h: o[1][b, :, h], rk), (lambda o, b=b, h=h: o[2][b, :, h], rv)]
-  return out
 
-
-def refs_mla(wl: W.Workload, m: dict) -> list:
+def plan_mla(wl: W.Workload, m: dict):
   """out: [B,H,Dv] for the MLA inputs m; key = [ckv, kpe], value = ckv, one kv head."""
   lens = np.asarray(m["kv_lens"])
-  out = []
-  for b in sorted(set(range(min(3, wl.batch))) | {wl.batch - 1}):
-    ckv = m["ckv"][m["table"][b]].reshape(-1, wl.dv)
-    k = jnp.concatenate([ckv, m["kpe"][m["table"][b]].reshape(ckv.shape[0], -1)], -1)
-    q = jnp.concatenate([m["q_nope"][b], m["q_pe"][b]], -1)[None]      # [1, H, D]
-    ref = ref_group(q, k, ckv, int(lens[b]), causal=True, window=None, scale=wl.sm_scale)
-    out.append((lambda o, b=b: o[b], ref[0]))
-  return out
+  sel = sorted(set(range(min(3, wl.batch))) | {wl.batch - 1})
+
+  def fn(q_nope, q_pe, ckv_pages, kpe_pages, table):
+    refs = []
+    for b in sel:
+      ckv = ckv_pages[table[b]].reshape(-1, wl.dv)
+      k = jnp.concatenate([ckv, kpe_pages[table[b]].reshape(ckv.shape[0], -1)], -1)
+      q = jnp.concatenate([q_nope[b], q_pe[b]], -1)[None]              # [1, H, D]
+      refs.append(ref_group(q, k, ckv, int(lens[b]), causal=True, window=None,
+                            scale=wl.sm_scale)[0])
+    return refs
+  picks = [lambda o, b=b: o[b] for b in sel]
+  return picks, fn, (m["q_nope"], m["q_pe"], m["ckv"], m["kpe"], m["table"])
 
 
-def refs_block_sparse(wl: W.Workload, d: dict, layout) -> list:
+def plan_block_sparse(wl: W.Workload, d: dict, layout):
   """out: [B,T,Nq,Dv]; two (sequence, query head) slices against the expanded mask."""
-  out = []
-  for b, h in sorted({(0, 0), (wl.batch - 1, wl.num_q_heads - 1)}):
-    keep = layout.element_mask(wl.q_len, wl.kv_len)[h if layout.num_heads > 1 else 0]
-    kvh = h // wl.group
-    ref = ref_group(d["q"][b][:, h:h + 1], d["k"][b, :, kvh], d["v"][b, :, kvh], wl.kv_len,
-                    causal=False, window=None, scale=wl.sm_scale, keep=keep[None])
-    out.append((lambda o, b=b, h=h: o[b][:, h:h + 1], ref))
-  return out
+  sl = sorted({(0, 0), (wl.batch - 1, wl.num_q_heads - 1)})
+
+  def fn(q, k, v, layout):
+    mask = layout.element_mask(wl.q_len, wl.kv_len)
+    refs = []
+    for b, h in sl:
+      keep = mask[h if layout.num_heads > 1 else 0]
+      kvh = h // wl.group
+      refs.append(ref_group(q[b][:, h:h + 1], k[b, :, kvh], v[b, :, kvh], wl.kv_len,
+                            causal=False, window=None, scale=wl.sm_scale, keep=keep[None]))
+    return refs
+  picks = [lambda o, b=b, h=h: o[b][:, h:h + 1] for b, h in sl]
+  return picks, fn, (d["q"], d["k"], d["v"], layout)
 
 
-def references(wl: W.Workload, data) -> list:
-  """The workload's [(pick, ref)]; `data` is impls.Data."""
+def plan(wl: W.Workload, data):
+  """The workload's (picks, fn, args); `data` is impls.Data."""
   if wl.kind == "mla":
-    return refs_mla(wl, data.mla[0])
+    return plan_mla(wl, data.mla[0])
   if wl.kind == "block_sparse":
-    return refs_block_sparse(wl, data.dense[0], data.layout)
+    return plan_block_sparse(wl, data.dense[0], data.layout)
   if wl.kind == "decode":
-    return refs_decode(wl, data.paged[0])
+    return plan_decode(wl, data.paged[0])
   if wl.kind == "bwd":
-    return refs_bwd(wl, data.dense[0])
-  return refs_dense(wl, data.dense[0])
+    return plan_bwd(wl, data.dense[0])
+  return plan_dense(wl, data.dense[0])
 
 
 def check(wl: W.Workload, data, out) -> float:
   """Largest relative error of `out` (canonical layout, computed from the first input
-  set) over the slices; the references are computed on the first call per workload and
-  kept in `data`."""
-  refs = data.memo("refs", lambda: [(pick, np.asarray(r)) for pick, r in references(wl, data)])
-  return max(rel_err(pick(out), ref) for pick, ref in refs)
+  set) over the slices. The references are computed on the first call per workload and
+  kept in `data` with the jitted picks."""
+  def make():
+    picks, fn, args = plan(wl, data)
+    refs = [np.asarray(r) for r in jax.jit(fn)(*args)]
+    return jax.jit(lambda o: [p(o) for p in picks]), refs
+  pick_all, refs = data.memo("refs", make)
+  return max(rel_err(got, ref) for got, ref in zip(pick_all(out), refs))
