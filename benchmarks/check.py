@@ -20,6 +20,9 @@ from benchmarks import workloads as W
 from jattn.bench.definitions import rel_err
 
 HI = jax.lax.Precision.HIGHEST
+# The references' float32 products run once: XLA's GEMM autotuning (seconds per new dot
+# shape on a GPU, 7-12 s per prefill workload) is not worth it for them.
+NO_AUTOTUNE = {"xla_gpu_autotune_level": 0}
 
 
 @functools.partial(jax.jit, static_argnames=("causal", "window", "scale"))
@@ -167,7 +170,7 @@ def check(wl: W.Workload, data, out) -> float:
   kept in `data` with the jitted picks."""
   def make():
     picks, fn, args = plan(wl, data)
-    refs = [np.asarray(r) for r in jax.jit(fn)(*args)]
+    refs = [np.asarray(r) for r in jax.jit(fn, compiler_options=NO_AUTOTUNE)(*args)]
     return jax.jit(lambda o: [p(o) for p in picks]), refs
   pick_all, refs = data.memo("refs", make)
   return max(rel_err(got, ref) for got, ref in zip(pick_all(out), refs))
