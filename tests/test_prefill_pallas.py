@@ -70,13 +70,15 @@ def test_head_dims(D, Dv, rng):
   _check(q, k, v, V.causal())
 
 
-@pytest.mark.parametrize("T", [64, 128])
-def test_one_q_tile_two_masked_kv_tiles(T, rng):
+@pytest.mark.parametrize("T,alibi", [(64, False), (128, True)])
+def test_one_q_tile_two_masked_kv_tiles(T, alibi, rng):
   """One q tile over S=160 with full lengths: a consumer's masked KV loop runs two tiles.
   With compile-time lengths every loop bound was a constant and such calls hung compiled
-  on an H100 (scripts/prefill_shape_probe.py); the op passes the lengths as data."""
+  on an H100 (scripts/prefill_shape_probe.py); the op passes the lengths as data, ahead
+  of the variant's params (ALiBi's slopes) among the kernel's extra inputs."""
   q, k, v = _dense(rng, 1, T, 160, 2, 1, 64, 64)
-  _check(q, k, v, V.causal())
+  var = V.compose(V.causal(), V.alibi(V.alibi_slopes(2))) if alibi else V.causal()
+  _check(q, k, v, var)
 
 
 def test_lengths_empty_rows_and_q_longer_than_kv(rng):

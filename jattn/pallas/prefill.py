@@ -294,7 +294,7 @@ class Dense:
     b, h = lax.div(bh, self.Nq), lax.rem(bh, self.Nq)
     if not self.has_lens:
       return b, h, qt, self.T, self.S
-    (lens,) = refs.extra
+    lens = refs.extra[0]            # (variant params follow it)
     return b, h, qt, lens[0, b], lens[1, b]
 
   def q_rows(self, refs, w, b, h, t0, n):
