@@ -43,8 +43,9 @@ class DecodePlan:
   first (the GPU's in-order CTA dispatch then schedules longest-first and short units
   fill the last wave), kv-head-major among units of equal length (CTAs dispatched
   together read different sequences; the 8 heads of one unit together ran 6-8 % slower
-  on an H100, decode run 4). A plan made under jit is kv-head-major in `units` order (a
-  sort would cost launches).
+  on an H100, decode run 4). A plan made under jit puts the real units first,
+  kv-head-major in `units` order (a sort would cost launches), then the idle slots: the
+  GPU dispatches CTAs in order, so no real unit waits behind idle ones.
   """
 
   units: Any
@@ -118,11 +119,17 @@ def plan_decode(kv_lens, page_size: int, num_q_heads: int, num_kv_heads: int,
                     xp.where(active, ((i + 1) * n) // c, 0)], axis=1).astype(np.int32)
   H = max(num_kv_heads, 1)
   cta = xp.arange(U * H, dtype=np.int32)
-  row, head = cta % U, cta // U                      # kv-head-major
   if xp is np:   # longest first; then kv head, then unit (idle slots last)
+    row, head = cta % U, cta // U
     size = np.where(units[:, 0] >= 0, units[:, 2] - units[:, 1], -1)
     order = np.lexsort((row, head, -size[row]))
     row, head = row[order], head[order]
+  else:          # the n real units first, kv-head-major; then the idle slots
+    n = batch_units[B]
+    idle = cta - n * H
+    m = xp.maximum(U - n, 1)
+    row = xp.where(idle < 0, cta % xp.maximum(n, 1), n + idle % m)
+    head = xp.where(idle < 0, cta // xp.maximum(n, 1), idle // m)
   work = xp.concatenate([units[row], row[:, None], head[:, None]], axis=1).astype(np.int32)
   is_split = True if xp is jnp else bool(np.max(chunks) > 1)
   return DecodePlan(jnp.asarray(units), jnp.asarray(batch_units), bk, is_split,

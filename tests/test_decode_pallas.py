@@ -134,6 +134,13 @@ def test_plan_on_host_equals_plan_under_jit():
   long_units = units[units[:, 0] == 31]
   assert len(long_units) * sizes.max() >= tiles[31] and len(long_units) >= 40
   assert sizes.max() - (long_units[:, 2] - long_units[:, 1]).min() <= 1
+  # Under jit the real units' CTAs come first (kv-head-major), every (unit, head) once.
+  work = np.asarray(dev.work)
+  n, H = int(dev.batch_units[-1]), 8
+  assert np.all(work[:n * H, 0] >= 0) and np.all(work[n * H:, 0] == -1)
+  np.testing.assert_array_equal(work[:n * H, 4], np.repeat(np.arange(H), n))
+  assert len({(r, h) for r, h in work[:, 3:5]}) == len(work) == dev.max_units * H
+  np.testing.assert_array_equal(work[:, :3], np.asarray(dev.units)[work[:, 3]])
   # A uniform batch that fills the GPU is not split at all.
   assert not jattn.plan_decode(np.full(32, 4096, np.int32), 16, 32, 8, 128,
                                num_sms=132).split

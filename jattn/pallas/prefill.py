@@ -333,7 +333,7 @@ class Packed:
     self.Nq, self.n_slots, self.rows, self.paged = Nq, n_slots, rows, paged
     self.num_items = Nq * n_slots
     self.num_extra = 3 if paged else 2
-    self.page_size, self.num_pages = page_size, num_pages
+    self.page_size, self.num_pages, self.bkv = page_size, num_pages, bkv
     self.kv_copies = max(bkv // page_size, 1) if paged else 1
 
   def item(self, refs, w):
@@ -357,10 +357,21 @@ class Packed:
 
   def kv_base(self, refs, b, h, r0):
     """Per-item K/V addressing, read once per item (not once per tile)."""
-    return None if self.paged else refs.extra[1][2, b]
+    return b if self.paged else refs.extra[1][2, b]
 
   def kv_index(self, refs, base, j):
-    return j
+    """Tile j's source: j (contiguous K/V), else the ids of the pages it spans (or of the
+    one page it is cut from). The producer reads them before it waits for a free slot,
+    so the page-table loads overlap the wait instead of following it."""
+    if not self.paged:
+      return j
+    table, b = refs.extra[2], base
+    ps, last, bkv = self.page_size, table.shape[1] - 1, self.bkv
+    page = lambda i: jnp.clip(table[b, jnp.minimum(i, last)], 0, self.num_pages - 1)
+    if ps >= bkv:   # one page holds the whole tile
+      return j, (page(lax.div(j * bkv, ps)),)
+    n = bkv // ps
+    return j, tuple(page(j * n + u) for u in range(n))
 
   def load_kv(self, refs, b, base, kvh, j, bkv, k_dst, v_dst, k_bar, v_bar):
     if not self.paged:
@@ -368,19 +379,13 @@ class Packed:
       plgpu.copy_gmem_to_smem(refs.k.at[rows, kvh], k_dst, k_bar)
       plgpu.copy_gmem_to_smem(refs.v.at[rows, kvh], v_dst, v_bar)
       return
-    table = refs.extra[2]
-    ps, last = self.page_size, table.shape[1] - 1
-    if ps >= bkv:   # one page holds the whole tile
-      page = jnp.clip(table[b, jnp.minimum(lax.div(j * bkv, ps), last)], 0, self.num_pages - 1)
+    j, pages = j
+    ps = self.page_size
+    if ps >= bkv:
       rows = pl.ds(pl.multiple_of(lax.rem(j * bkv, ps), 8), bkv)
-      plgpu.copy_gmem_to_smem(refs.k.at[page, rows, kvh], k_dst, k_bar)
-      plgpu.copy_gmem_to_smem(refs.v.at[page, rows, kvh], v_dst, v_bar)
+      plgpu.copy_gmem_to_smem(refs.k.at[pages[0], rows, kvh], k_dst, k_bar)
+      plgpu.copy_gmem_to_smem(refs.v.at[pages[0], rows, kvh], v_dst, v_bar)
       return
-    # The tile spans bkv / page_size pages: read all their ids first (the loads overlap),
-    # then issue the copies.
-    n = bkv // ps
-    pages = [jnp.clip(table[b, jnp.minimum(j * n + u, last)], 0, self.num_pages - 1)
-             for u in range(n)]
     for u, page in enumerate(pages):
       plgpu.copy_gmem_to_smem(refs.k.at[page, :, kvh], k_dst.at[pl.ds(u * ps, ps)], k_bar)
     for u, page in enumerate(pages):
@@ -611,7 +616,7 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
       def _(j):
         g = base + j - lo
         slot = lax.rem(g, stages)
-        j = geo.kv_index(refs, kv_base, j)   # (sparse: the tile ids, read before the wait)
+        j = geo.kv_index(refs, kv_base, j)   # tile ids / page ids, read before the wait
 
         @pl.when(g >= stages)
         def _():
