@@ -71,7 +71,7 @@ if [ "$tests" = 1 ]; then
     for f in tests/test_*.py; do
       n=$(basename "$f" .py)
       split=()
-      for sw in ${TEST_SPLIT:-test_ops:6 test_flax:3 test_fp8_gpu:3 test_block_sparse:3 test_mla:2 test_properties:2 test_bench:2}; do
+      for sw in ${TEST_SPLIT:-test_ops:6 test_prefill_pallas:2 test_flax:3 test_fp8_gpu:3 test_block_sparse:3 test_mla:2 test_properties:2 test_bench:2}; do
         [ "$xdist" = 1 ] && [ "${sw%%:*}" = "$n" ] && split=(-n "${sw#*:}")
       done
       (
