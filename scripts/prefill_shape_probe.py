@@ -1,12 +1,16 @@
-"""Which prefill shapes hang compiled on the GPU (issue 5, session 3's test_head_dims hang).
+"""Which shapes hang the compiled prefill kernel when its lengths are compile-time
+constants (issue 5; found as test_head_dims hanging on an H100, sessions 3-4).
 
   python scripts/prefill_shape_probe.py            # every case, each in its own process
   python scripts/prefill_shape_probe.py CASE       # one case (what the driver runs)
 
-Each case compiles `jattn.pallas.prefill.attention` (printing when compile ends, so a
-hang in ptxas shows apart from a hang on the device), runs it, and prints its relative
-error against the float64 oracle; a case that does not finish within TIMEOUT seconds is
-reported as hung, with Python's stack dumped by faulthandler.
+Each case compiles the raw kernel `jattn.pallas.prefill.flash_forward` with lens=None
+(constant lengths; the op `attention` now passes lengths as data for one-q-tile calls,
+which avoids the hang), printing when compile ends so that a hang in ptxas shows apart
+from one on the device, runs it, and prints its relative error against the float64
+oracle; a case that does not finish within TIMEOUT seconds is reported as hung, with
+Python's stack dumped by faulthandler. Session 4 on an H100: 8 of 14 cases hung (the
+rule is in benchmarks/NOTES.md); a reproducer for a Mosaic GPU report.
 """
 import faulthandler
 import json
@@ -48,17 +52,17 @@ def one(name):
   k = mk(c["B"], c["S"], c["Nkv"], c["D"])
   v = mk(c["B"], c["S"], c["Nkv"], c["Dv"])
   var = V.causal() if c["causal"] else V.Variant(name="dense")
-  kl = jnp.full((c["B"],), c["S"], jnp.int32) if c.get("lens") else None
+  lens = jnp.array([[c["T"]] * c["B"], [c["S"]] * c["B"]], jnp.int32) if c.get("lens") else None
   cfg = None
   if "stages" in c:
     cfg = P.Config(block_kv=128, num_stages=c["stages"])
-  f = jax.jit(lambda q, k, v, kl: P.attention(q, k, v, sm_scale=c["D"] ** -0.5, variant=var,
-                                                q_lengths=None, kv_lengths=kl, config=cfg))
+  f = jax.jit(lambda q, k, v, lens: P.flash_forward(q, k, v, lens, var, sm_scale=c["D"] ** -0.5,
+                                                    config=cfg))
   t0 = time.time()
-  comp = f.lower(q, k, v, kl).compile()
+  comp = f.lower(q, k, v, lens).compile()
   print(f"{name}: compiled in {time.time() - t0:.1f}s", flush=True)
   t0 = time.time()
-  o, lse = jax.block_until_ready(comp(q, k, v, kl))
+  o, lse = jax.block_until_ready(comp(q, k, v, lens))
   ran = time.time() - t0
   ro, _ = reference.attention(*(np.asarray(x, np.float64) for x in (q, k, v)),
                               sm_scale=c["D"] ** -0.5, variant=var)
