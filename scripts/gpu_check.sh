@@ -42,6 +42,9 @@ while [ $# -gt 0 ]; do
 done
 
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# CUDA FP8 kernels prebuilt on the CPU machine (`JATTN_CACHE_DIR=.jattn-cache python -m
+# jattn.ffi.build --arch sm_90a`) and carried along are used instead of building them here.
+[ -d .jattn-cache ] && export JATTN_CACHE_DIR="${JATTN_CACHE_DIR:-$PWD/.jattn-cache}"
 export PYTHONUNBUFFERED=1
 export PYTHONDONTWRITEBYTECODE=1
 

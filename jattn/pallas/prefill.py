@@ -28,7 +28,10 @@ through L2 and the causal tail is short). One CTA per item (default) or, with
     and below kv_len run without any mask code; edge tiles (and every tile when the variant
     has a custom mask) evaluate the mask elementwise.
 Without per-sequence lengths the lengths are compile-time constants (no memory load
-before the first TMA).
+before the first TMA), except for calls with one q tile: there every loop bound would
+fold to a constant, and compiled so, some causal shapes hang on an H100 (cause inside
+Mosaic GPU / ptxas unknown; `scripts/prefill_shape_probe.py` reproduces it), so `attention`
+passes their lengths as data.
   * Block-sparse (`jattn.pallas.block_sparse`, a compile-time `geo.sparse`): the KV tiles
     come from per-(head, q tile) lists instead of the band, one list per consumer.
 
