@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import jattn
 from jattn import reference
-from conftest import assert_close, assert_lse_close, impl_params, oracle, randn
+from conftest import ON_GPU, assert_close, assert_lse_close, impl_params, impls, oracle, randn
 
 EXAMPLES = {"xla": 12, "pallas": 6, "cuda": 6}
 
@@ -56,5 +56,51 @@ def test_attention_property(impl):
                       q_lengths=ql, kv_lengths=kl)
     assert_close(o, ro, dtype, what=str(case))
     assert_lse_close(lse, rlse, dtype, what=f"lse {case}")
+
+  check()
+
+
+@st.composite
+def kernel_tiles_case(draw):
+  """Shapes across the Pallas kernel's tiles (128-row q items, 64/128-key KV tiles) and
+  head dims, with or without per-sequence lengths: compiled, one-q-tile causal shapes
+  with constant lengths hung on an H100 (session 4), and the small shapes above never
+  reach a second tile."""
+  B = draw(st.integers(1, 2))
+  T = draw(st.integers(1, 300))
+  S = draw(st.integers(1, 300))
+  Nkv = draw(st.sampled_from([1, 2]))
+  G = draw(st.sampled_from([1, 2]))
+  D = draw(st.sampled_from([64, 128]))
+  Dv = draw(st.sampled_from([D, 64]))
+  causal = draw(st.booleans())
+  window = draw(st.one_of(st.none(), st.integers(0, 200)))
+  lengths = draw(st.booleans())
+  kv_len = draw(st.lists(st.integers(0, S), min_size=B, max_size=B)) if lengths else None
+  seed = draw(st.integers(0, 2**31 - 1))
+  return B, T, S, Nkv, G, D, Dv, causal, window, kv_len, seed
+
+
+@pytest.mark.skipif("pallas" not in impls("attention"),
+                    reason="no Pallas attention kernel here")
+def test_attention_property_kernel_tiles():
+  # Compiled on a GPU each example is a second; interpreted on CPU, tens of seconds.
+  @settings(max_examples=10 if ON_GPU else 2, deadline=None, derandomize=False,
+            suppress_health_check=list(HealthCheck))
+  @given(kernel_tiles_case())
+  def check(case):
+    B, T, S, Nkv, G, D, Dv, causal, window, kv_len, seed = case
+    rng = np.random.default_rng(seed)
+    Nq = Nkv * G
+    q, k, v = (randn(rng, (B, T, Nq, D), jnp.bfloat16), randn(rng, (B, S, Nkv, D), jnp.bfloat16),
+               randn(rng, (B, S, Nkv, Dv), jnp.bfloat16))
+    kl = None if kv_len is None else jnp.asarray(kv_len, jnp.int32)
+    o, lse = jattn.attention(q, k, v, kv_lengths=kl, return_lse=True, causal=causal,
+                             sliding_window=window, implementation="pallas")
+    var = jattn.api.build_variant("attention", causal, window, None)
+    ro, rlse = oracle(reference.attention, q, k, v, sm_scale=D ** -0.5, variant=var,
+                      kv_lengths=kl)
+    assert_close(o, ro, jnp.bfloat16, what=str(case))
+    assert_lse_close(lse, rlse, jnp.bfloat16, what=f"lse {case}")
 
   check()
