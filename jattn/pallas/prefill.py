@@ -782,10 +782,7 @@ def attention(q, k, v, *, sm_scale, variant, q_lengths, kv_lengths, interpret=Fa
     config = pick_config("attention", q, k, v, batch=B, q_len=T, kv_len=S, variant=variant,
                          interpret=interpret)
   lens = _lens(B, T, S, q_lengths, kv_lengths)
-  if lens is None and T <= 2 * config.block_q:
-    # One q tile and compile-time lengths make every loop bound of the kernels a
-    # constant, and compiled so, causal calls whose masked KV loop runs >= 2 tiles hung on
-    # an H100 (T 64..128 over S=160; benchmarks/NOTES.md, session 4). As data they run.
+  if lens is None and T <= 2 * config.block_q:   # one q tile: see the module docstring
     lens = _lens(B, T, S, jnp.full((B,), T, jnp.int32), None)
   q, k = token_transforms(q, k, variant, q_lengths, kv_lengths)
   return _attention_core(q, k, v, lens, _kernel_variant(variant), float(sm_scale), config,
