@@ -10,7 +10,8 @@ Workloads `block_sparse_t8192_h32_d128_b64_density{0.1,0.3,0.5}`: B=1, T=S=8192,
 block row exactly round(density * 128) distinct key blocks drawn uniformly (13, 38, 64
 blocks: real densities 0.1016, 0.2969, 0.5). The layout is a jit argument, so the
 per-call tile-list build (jnp, `tile_lists`) is inside the timed call; it is also timed
-alone, and the kernel alone with the lists built once outside. Dense FLOPs = 4 B N T S D;
+alone, and calls with a plan made once (`jattn.plan_block_sparse`) time the kernel alone,
+also with the persistent grid (`Config(persistent=True)`). Dense FLOPs = 4 B N T S D;
 a block-sparse row's FLOPs are that times its real density (x 3.5 for fwd+bwd).
 Timing: `benchmarks.timing.bench` (median of 7 repetitions of <= 20 calls).
 """
@@ -18,6 +19,7 @@ Timing: `benchmarks.timing.bench` (median of 7 repetitions of <= 20 calls).
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import os
 import time
 import traceback
@@ -85,7 +87,7 @@ def run_checks(results):
     results["checks"].append(row)
 
 
-def run_timing(results, deadline):
+def run_timing(results, deadline, only=None):
   B, T, Nq, D = 1, 8192, 32, 128
   ks = jax.random.split(jax.random.key(0), 3)
   q, k, v = (rand(kk, (B, T, Nq, D)) for kk in ks)
@@ -102,32 +104,43 @@ def run_timing(results, deadline):
                         (q, k, v), 1.0)))
   rows.append(("dense pallas block_kv=64", None,
                lambda: (dense(P.Config(block_kv=64)), (q, k, v), 1.0)))
+  rows.append(("dense pallas persistent", None,
+               lambda: (dense(P.Config(persistent=True)), (q, k, v), 1.0)))
+  fn = jax.jit(lambda q, k, v, lay: jattn.block_sparse_attention(q, k, v, lay))
+  planned = jax.jit(lambda q, k, v, lay, plan: jattn.block_sparse_attention(
+      q, k, v, lay, plan=plan))
+
+  def kernel(cfg):   # the kernel alone (plan given) with a chosen config
+    return jax.jit(lambda q, k, v, lay, plan: PB.block_sparse_attention(
+        q, k, v, lay, sm_scale=D ** -0.5, variant=V.Variant(), plan=plan, config=cfg)[0])
+
   for d in (0.1, 0.3, 0.5):
     lay = bs.random_layout(Nq, T, T, 64, d, seed=0)
+    plan = jattn.plan_block_sparse(lay, T, T)
     real = float(np.asarray(lay.block_mask).mean())
-    fn = jax.jit(lambda q, k, v, lay: jattn.block_sparse_attention(q, k, v, lay))
-    rows.append((f"block_sparse density{d}", d, lambda fn=fn, lay=lay, real=real:
-                 (fn, (q, k, v, lay), real)))
-  for d in (0.1, 0.5):   # the kernel alone: tile lists built once, outside the call
-    lay = bs.random_layout(Nq, T, T, 64, d, seed=0)
-    lists = PB.tile_lists(lay, T, T, V.Variant(), T // 64, T // 64)
-    core = jax.jit(lambda q, k, v, r, c: PB._core(q, k, v, r, c, V.Variant(), D ** -0.5,
-                                                  PB.Config(), False, False)[0])
-    rows.append((f"block_sparse density{d} lists prebuilt", d, lambda core=core, lists=lists,
-                 real=float(np.asarray(lay.block_mask).mean()): (core, (q, k, v, *lists), real)))
+    rows.append((f"block_sparse density{d}", d,
+                 lambda lay=lay, real=real: (fn, (q, k, v, lay), real)))
+    rows.append((f"block_sparse density{d} plan", d,
+                 lambda lay=lay, plan=plan, real=real: (planned, (q, k, v, lay, plan), real)))
+    rows.append((f"block_sparse density{d} plan persistent", d,
+                 lambda lay=lay, plan=plan, real=real: (
+                     kernel(PB.Config(persistent=True)), (q, k, v, lay, plan), real)))
   lay = bs.random_layout(Nq, T, T, 64, 0.1, seed=0)
   rows.append(("tile_lists alone (density0.1)", 0.1, lambda: (
-      jax.jit(lambda lay: PB.tile_lists(lay, T, T, V.Variant(), 128, 128)[0]), (lay,), None)))
+      jax.jit(lambda lay: PB.tile_lists(lay, T, T, V.Variant())[0]), (lay,), None)))
   do = rand(jax.random.key(9), (B, T, Nq, D))
   rows.append(("fwd+bwd dense jattn.attention", None, lambda: (
       jax.jit(lambda q, k, v: jax.vjp(lambda *a: jattn.attention(*a), q, k, v)[1](do)),
       (q, k, v), 3.5)))
-  rows.append(("fwd+bwd block_sparse density0.1", 0.1, lambda: (
-      jax.jit(lambda q, k, v, lay: jax.vjp(lambda *a: jattn.block_sparse_attention(*a, lay),
-                                           q, k, v)[1](do)),
-      (q, k, v, lay), 3.5 * float(np.asarray(lay.block_mask).mean()))))
+  rows.append(("fwd+bwd block_sparse density0.1 plan", 0.1, lambda: (
+      jax.jit(lambda q, k, v, lay, plan: jax.vjp(
+          lambda *a: jattn.block_sparse_attention(*a, lay, plan=plan), q, k, v)[1](do)),
+      (q, k, v, lay, jattn.plan_block_sparse(lay, T, T)),
+      3.5 * float(np.asarray(lay.block_mask).mean()))))
 
   for label, d, make in rows:
+    if only and not any(fnmatch.fnmatch(label, pat) for pat in only.split(",")):
+      continue
     if time.time() - T0 > deadline:
       log("deadline reached; skipping", label)
       continue
@@ -147,9 +160,8 @@ def run_timing(results, deadline):
   by = {r["impl"]: r for r in results["timing"] if "ms" in r}
   base = by.get("dense jattn.attention[pallas]")
   if base:
-    for d in (0.1, 0.3, 0.5):
-      r = by.get(f"block_sparse density{d}")
-      if r:
+    for r in results["timing"]:
+      if "ms" in r and r.get("real_density") and r["impl"].startswith("block_sparse"):
         r["speedup_vs_dense"] = base["ms"] / r["ms"]
         r["ratio_to_density_x_dense"] = r["ms"] / (r["real_density"] * base["ms"])
 
@@ -159,11 +171,12 @@ def main():
   ap.add_argument("--out", default=os.environ.get("OUT", "."))
   ap.add_argument("--deadline", type=float, default=200.0)
   ap.add_argument("--no-checks", action="store_true")
+  ap.add_argument("--rows", default=None, help="comma-separated fnmatch patterns of rows")
   args = ap.parse_args()
   results = probe_results()
   if not args.no_checks:
     run_checks(results)
-  run_timing(results, args.deadline)
+  run_timing(results, args.deadline, args.rows)
   write_probe(results, os.path.join(args.out, "block_sparse_probe.json"), _timing_line)
 
 

@@ -235,23 +235,57 @@ def timing_rows():
         ours(c, P.Config(persistent=True, heavy_first=False)))
   dense(main, "fwd+bwd causal", "jattn", ours(c), fwd_bwd=True)
   dense(main, "fwd+bwd causal", "cudnn", cudnn(True), fwd_bwd=True)
-  def append():
-    """append_b8_q256_kv4096_gqa32x8: 256 new queries per sequence against 4096 cached
-    tokens (page 16, shuffled pages), causal bottom-right."""
-    B, Tq, S, Nq, Nkv, D, ps = 8, 256, 4096, 32, 8, 128, 16
+  B, Tq, S, Nq, Nkv, D = 8, 256, 4096, 32, 8, 128   # append_b8_q256_kv4096_gqa32x8
+  append_flops = 4 * B * Nq * D * sum(S - Tq + t + 1 for t in range(Tq))
+
+  def append(ps, cfg=None):
+    """256 new queries per sequence against 4096 cached tokens (the 256 included),
+    shuffled pages of `ps` tokens, causal bottom-right; `cfg` a prefill.Config."""
+    def make():
+      ks = jax.random.split(jax.random.key(5), 3)
+      M = S // ps
+      perm = np.random.default_rng(1).permutation(B * M)
+      table = jnp.asarray(perm.reshape(B, M), jnp.int32)
+      cache = jattn.PagedKVCache(rand(ks[1], (B * M, ps, Nkv, D), jnp.bfloat16),
+                                 rand(ks[2], (B * M, ps, Nkv, D), jnp.bfloat16))
+      q = rand(ks[0], (B * Tq, Nq, D), jnp.bfloat16)
+      qo = jnp.arange(B + 1, dtype=jnp.int32) * Tq
+      kl = jnp.full((B,), S, jnp.int32)
+      if cfg is None:
+        fn = jax.jit(lambda q, c, t, kl, qo: jattn.prefill(q, c, t, kl, qo, causal=True))
+      else:
+        fn = jax.jit(lambda q, c, t, kl, qo: P.prefill(
+            q, c, t, kl, qo, sm_scale=D ** -0.5, variant=c_var, config=cfg)[0])
+      return fn, (q, cache, table, kl, qo), append_flops
+    return make
+
+  def append_ragged():
+    """The same work with packed contiguous K/V (`prefill_ragged`: no pages)."""
     ks = jax.random.split(jax.random.key(5), 3)
-    M = S // ps
-    perm = np.random.default_rng(1).permutation(B * M)
-    table = jnp.asarray(perm.reshape(B, M), jnp.int32)
-    cache = jattn.PagedKVCache(rand(ks[1], (B * M, ps, Nkv, D), jnp.bfloat16),
-                               rand(ks[2], (B * M, ps, Nkv, D), jnp.bfloat16))
     q = rand(ks[0], (B * Tq, Nq, D), jnp.bfloat16)
+    k, v = (rand(kk, (B * S, Nkv, D), jnp.bfloat16) for kk in ks[1:])
     qo = jnp.arange(B + 1, dtype=jnp.int32) * Tq
-    kl = jnp.full((B,), S, jnp.int32)
-    fn = jax.jit(lambda q, c, t, kl, qo: jattn.prefill(q, c, t, kl, qo, causal=True))
-    flops = 4 * B * Nq * D * sum(S - Tq + t + 1 for t in range(Tq))
-    return fn, (q, cache, table, kl, qo), flops
-  rows.append(("append B8 q256 kv4096 Hq32 Hkv8 page16", "append causal", "jattn paged", append))
+    ko = jnp.arange(B + 1, dtype=jnp.int32) * S
+    fn = jax.jit(lambda q, k, v, qo, ko: jattn.prefill_ragged(q, k, v, qo, ko, causal=True))
+    return fn, (q, k, v, qo, ko), append_flops
+
+  def append_dense():
+    """The same work as dense `jattn.attention` (q [B,256], k/v [B,4096])."""
+    ks = jax.random.split(jax.random.key(5), 3)
+    q = rand(ks[0], (B, Tq, Nq, D), jnp.bfloat16)
+    k, v = (rand(kk, (B, S, Nkv, D), jnp.bfloat16) for kk in ks[1:])
+    return (jax.jit(lambda q, k, v: jattn.attention(q, k, v, causal=True)), (q, k, v),
+            append_flops)
+
+  c_var = c
+  shape = "append B8 q256 kv4096 Hq32 Hkv8"
+  rows.append((shape, "append causal", "jattn paged page16", append(16)))
+  rows.append((shape, "append causal", "jattn paged page64", append(64)))
+  rows.append((shape, "append causal", "jattn paged page128", append(128)))
+  rows.append((shape, "append causal", "jattn ragged (packed, no pages)", append_ragged))
+  rows.append((shape, "append causal", "jattn dense attention", append_dense))
+  rows.append((shape, "append causal", "jattn paged page16 persistent",
+               append(16, P.Config(persistent=True))))
 
   def matmul():
     ks = jax.random.split(jax.random.key(6), 2)

@@ -10,6 +10,7 @@ from jattn.api import (append_kv, attention, block_sparse_attention, decode, mer
 from jattn.cache import PagedKVCache
 from jattn.dispatch import implementations
 from jattn.plan import DecodePlan, plan_decode
+from jattn.block_sparse import BlockSparsePlan, plan as plan_block_sparse
 from jattn.variants import Context, Variant, compose
 from jattn import ring, sharding
 from jattn.ring import ring_attention
@@ -23,7 +24,7 @@ __all__ = [
     "attention", "decode", "prefill", "prefill_ragged", "merge_states", "append_kv",
     "mla_decode", "mla_append", "block_sparse_attention", "block_sparse",
     "PagedKVCache", "Variant", "Context", "compose", "variants", "implementations",
-    "plan_decode", "DecodePlan",
+    "plan_decode", "DecodePlan", "plan_block_sparse", "BlockSparsePlan",
     "ring_attention", "ring", "sharding", "ShardingError",
     "bench", "apply",
 ]

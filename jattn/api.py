@@ -447,12 +447,14 @@ def mla_append(ckv_cache, kpe_cache, ckv_new, kpe_new, page_table, batch_ids, po
 def block_sparse_attention(q, k, v, layout, *, causal: bool = False,
                            sm_scale: Optional[float] = None,
                            variant: Optional[V.Variant] = None, return_lse: bool = False,
-                           implementation: Optional[str] = None):
+                           plan=None, implementation: Optional[str] = None):
   """Attention over the (query block, key block) tiles a `BlockSparseLayout` lists.
 
   q [B,T,Nq,D], k/v [B,S,Nkv,D|Dv]; the layout (`jattn.block_sparse`) covers (T, S) with
   one shared or Nq per-head block masks; query t sees key s iff its tile is listed (and
-  the variant keeps it). Rows that see nothing return 0.
+  the variant keeps it). Rows that see nothing return 0. `plan` (from
+  `jattn.plan_block_sparse(layout, T, S, causal=..., variant=...)`) holds the kernel's
+  tile lists, made once per layout instead of in every call.
 
   >>> layout = jattn.block_sparse.local_global(T, S, block=64, window_blocks=4)
   >>> o = jattn.block_sparse_attention(q, k, v, layout)
@@ -480,10 +482,17 @@ def block_sparse_attention(q, k, v, layout, *, causal: bool = False,
                 f"inputs (T, S) = {(T, S)} need {(-(-T // R), -(-S // C))}")
   var = build_variant(op, causal, None, None, variant)
   _check_params(op, var, Nq)
+  if plan is not None:
+    from jattn.block_sparse import BlockSparsePlan
+    if not isinstance(plan, BlockSparsePlan):
+      raise TypeError(f"jattn.{op}: plan must come from jattn.plan_block_sparse")
+    why = plan.mismatch(layout, T, S, var)
+    if why is not None:
+      _fail(op, f"the plan was made for another call: {why}")
   spec = dispatch.Spec(op=op, platform=dispatch.current_platform(), dtype=q.dtype,
                        kv_dtype=k.dtype, head_dim=D, v_head_dim=v.shape[3], num_q_heads=Nq,
                        num_kv_heads=Nkv, variant=var, q_len=T, kv_len=S, batch=B,
                        extra=(("block_size", layout.block_size),))
   out, lse = _run(spec, implementation, q, k, v, layout, sm_scale=_scale(sm_scale, D),
-                  variant=var)
+                  variant=var, plan=plan)
   return _ret(out, lse, return_lse)

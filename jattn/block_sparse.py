@@ -95,6 +95,58 @@ class BlockSparseLayout:
     return Variant(logits_mask=logits_mask, name="block_sparse")
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class BlockSparsePlan:
+  """The Pallas kernel's tile lists for one layout at one (q_len, kv_len) and mask, made
+  once by `plan` and reused by every call that passes it (FlashInfer's plan/run split:
+  one plan per layout, every layer runs it). Without a plan each call builds its lists.
+
+  rows int32 [Hl, q_tiles, 2 + kv_tiles]: per 64-row q tile, [count, mask-free count,
+  kv tile ids...]; cols int32 [Hl, kv_tiles, 2 + q_tiles]: the transposed lists (the
+  backward's dK/dV). The static fields record what the lists were built for;
+  `jattn.block_sparse_attention` refuses a plan whose fields differ from its call.
+  Implementations other than the Pallas kernel ignore the plan (their results are the
+  same without it)."""
+
+  rows: Any
+  cols: Any
+  q_len: int = dataclasses.field(metadata=dict(static=True))
+  kv_len: int = dataclasses.field(metadata=dict(static=True))
+  num_heads: int = dataclasses.field(metadata=dict(static=True))
+  band: Any = dataclasses.field(metadata=dict(static=True))
+  custom_mask: bool = dataclasses.field(metadata=dict(static=True))
+
+  def mismatch(self, layout: BlockSparseLayout, q_len: int, kv_len: int,
+               variant: Variant) -> Optional[str]:
+    """None if the plan serves this call, else what differs."""
+    want = dict(q_len=q_len, kv_len=kv_len, num_heads=layout.num_heads, band=variant.band,
+                custom_mask=variant.has_custom_mask)
+    diff = [f"{k} {getattr(self, k)!r} (call: {v!r})" for k, v in want.items()
+            if getattr(self, k) != v]
+    return "; ".join(diff) or None
+
+
+def plan(layout: BlockSparseLayout, q_len: int, kv_len: int, *, causal: bool = False,
+         variant: Optional[Variant] = None) -> BlockSparsePlan:
+  """Tile lists of `layout` for `jattn.block_sparse_attention(..., plan=...)` calls with
+  these (q_len, kv_len), `causal` and `variant` (only its mask band and whether it has a
+  custom mask matter). Works on host or device arrays and under jit.
+
+  >>> p = jattn.plan_block_sparse(layout, T, S)
+  >>> o = jattn.block_sparse_attention(q, k, v, layout, plan=p)
+  """
+  from jattn import api
+  from jattn.pallas import block_sparse as kernel
+  why = kernel.layout_reason(layout)
+  if why is not None:
+    raise ValueError(f"jattn.plan_block_sparse: {why}")
+  var = api.build_variant("plan_block_sparse", causal, None, None, variant)
+  rows, cols = kernel.tile_lists(layout, q_len, kv_len, var)
+  return BlockSparsePlan(rows, cols, int(q_len), int(kv_len), layout.num_heads, var.band,
+                         var.has_custom_mask)
+
+
 def _fixed_offsets(n_blocks, size, heads):
   off = jnp.arange(n_blocks + 1, dtype=jnp.int32) * size
   return jnp.broadcast_to(off, (heads, n_blocks + 1))

@@ -92,7 +92,7 @@ def _free(named, leaf):   # merge_states: every dim of lse (and o but its last) 
 
 ROLES = {
     "attention": _DENSE,
-    "block_sparse_attention": {**_DENSE, "layout": _layout_roles},
+    "block_sparse_attention": {**_DENSE, "layout": _layout_roles, "plan": _layout_roles},
     "decode": {"q": ("bh.", "B,Nq,D"), **_CACHE, "page_table": ("b.", "B,max_pages"),
                "kv_lens": ("b", "B"), **_VARIANT},
     "prefill": {"q": (".h.", "Tq,Nq,D"), **_CACHE, **_VARIANT},

@@ -40,5 +40,5 @@ def mla_decode(q_nope, q_pe, ckv_cache, kpe_cache, page_table, kv_lens, *, sm_sc
                               sm_scale=sm_scale, ckv_scale=ckv_scale, kpe_scale=kpe_scale)
 
 
-def block_sparse_attention(q, k, v, layout, *, sm_scale, variant, interpret=False):
+def block_sparse_attention(q, k, v, layout, *, sm_scale, variant, plan=None, interpret=False):
   return reference.block_sparse_attention(q, k, v, layout, sm_scale=sm_scale, variant=variant)

@@ -186,6 +186,56 @@ def test_block_sparse_64_grad(impl, rng):
     assert_close(a, b, jnp.bfloat16, what=f"{impl} d{name}")
 
 
+@pytest.mark.parametrize("impl", impl_params("block_sparse_attention"))
+def test_block_sparse_plan(impl, rng):
+  """A plan made once (here under jit, from a traced layout) and passed to jitted calls:
+  same answer as the oracle, forward and backward (the backward reads the plan's
+  transposed lists)."""
+  B, T, S, Nq, Nkv, D = 1, 192, 256, 4, 2, 32
+  q, k, v, lay = _bs64_inputs(rng, B, T, S, Nq, Nkv, D, Nq)
+  plan = jax.jit(lambda l: jattn.plan_block_sparse(l, T, S, causal=True))(lay)
+  assert plan.rows.shape == (Nq, 4, 2 + 4) and plan.num_heads == Nq
+
+  @jax.jit
+  def f(q, k, v, lay, plan):
+    return jattn.block_sparse_attention(q, k, v, lay, causal=True, plan=plan,
+                                        return_lse=True, implementation=impl)
+
+  o, lse = f(q, k, v, lay, plan)
+  mask = lay.element_mask(T, S)
+  ro, rl = _dense_oracle(q, k, v, mask, V.causal())
+  assert_close(o, ro, jnp.bfloat16, what=f"{impl} with plan")
+  assert_lse_close(lse, rl, jnp.bfloat16)
+  do = randn(rng, (B, T, Nq, D), jnp.float32)
+  g = jax.grad(lambda q, k, v: jnp.sum(f(q, k, v, lay, plan)[0].astype(jnp.float32) * do),
+               argnums=(0, 1, 2))(q, k, v)
+
+  def ref_loss(q, k, v, do):
+    keep = lambda ctx: mask[ctx.head, ctx.q_pos - (S - T), ctx.kv_pos]
+    return jnp.sum(reference.attention(
+        q, k, v, sm_scale=D ** -0.5,
+        variant=V.compose(V.Variant(logits_mask=keep), V.causal()))[0] * do)
+
+  rg = oracle(jax.grad(ref_loss, argnums=(0, 1, 2)), q, k, v, do)
+  for name, a, b in zip("qkv", g, rg):
+    assert_close(a, b, jnp.bfloat16, what=f"{impl} d{name} with plan")
+
+
+def test_block_sparse_plan_errors(rng):
+  q, k, v, lay = _bs64_inputs(rng, 1, 128, 128, 2, 2, 16, 1)
+  plan = jattn.plan_block_sparse(lay, 128, 128)
+  for kw, what in ((dict(causal=True), "band"), (dict(variant=V.Variant(
+      logits_mask=lambda ctx: ctx.kv_pos > 3)), "custom_mask")):
+    with pytest.raises(ValueError, match=f"another call.*{what}"):
+      jattn.block_sparse_attention(q, k, v, lay, plan=plan, **kw)
+  with pytest.raises(ValueError, match="q_len"):
+    jattn.block_sparse_attention(q[:, :100], k, v, lay, plan=plan)
+  with pytest.raises(TypeError, match="plan_block_sparse"):
+    jattn.block_sparse_attention(q, k, v, lay, plan=(plan.rows, plan.cols))
+  with pytest.raises(ValueError, match="multiples of 64"):
+    jattn.plan_block_sparse(bs.from_dense(np.ones((4, 4), bool), (32, 32)), 128, 128)
+
+
 def test_block_sparse_kernel_passes_over_small_blocks():
   from jattn.pallas import block_sparse as PB
   spec = jattn.dispatch.Spec(op="block_sparse_attention", platform="gpu", dtype=jnp.bfloat16,

@@ -7,9 +7,9 @@ Layouts (public API, BTNH): q [B,T,Nq,D], k [B,S,Nkv,D], v [B,S,Nkv,Dv] -> o [B,
 lse [B,T,Nq]; query t sees key s iff the layout lists their (block, block) tile and the
 variant keeps (q_pos, kv_pos) = (S - T + t, s). Rows that see no key give 0 and lse -inf.
 
-Tile lists (`tile_lists`, jnp before the call, once per call): the layout's blocks are
-expanded to 64 x 64 kernel tiles (so fixed block sizes must be multiples of 64), cut to
-the variant's band, and each 64-row q tile gets the ascending list of its kv tiles, whole
+Tile lists (`tile_lists`, jnp, in each call, or once per layout with
+`jattn.plan_block_sparse`): the layout's blocks are expanded to 64 x 64 kernel tiles (so
+fixed block sizes must be multiples of 64), cut to the variant's band, and each 64-row q tile gets the ascending list of its kv tiles, whole
 tiles first (no mask code: inside the band and below S) then edge tiles (mask evaluated
 elementwise: band edges, custom masks). Table int32 [Hl, rows, 2 + nkt]:
 [n, n_whole, tile ids...]; Hl = 1 (shared) or Nq (per head). The forward's CTA covers
@@ -57,13 +57,21 @@ def supports(spec) -> Optional[str]:
   why = P.operand_reason(spec, max_head_dim=128)
   if why is not None:
     return why
-  block = dict(spec.extra).get("block_size")
+  return _block_reason(dict(spec.extra).get("block_size"))
+
+
+def _block_reason(block) -> Optional[str]:
   if block is None:
     return ("variable block sizes: the kernel needs fixed blocks whose sides are "
             f"multiples of {TILE} (the xla implementation serves any layout)")
   if block[0] % TILE or block[1] % TILE:
     return f"block size {tuple(block)}: the kernel needs multiples of {TILE}"
   return None
+
+
+def layout_reason(layout) -> Optional[str]:
+  """None if the kernel can iterate `layout`, else the reason."""
+  return _block_reason(layout.block_size)
 
 
 # ----------------------------------------------------------------------------- tile lists
@@ -91,9 +99,11 @@ def _sorted_lists(keep, whole, n_rows):
   return jnp.pad(table, ((0, 0), (0, n_rows - table.shape[1]), (0, 0)))
 
 
-def tile_lists(layout, T: int, S: int, variant: Variant, rows_pad: int, cols_pad: int):
+def tile_lists(layout, T: int, S: int, variant: Variant):
   """(rows int32 [Hl, rows_pad, 2 + nkt], cols int32 [Hl, cols_pad, 2 + nqt]): the
-  kv-tile list of each q tile and the q-tile list of each kv tile (see module doc)."""
+  kv-tile list of each q tile and the q-tile list of each kv tile (see module doc), padded
+  with empty lists to whole CTAs (two tiles)."""
+  rows_pad, cols_pad = -(-T // (2 * TILE)) * 2, -(-S // (2 * TILE)) * 2
   tm = _expand(layout, T, S)
   nqt, nkt = tm.shape[1:]
   r = jnp.arange(nqt, dtype=jnp.int32)
@@ -214,14 +224,15 @@ def _core_bwd(sm_scale, cfg, per_head, interpret, res, cts):
 _core.defvjp(_core_fwd, _core_bwd)
 
 
-def block_sparse_attention(q, k, v, layout, *, sm_scale, variant, interpret=False,
-                           config: Optional[Config] = None):
-  """`jattn.block_sparse_attention` on the kernels. Returns (o, lse [B,T,Nq])."""
+def block_sparse_attention(q, k, v, layout, *, sm_scale, variant, plan=None,
+                           interpret=False, config: Optional[Config] = None):
+  """`jattn.block_sparse_attention` on the kernels; `plan` (a checked
+  `jattn.block_sparse.BlockSparsePlan`) supplies the tile lists, else they are built here.
+  Returns (o, lse [B,T,Nq])."""
   T, S = q.shape[1], k.shape[1]
   cfg = config or Config(persistent=bool(interpret))
   q, k = P.token_transforms(q, k, variant, None, None)
   kvar = P._kernel_variant(variant)
-  rows, cols = tile_lists(layout, T, S, kvar, -(-T // (2 * TILE)) * 2,
-                          -(-S // (2 * TILE)) * 2)
+  rows, cols = (plan.rows, plan.cols) if plan is not None else tile_lists(layout, T, S, kvar)
   return _core(q, k, v, rows, cols, kvar, float(sm_scale), cfg, layout.num_heads > 1,
                interpret)
