@@ -11,7 +11,7 @@ block row exactly round(density * 128) distinct key blocks drawn uniformly (13, 
 blocks: real densities 0.1016, 0.2969, 0.5). The layout is a jit argument, so the
 per-call tile-list build (jnp, `tile_lists`) is inside the timed call; it is also timed
 alone, and calls with a plan made once (`jattn.plan_block_sparse`) time the kernel alone,
-also with the persistent grid (`Config(persistent=True)`). Dense FLOPs = 4 B N T S D;
+also with one CTA per item (`Config(persistent=False)`; the default grid is persistent). Dense FLOPs = 4 B N T S D;
 a block-sparse row's FLOPs are that times its real density (x 3.5 for fwd+bwd).
 Timing: `benchmarks.timing.bench` (median of 7 repetitions of <= 20 calls).
 """
@@ -106,7 +106,7 @@ def run_timing(results, deadline, only=None):
                lambda: (dense(P.Config(block_kv=64)), (q, k, v), 1.0)))
   rows.append(("dense pallas persistent", None,
                lambda: (dense(P.Config(persistent=True)), (q, k, v), 1.0)))
-  fn = jax.jit(lambda q, k, v, lay: jattn.block_sparse_attention(q, k, v, lay))
+  per_call = jax.jit(lambda q, k, v, lay: jattn.block_sparse_attention(q, k, v, lay))
   planned = jax.jit(lambda q, k, v, lay, plan: jattn.block_sparse_attention(
       q, k, v, lay, plan=plan))
 
@@ -119,12 +119,12 @@ def run_timing(results, deadline, only=None):
     plan = jattn.plan_block_sparse(lay, T, T)
     real = float(np.asarray(lay.block_mask).mean())
     rows.append((f"block_sparse density{d}", d,
-                 lambda lay=lay, real=real: (fn, (q, k, v, lay), real)))
+                 lambda lay=lay, real=real: (per_call, (q, k, v, lay), real)))
     rows.append((f"block_sparse density{d} plan", d,
                  lambda lay=lay, plan=plan, real=real: (planned, (q, k, v, lay, plan), real)))
-    rows.append((f"block_sparse density{d} plan persistent", d,
+    rows.append((f"block_sparse density{d} plan one CTA per item", d,
                  lambda lay=lay, plan=plan, real=real: (
-                     kernel(PB.Config(persistent=True)), (q, k, v, lay, plan), real)))
+                     kernel(PB.Config(persistent=False)), (q, k, v, lay, plan), real)))
   lay = bs.random_layout(Nq, T, T, 64, 0.1, seed=0)
   rows.append(("tile_lists alone (density0.1)", 0.1, lambda: (
       jax.jit(lambda lay: PB.tile_lists(lay, T, T, V.Variant())[0]), (lay,), None)))

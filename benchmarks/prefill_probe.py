@@ -13,6 +13,7 @@ dense 4 B Nq T S D); the window row reports time only.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import os
 import statistics
@@ -212,6 +213,16 @@ def timing_rows():
     return lambda q, k, v: P.attention(q, k, v, sm_scale=q.shape[-1] ** -0.5, variant=var,
                                        q_lengths=None, kv_lengths=None, config=cfg)[0]
 
+  def ours_with(var, change):
+    """`ours` with the config the op would pick (tuned or default), changed by `change`."""
+    def f(q, k, v):
+      cfg = P.pick_config("attention", q, k, v, batch=q.shape[0], q_len=q.shape[1],
+                          kv_len=k.shape[1], variant=var, interpret=False)
+      return ours(var, change(cfg))(q, k, v)
+    return f
+
+  light = lambda cfg: dataclasses.replace(cfg, persistent=True, heavy_first=False)
+
   def cudnn(causal, window=None):
     return lambda q, k, v: jax.nn.dot_product_attention(
         q, k, v, is_causal=causal, local_window_size=window, implementation="cudnn")
@@ -259,6 +270,35 @@ def timing_rows():
       return fn, (q, cache, table, kl, qo), append_flops
     return make
 
+  def append_parts(part):
+    """The paged page-16 call in two parts: the kernel alone on prebuilt slot-major
+    queries ("kernel"), or the XLA gathers around it alone ("gathers")."""
+    def make():
+      fn, (q, cache, table, kl, qo), flops = append(16)()
+      cfg = P.default_config(D, D)
+      rows_ = 2 * cfg.block_q
+      tiles, n_slots, row_map = P._slots(qo, q.shape[0], rows_)
+      qs = P._slot_queries(q, qo, tiles, rows_)
+      seq = jnp.stack([qo[1:] - qo[:-1], kl, jnp.zeros_like(kl)]).astype(jnp.int32)
+      geo = P.Packed(Nq, n_slots, rows_, True, 16, cache.k_pages.shape[0], cfg.block_kv)
+      out_types = (jax.ShapeDtypeStruct((n_slots, rows_, Nq, D), q.dtype),
+                   jax.ShapeDtypeStruct((Nq, n_slots, rows_), jnp.float32))
+      if part == "kernel":
+        f = jax.jit(lambda qs, k, v, tiles, seq, table: P.run_forward(
+            P.Packed(Nq, n_slots, rows_, True, 16, k.shape[0], cfg.block_kv), qs, k, v,
+            [tiles, seq, table], out_types, c_var, sm_scale=D ** -0.5, cfg=cfg, head_dim=D,
+            v_head_dim=D, group=Nq // Nkv, interpret=False))
+        return f, (qs, cache.k_pages, cache.v_pages, tiles, seq, table), flops
+      del geo
+      o = jnp.zeros(out_types[0].shape, q.dtype)
+      lse = jnp.zeros(out_types[1].shape, jnp.float32)
+
+      def gathers(q, qo, o, lse):
+        tiles, _, row_map = P._slots(qo, q.shape[0], rows_)
+        return P._slot_queries(q, qo, tiles, rows_), P._gather_rows(o, lse, row_map)
+      return jax.jit(gathers), (q, qo, o, lse), None
+    return make
+
   def append_ragged():
     """The same work with packed contiguous K/V (`prefill_ragged`: no pages)."""
     ks = jax.random.split(jax.random.key(5), 3)
@@ -286,57 +326,81 @@ def timing_rows():
   rows.append((shape, "append causal", "jattn dense attention", append_dense))
   rows.append((shape, "append causal", "jattn paged page16 persistent",
                append(16, P.Config(persistent=True))))
+  rows.append((shape, "append causal", "jattn paged page16 kernel only", append_parts("kernel")))
+  rows.append((shape, "append causal", "jattn paged page16 gathers only", append_parts("gathers")))
 
   def matmul():
     ks = jax.random.split(jax.random.key(6), 2)
     a, b = rand(ks[0], (8192, 8192), jnp.bfloat16), rand(ks[1], (8192, 8192), jnp.bfloat16)
     return jax.jit(lambda a, b: a @ b), (a, b), 2 * 8192 ** 3
   rows.append(("8192^3", "matmul", "xla bf16", matmul))
-  dense(main, "dense", "jattn", ours(V.Variant(name="dense")))
+  nc = V.Variant(name="dense")
+  dense(main, "dense", "jattn", ours(nc))
+  dense(main, "dense", "jattn persistent light-first", ours_with(nc, light))
   dense(main, "dense", "cudnn", cudnn(False))
+  dense(main, "dense", "tokamax mosaic", tokamax(False))
   t8 = (1, 8192, 32, 32, 128)
   dense(t8, "causal", "jattn", ours(c))
+  dense(t8, "causal", "jattn persistent light-first", ours_with(c, light))
   dense(t8, "causal", "cudnn", cudnn(True))
-  dense(t8, "window1024", "jattn", ours(V.sliding_window(1024)))
+  dense(t8, "causal", "tokamax mosaic", tokamax(True))
+  w = V.sliding_window(1024)
+  dense(t8, "window1024", "jattn", ours(w))
+  dense(t8, "window1024", "jattn persistent light-first", ours_with(w, light))
   dense(t8, "window1024", "cudnn", cudnn(True, (1024, 0)))
   for shape in ((4, 4096, 32, 8, 128), (4, 4096, 32, 32, 64), (4, 4096, 16, 16, 256)):
     dense(shape, "causal", "jattn", ours(c))
+    dense(shape, "causal", "jattn persistent light-first", ours_with(c, light))
     dense(shape, "causal", "cudnn", cudnn(True))
+    dense(shape, "causal", "tokamax mosaic", tokamax(True))
 
   return rows
 
 
-def run_timing(results, only, deadline):
+def run_timing(results, only, deadline, rounds=1):
+  """Time the selected rows; with rounds > 1 every row is compiled once and then timed
+  once per round, rows interleaved (A B C A B C ...), so that clock drift over the run
+  falls on every row alike; a row's ms is the median of its rounds."""
+  made = []
   for shape, group, label, make in timing_rows():
-    if only and only not in f"{group} {label}":
+    if only and not any(o in f"{group} {label}" for o in only.split(",")):
       continue
     if time.time() - T0 > deadline:
       log("deadline reached; skipping", shape, group, label)
       continue
+    row = dict(shape=shape, group=group, impl=label)
     try:
       t = time.time()
       fn, args, flops = make()
-      sec = bench(fn, args)
-      row = dict(shape=shape, group=group, impl=label, ms=sec * 1e3,
-                 tflops=flops / sec / 1e12 if flops else None, wall_s=time.time() - t)
+      row.update(ms_rounds=[bench(fn, args) * 1e3], wall_s=time.time() - t)
+      made.append((row, fn, args, flops))
     except Exception as e:  # noqa: BLE001
-      row = dict(shape=shape, group=group, impl=label,
-                 error=f"{type(e).__name__}: {str(e)[:600]}")
+      row["error"] = f"{type(e).__name__}: {str(e)[:600]}"
     log("time", row)
     results["timing"].append(row)
+  for _ in range(rounds - 1):
+    for row, fn, args, _ in made:
+      if time.time() - T0 < deadline:
+        row["ms_rounds"].append(bench(fn, args) * 1e3)
+  for row, _, _, flops in made:
+    row["ms"] = statistics.median(row["ms_rounds"])
+    row["tflops"] = flops / row["ms"] / 1e9 if flops else None
+    if rounds > 1:
+      log("median", row)
 
 
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--out", default=os.environ.get("OUT", "."))
   ap.add_argument("--deadline", type=float, default=240.0)
-  ap.add_argument("--only", default="")
+  ap.add_argument("--only", default="", help="comma-separated substrings of 'group impl'")
   ap.add_argument("--no-checks", action="store_true")
+  ap.add_argument("--rounds", type=int, default=1, help="interleaved timing rounds")
   args = ap.parse_args()
   results = probe_results()
   if not args.no_checks:
     run_checks(results)
-  run_timing(results, args.only, args.deadline)
+  run_timing(results, args.only, args.deadline, args.rounds)
   write_probe(results, os.path.join(args.out, "prefill_probe.json"), _timing_line)
 
 
