@@ -181,9 +181,10 @@ def test_traces_and_workloads_round_trip_json(tmp_path):
 
 # ----------------------------------------------------------------------------- tuned table
 
-def _table(entries, device=DEVICE):
+def _table(entries, device=DEVICE, heuristic=None):
+  extra = {} if heuristic is None else {"heuristic_config": heuristic}
   return {"format": tuned.FORMAT, "device": device, "entries": {
-      k: {"kernel": "pallas_mosaic", "config": c} for k, c in entries.items()}}
+      k: {"kernel": "pallas_mosaic", "config": c, **extra} for k, c in entries.items()}}
 
 
 def test_tuned_lookup_by_bucket_and_fallback(monkeypatch):
@@ -204,8 +205,9 @@ def test_tuned_lookup_by_bucket_and_fallback(monkeypatch):
     assert tuned.current_table() is None and pick(T) == default       # no table: heuristic
   if not ON_GPU:
     assert tuned.current_table() is None      # tables ship for GPUs only
+  tuned_cfg = dataclasses.replace(default, **chosen)   # fields not tuned: the default's
   with tuned.use(_table({key: chosen})):
-    assert pick(T) == pallas_prefill.Config(**chosen) == pick(128)
+    assert pick(T) == tuned_cfg == pick(128)
     assert pick(129) == default                                          # other length bucket
     assert pick(T, jattn.variants.sliding_window(8)) == default          # other mask kind
     assert tuned.history[-1] == (key.replace("causal", "window"), None)
@@ -213,7 +215,7 @@ def test_tuned_lookup_by_bucket_and_fallback(monkeypatch):
     assert pick(T) == default                                            # tables are per device
   monkeypatch.setenv("JATTN_TUNED", "off")
   with tuned.use(_table({key: chosen})):
-    assert pick(T) == pallas_prefill.Config(**chosen)                    # use() beats the env
+    assert pick(T) == tuned_cfg                                          # use() beats the env
   assert pick(T) == default and tuned.current_table() is None
   # A tuned paged-prefill tile that cannot read the cache's pages is not used.
   pages = jax.ShapeDtypeStruct((10, 48, Nkv, D), jnp.bfloat16)
@@ -223,7 +225,14 @@ def test_tuned_lookup_by_bucket_and_fallback(monkeypatch):
     cfg = pallas_prefill.pick_config("prefill", jax.ShapeDtypeStruct((T, Nq, D), jnp.bfloat16),
                                      pages, pages, batch=B, q_len=T, kv_len=96, variant=var,
                                      interpret=False, page_size=48)
-    assert cfg == default and tuned.history[-1][0] == pkey
+    assert cfg == pallas_prefill.default_config(D, D, op="prefill")
+    assert tuned.history[-1][0] == pkey
+  # An entry tuned against another heuristic is stale: the kernel keeps today's heuristic.
+  now = {k: getattr(default, k) for k in chosen}
+  with tuned.use(_table({key: chosen}, heuristic=now)):
+    assert pick(T) == tuned_cfg
+  with tuned.use(_table({key: chosen}, heuristic={**now, "persistent": not default.persistent})):
+    assert pick(T) == default and tuned.history[-1] == (key, None)
 
 
 def test_tune_cli_tiny_interpret_and_dispatch_reads_the_table(tmp_path):
@@ -277,7 +286,8 @@ def test_tune_cli_tiny_interpret_and_dispatch_reads_the_table(tmp_path):
                          ids=lambda p: p.stem)
 def test_shipped_tables_come_from_their_traces_and_reach_the_kernels(path, monkeypatch):
   """Every packaged table: each entry is the fastest passed trace of its bucket in the
-  traces file beside it, and on its GPU the prefill kernel's config pick returns it."""
+  traces file beside it, and on its GPU the prefill kernel's config pick returns it
+  (unless it is stale)."""
   table = tuned.load(str(path))
   traces = bench.load_traces(str(path.parent / table["traces"]))
   assert table["entries"] and all(t.device == table["device"] for t in traces)
@@ -297,4 +307,7 @@ def test_shipped_tables_come_from_their_traces_and_reach_the_kernels(path, monke
     var = jattn.variants.causal() if w["causal"] else jattn.Variant()
     cfg = pallas_prefill.pick_config("attention", q, k, k, batch=w["batch"], q_len=w["q_len"],
                                      kv_len=w["kv_len"], variant=var, interpret=False)
-    assert cfg == pallas_prefill.Config(**entry["config"])
+    default = pallas_prefill.default_config(w["head_dim"], w["head_dim"])
+    stale = any(getattr(default, f) != v for f, v in entry["heuristic_config"].items())
+    # (a stale entry was tuned against an older heuristic: the kernel keeps today's)
+    assert cfg == (default if stale else dataclasses.replace(default, **entry["config"]))

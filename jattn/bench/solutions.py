@@ -165,7 +165,7 @@ def _prefill_valid(config: dict, spec) -> Optional[str]:
 def _prefill_heuristic(axes):
   def heuristic(spec, interpret):
     cfg = _module("jattn.pallas.prefill").default_config(spec.head_dim, spec.v_head_dim,
-                                                          interpret)
+                                                          interpret, spec.op)
     return {k: getattr(cfg, k) for k in axes}
   return heuristic
 

@@ -88,9 +88,9 @@ class Config:
   block_q: int = 64
   block_kv: int = 128
   num_stages: int = 2
-  heavy_first: bool = True   # start the q tiles with the most KV tiles first
-  # One CTA per SM looping over work items, prefetching the next item's Q and K/V (else
-  # one CTA per item). Measured slower on an H100 (see benchmarks/NOTES.md), so off.
+  heavy_first: bool = True   # dense op: start with the q tiles that see the most keys
+  # One CTA per SM looping over work items (snake order), prefetching the next item's Q
+  # and K/V (else one CTA per item). `default_config` says where each is used.
   persistent: bool = False
 
   def __post_init__(self):
@@ -99,16 +99,21 @@ class Config:
                        f"K) and block_q 64, got block_kv={self.block_kv}, block_q={self.block_q}")
 
 
-def default_config(head_dim: int, v_head_dim: int, interpret: Any = False) -> Config:
-  """Tiles by head dim. Interpreted on CPU, the persistent form runs on a 2-CTA grid:
-  the same kernel body, far fewer interpreted CTAs, and the cross-item path exercised."""
+def default_config(head_dim: int, v_head_dim: int, interpret: Any = False,
+                   op: str = "attention") -> Config:
+  """Tiles by head dim and op. The dense op (`attention`) runs persistent, q tiles in
+  natural (light-first) order: on an H200, 2-14 % faster than one CTA per tile on every
+  harness shape with head dim <= 128 (prefill probe run 4, interleaved rounds). The
+  packed ops keep one CTA per item (persistent was 28 % slower on the append workload).
+  Heads wider than 128: two Q buffers do not fit next to the K/V ring, one CTA per item.
+  Interpreted on CPU every op runs persistent on a 2-CTA grid: the same kernel body, far
+  fewer interpreted CTAs, and the cross-item path exercised."""
   d = max(head_dim, v_head_dim)
-  persistent = bool(interpret)
-  if d > 128:   # (two Q buffers do not fit next to the K/V ring: one CTA per item)
+  if d > 128:
     return Config(block_kv=64, num_stages=2)
-  if d <= 64:
-    return Config(block_kv=128, num_stages=3, persistent=persistent)
-  return Config(persistent=persistent)
+  dense = op == "attention"
+  return Config(block_kv=128, num_stages=3 if d <= 64 else 2,
+                persistent=bool(interpret) or dense, heavy_first=not dense)
 
 
 def page_fits(page_size: int, block_kv: int) -> bool:
@@ -120,15 +125,16 @@ def pick_config(op: str, q, k, v, *, batch: int, q_len: int, kv_len: int, varian
                 interpret: Any, page_size: Optional[int] = None) -> Config:
   """The config tuned on this GPU for the call's shape bucket (`jattn.tuned`; k/v may
   be pages), else `default_config`. A tuned tile that cannot read the pages is skipped."""
+  default = default_config(q.shape[-1], v.shape[-1], interpret, op)
   found = tuned.lookup(tuned.bucket(
       op, dtype=q.dtype, kv_dtype=k.dtype, head_dim=q.shape[-1], v_head_dim=v.shape[-1],
       num_q_heads=q.shape[-2], num_kv_heads=k.shape[-2], batch=batch, q_len=q_len,
-      kv_len=kv_len, page_size=page_size, variant=variant))
-  if found is not None:
-    cfg = Config(**found)
+      kv_len=kv_len, page_size=page_size, variant=variant), dataclasses.asdict(default))
+  if found is not None:   # (the tuner sets the fields it searched; the rest are the default's)
+    cfg = dataclasses.replace(default, **found)
     if page_size is None or page_fits(page_size, cfg.block_kv):
       return cfg
-  return default_config(q.shape[-1], v.shape[-1], interpret)
+  return default
 
 
 # ----------------------------------------------------------------------------- capability
@@ -791,6 +797,15 @@ def attention(q, k, v, *, sm_scale, variant, q_lengths, kv_lengths, interpret=Fa
 
 # ----------------------------------------------------------------------------- packed ops
 
+def _segment_of(ends, n: int, num_segments: int):
+  """For i in [0, n): the segment b whose end ends[b] (non-decreasing) is the first > i,
+  clipped to [0, num_segments - 1]; i.e. searchsorted(ends, i, side="right"), computed as
+  one scatter-add and a cumsum. (XLA on GPU runs searchsorted's binary search as a loop
+  of small kernels: the append workload's row maps took 0.2 ms that way on an H200.)"""
+  hits = jnp.zeros((n + 1,), jnp.int32).at[jnp.clip(ends, 0, n)].add(1)
+  return jnp.minimum(jnp.cumsum(hits)[:n], num_segments - 1)
+
+
 def _slots(q_offsets, Tq, rows):
   """Tile slots of packed queries: (tiles int32 [3, n_slots] = (sequence, q tile, valid),
   n_slots static, and for each packed row its (slot, row within slot, valid))."""
@@ -801,12 +816,12 @@ def _slots(q_offsets, Tq, rows):
   end = jnp.cumsum(n_t)
   start = end - n_t
   t = jnp.arange(n_slots, dtype=jnp.int32)
-  b = jnp.clip(jnp.searchsorted(end, t, side="right").astype(jnp.int32), 0, B - 1)
+  b = _segment_of(end, n_slots, B)
   valid = t < end[-1]
   qt = jnp.where(valid, n_t[b] - 1 - (t - start[b]), 0)      # heaviest tile first
   tiles = jnp.stack([b, qt, valid.astype(jnp.int32)]).astype(jnp.int32)
   i = jnp.arange(Tq, dtype=jnp.int32)
-  rb = jnp.clip(jnp.searchsorted(q_offsets[1:], i, side="right").astype(jnp.int32), 0, B - 1)
+  rb = _segment_of(q_offsets[1:], Tq, B)
   rvalid = (i >= q_offsets[0]) & (i < q_offsets[B])
   r = i - q_offsets[rb]
   slot = start[rb] + n_t[rb] - 1 - r // rows
@@ -826,7 +841,7 @@ def _packed_q_transform(q, variant, q_offsets, kv_len):
     return q
   B = q_offsets.shape[0] - 1
   i = jnp.arange(q.shape[0], dtype=jnp.int32)
-  b = jnp.clip(jnp.searchsorted(q_offsets[1:], i, side="right").astype(jnp.int32), 0, B - 1)
+  b = _segment_of(q_offsets[1:], q.shape[0], B)
   q_len = q_offsets[1:] - q_offsets[:-1]
   q_pos = kv_len[b] - q_len[b] + i - q_offsets[b]
   Nq = q.shape[1]
@@ -859,7 +874,7 @@ def _aligned_kv(k, v, kv_offsets, block_kv):
   n = k.shape[0] + B * (block_kv - 1)
   n = -(-n // block_kv) * block_kv
   i = jnp.arange(n, dtype=jnp.int32)
-  b = jnp.clip(jnp.searchsorted(end, i, side="right").astype(jnp.int32), 0, B - 1)
+  b = _segment_of(end, n, B)
   s = i - start[b]
   ok = s < kv_len[b]
   src = jnp.where(ok, kv_offsets[:-1][b] + s, 0)
@@ -871,7 +886,7 @@ def _packed_forward(q, k, v, kv_start, page_table, q_offsets, kv_len, variant, s
                     interpret, config):
   Tq, Nq, D = q.shape
   Nkv, Dv = k.shape[-2], v.shape[-1]
-  cfg = config or default_config(D, Dv, interpret)
+  cfg = config or default_config(D, Dv, interpret, "prefill")
   rows = 2 * cfg.block_q
   q = _packed_q_transform(q, variant, q_offsets, kv_len)
   tiles, n_slots, row_map = _slots(q_offsets, Tq, rows)
@@ -901,7 +916,7 @@ def prefill_ragged(q, k, v, q_offsets, kv_offsets, *, sm_scale, variant, interpr
     Tk, Nkv = k.shape[:2]
     B = kv_offsets.shape[0] - 1
     i = jnp.arange(Tk, dtype=jnp.int32)
-    b = jnp.clip(jnp.searchsorted(kv_offsets[1:], i, side="right").astype(jnp.int32), 0, B - 1)
+    b = _segment_of(kv_offsets[1:], Tk, B)
     ctx = Context(q_pos=None, kv_pos=(i - kv_offsets[b])[:, None, None],
                   head=jnp.arange(Nkv, dtype=jnp.int32)[None, :, None], batch=b[:, None, None],
                   params={})

@@ -147,12 +147,20 @@ def use(table: Union[None, str, dict]):
     _TABLE.reset(token)
 
 
-def lookup(key: str) -> Optional[dict[str, Any]]:
+def lookup(key: str, heuristic: Optional[dict[str, Any]] = None) -> Optional[dict[str, Any]]:
   """The tuned config (a dict of the kernel's config fields) for `key` on this device,
-  or None (the kernel then uses its heuristic)."""
+  or None (the kernel then uses its heuristic). With `heuristic` (the kernel's heuristic
+  config today, as a dict), an entry tuned against a different heuristic is stale and
+  not used: the tuner never compared its pick with the heuristic the kernel has now."""
   table = current_table()
   entry = None if table is None else table.get("entries", {}).get(key)
   config = None if entry is None else dict(entry["config"])
+  if config is not None and heuristic is not None:
+    then = entry.get("heuristic_config") or {}
+    if any(heuristic.get(k, v) != v for k, v in then.items()):
+      log.debug("jattn.tuned %s: stale (tuned against %s, the heuristic is now %s)", key,
+                then, heuristic)
+      config = None
   history.append((key, config))
   log.debug("jattn.tuned %s -> %s", key, config if config is not None else "heuristic")
   return config
