@@ -357,13 +357,15 @@ def timing_rows():
   return rows
 
 
-def run_timing(results, only, deadline, rounds=1):
+def run_timing(results, only, deadline, rounds=1, shapes=""):
   """Time the selected rows; with rounds > 1 every row is compiled once and then timed
   once per round, rows interleaved (A B C A B C ...), so that clock drift over the run
   falls on every row alike; a row's ms is the median of its rounds."""
   made = []
   for shape, group, label, make in timing_rows():
     if only and not any(o in f"{group} {label}" for o in only.split(",")):
+      continue
+    if shapes and not any(o in shape for o in shapes.split(",")):
       continue
     if time.time() - T0 > deadline:
       log("deadline reached; skipping", shape, group, label)
@@ -396,11 +398,12 @@ def main():
   ap.add_argument("--only", default="", help="comma-separated substrings of 'group impl'")
   ap.add_argument("--no-checks", action="store_true")
   ap.add_argument("--rounds", type=int, default=1, help="interleaved timing rounds")
+  ap.add_argument("--shapes", default="", help="comma-separated substrings of the shape label")
   args = ap.parse_args()
   results = probe_results()
   if not args.no_checks:
     run_checks(results)
-  run_timing(results, args.only, args.deadline, args.rounds)
+  run_timing(results, args.only, args.deadline, args.rounds, args.shapes)
   write_probe(results, os.path.join(args.out, "prefill_probe.json"), _timing_line)
 
 

@@ -113,6 +113,17 @@ def test_persistent_and_one_cta_per_tile_agree(rng):
   np.testing.assert_array_equal(a, b)
 
 
+def test_persistent_with_one_q_buffer(rng):
+  """Head dim 256: two Q buffers do not fit beside the ring, so a persistent CTA loads
+  each item's Q into its one buffer once the last item's O has been stored from it."""
+  cfg = P.Config(block_kv=64, num_stages=2, persistent=True, heavy_first=False)
+  assert P.q_buffers(cfg, 256, 256) == 1 and P.q_buffers(cfg, 128, 128) == 2
+  q, k, v = _dense(rng, 1, 384, 384, 2, 1, 256, 256)
+  a, _ = _check(q, k, v, V.causal(), config=cfg)
+  b, _ = _check(q, k, v, V.causal(), config=P.Config(block_kv=64, num_stages=2))
+  np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("name", ["causal_lens_softcap", "window_alibi_dv"])
 def test_gradients_match_reference(name, rng):
   if name == "causal_lens_softcap":

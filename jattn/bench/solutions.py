@@ -143,11 +143,10 @@ def _prefill_build(op):
 
 
 def _prefill_smem(config: dict, d: int, dv: int) -> int:
-  """Shared memory of the forward kernel (see `run_forward`'s scratch), bf16/fp16."""
-  q_bufs = 2 if config.get("persistent") else 1
-  bq, bkv, st = config.get("block_q", 64), config["block_kv"], config["num_stages"]
-  return (2 * q_bufs * 2 * bq * d + (2 * 2 * bq * dv if dv != d else 0) + 4 * 2 * bq
-          + 2 * st * bkv * (d + dv) + 1024)
+  """Shared memory of the forward kernel (`jattn.pallas.prefill.smem_bytes`)."""
+  mod = _module("jattn.pallas.prefill")
+  cfg = mod.Config(**config)
+  return mod.smem_bytes(cfg, d, dv, mod.q_buffers(cfg, d, dv))
 
 
 def _prefill_valid(config: dict, spec) -> Optional[str]:

@@ -116,6 +116,27 @@ def default_config(head_dim: int, v_head_dim: int, interpret: Any = False,
                 persistent=bool(interpret) or dense, heavy_first=not dense)
 
 
+SMEM_LIMIT = 232448   # bytes of shared memory one CTA may use on Hopper (227 KiB)
+
+
+def smem_bytes(cfg: Config, d: int, dv: int, q_bufs: int, kv_halves: int = 1) -> int:
+  """Shared memory of the forward kernel's scratch (bf16/fp16; see `run_forward`), with
+  3 KiB for barriers and alignment (Mosaic GPU reported 2.7 KB over the buffers at D256
+  and in the sparse ring). kv_halves = 2: the block-sparse ring (a tile per consumer in
+  every slot)."""
+  bq, st = cfg.block_q, cfg.num_stages
+  return 2 * (q_bufs * 2 * bq * d + (2 * bq * dv if dv != d else 0)
+              + st * kv_halves * cfg.block_kv * (d + dv)) + 4 * 2 * bq + 3072
+
+
+def q_buffers(cfg: Config, d: int, dv: int, kv_halves: int = 1) -> int:
+  """Q buffers of a CTA: a persistent one takes two when they fit (the next item's Q loads
+  while the current item finishes), else one (the next Q loads once O is stored from it)."""
+  if cfg.persistent and smem_bytes(cfg, d, dv, 2, kv_halves) <= SMEM_LIMIT:
+    return 2
+  return 1
+
+
 def page_fits(page_size: int, block_kv: int) -> bool:
   """Whole pages TMA-load into block_kv-row tiles (or a tile is cut from one page)."""
   return page_size % 8 == 0 and (block_kv % page_size == 0 or page_size % block_kv == 0)
@@ -676,7 +697,7 @@ def run_forward(geo, q, k, v, extra, out_types, variant: Variant, *, sm_scale: f
   num_ctas = geo.num_items
   if cfg.persistent:
     num_ctas = max(min(num_ctas, _num_sms(interpret)), 1)
-  q_bufs = 2 if cfg.persistent else 1
+  q_bufs = q_buffers(cfg, D, Dv, 2 if geo.sparse else 1)
   separate_o = Dv != D
 
   def entry(q_ref, k_ref, v_ref, *rest):
