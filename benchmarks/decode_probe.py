@@ -216,10 +216,6 @@ def time_workload(w, key, reps, configs):
         "host plan")
   add("jattn.pallas[plan=None]", jd(), [(q, cache, table, lens, None)],
       "plan made inside the jit from device lengths")
-  if not jattn.cache.is_float8(kvdt):   # A/B/A: K refilled early, with V, early again
-    add("jattn.pallas[early_k=False]", jd(pd.DecodeConfig(early_k=False)),
-        [(q, cache, table, lens, plan)], "K refilled with V after P V (run 5's kernel)")
-    add("jattn.pallas (again)", jd(), [(q, cache, table, lens, plan)], "host plan")
   if w["name"] == "decode_gqa32x8_b32_s4096_d128_p16":
     for waves in (1, 4):
       pw = jattn.plan_decode(lens_np, ps, Nq, Nkv, D, waves=waves, split=True)

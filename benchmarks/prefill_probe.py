@@ -275,7 +275,7 @@ def timing_rows():
     queries ("kernel"), or the XLA gathers around it alone ("gathers")."""
     def make():
       fn, (q, cache, table, kl, qo), flops = append(16)()
-      cfg = P.default_config(D, D)
+      cfg = P.default_config(D, D, op="prefill")
       rows_ = 2 * cfg.block_q
       tiles, n_slots, row_map = P._slots(qo, q.shape[0], rows_)
       qs = P._slot_queries(q, qo, tiles, rows_)

@@ -16,8 +16,7 @@ both products run on the tensor cores (wgmma, M = 64; P goes through shared memo
   S = Q K^T [64, 64] (f32)  ->  online softmax (exp2)  ->  O += P V [64, Dv] (f32)
 
 Each tile arrives through TMA copies, one per page (several per tile for small pages),
-`stages` tiles deep; the page ids of the next refill are loaded one tile early, and a
-slot's K is refilled as soon as Q Kᵀ has read it (its V after P V). bf16/fp16
+`stages` tiles deep; the page ids of the next refill are loaded one tile early. bf16/fp16
 pages whose size is a multiple of 8 are copied straight into the swizzled layout wgmma
 reads; float8 pages, smaller pages and variants with a key transform are copied raw and
 converted through registers (float8 to float16; the per-head scales are folded into the
@@ -99,7 +98,6 @@ class DecodeConfig:
   waves: Optional[int] = None          # plan_decode's waves (default 4)
   min_unit_keys: Optional[int] = None  # plan_decode's min_unit_keys (default 256)
   float8_qk: Optional[bool] = None     # False: convert float8 K to f16 as V (A/B runs)
-  early_k: Optional[bool] = None       # False: refill K with V after P V (A/B runs)
 
 
 def _smem_bytes(stages, bk, d, dv, q_dtype, kv_dtype, staged, qk8=False) -> int:
@@ -180,13 +178,11 @@ def _iota(shape, dim):
 def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
                    params_ref, o_ref, lse_ref, q_smem, q_bar, *,
                    G, bk, stages, sm_scale, variant, param_names, param_dtypes,
-                   staged, ring_tiled, qk8, final, fold_k_scale, fold_v_scale, early_k):
+                   staged, ring_tiled, qk8, final, fold_k_scale, fold_v_scale):
   """One (kv head, unit): attention of the unit's keys for the kv head's G query heads.
   `final`: the unit is its whole sequence, write o / lse; else write a partial.
   `qk8`: float8 K is read by the tensor cores straight from the ring; q_smem is then the
-  pair (hi, lo) of e4m3 tiles of the scaled query (see `stage_q`).
-  `early_k` (K/V read by the tensor cores straight from the ring): a slot's K refill is
-  issued once Q Kᵀ is done, its V refill once P V is done."""
+  pair (hi, lo) of e4m3 tiles of the scaled query (see `stage_q`)."""
   P, ps, Nkv = k_ref.shape[:3]
   M = pt_ref.shape[1]
   D, Dv = q_ref.shape[1], v_ref.shape[3]   # q_ref: the queries as rows [B * Nq, D]
@@ -215,16 +211,14 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
         jnp.clip(pt_ref[b, jnp.minimum((t * bk + j * rows) // ps, M - 1)], 0, P - 1)
         for j in range(copies))
 
-  def issue(t, slot, k_ring, v_ring, k_bar, v_bar, pages=None, parts="kv"):
-    """Start the copies of tile t into ring slot `slot` (`parts`: K, V or both)."""
+  def issue(t, slot, k_ring, v_ring, k_bar, v_bar, pages=None):
+    """Start the copies of tile t into ring slot `slot`."""
     r0 = (t * bk) % ps if ps > bk else 0
     def one(j, page):
-      if "k" in parts:
-        plgpu.copy_gmem_to_smem(k_ref.at[page, pl.ds(r0, rows), kvh],
-                                k_ring.at[slot, pl.ds(j * rows, rows)], k_bar.at[slot])
-      if "v" in parts:
-        plgpu.copy_gmem_to_smem(v_ref.at[page, pl.ds(r0, rows), kvh],
-                                v_ring.at[slot, pl.ds(j * rows, rows)], v_bar.at[slot])
+      plgpu.copy_gmem_to_smem(k_ref.at[page, pl.ds(r0, rows), kvh],
+                              k_ring.at[slot, pl.ds(j * rows, rows)], k_bar.at[slot])
+      plgpu.copy_gmem_to_smem(v_ref.at[page, pl.ds(r0, rows), kvh],
+                              v_ring.at[slot, pl.ds(j * rows, rows)], v_bar.at[slot])
     if prefetch:
       for j, page in enumerate(page_ids(t) if pages is None else pages):
         one(j, page)
@@ -337,10 +331,6 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
           plgpu.wgmma(acc_ref, q_smem, k_view.transpose((1, 0)))
         return acc_ref[...]
       s = pl.run_scoped(qk, plgpu.ACC(shape, jnp.float32)) * scale
-      if early_k:   # K's slot is free once Q Kᵀ is done: refill it under the softmax
-        @pl.when(refill)
-        def _():
-          issue(t + stages, slot, k_ring, v_ring, k_bar, v_bar, pages or None, "k")
       kv_pos = t * bk + cols
       ctx = Context(q_pos=_full(shape, q_pos), kv_pos=kv_pos, head=head,
                     batch=_full(shape, b), params=params)
@@ -368,8 +358,7 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
       if not staged:
         @pl.when(refill)
         def _():
-          issue(t + stages, slot, k_ring, v_ring, k_bar, v_bar, pages or None,
-                "v" if early_k else "kv")
+          issue(t + stages, slot, k_ring, v_ring, k_bar, v_bar, pages or None)
       return acc, m_new, l_i, next_pages
 
     acc = plgpu.layout_cast(jnp.zeros((ROWS, Dv), jnp.float32), plgpu.Layout.WGMMA)
@@ -569,7 +558,7 @@ def decode(q, cache, page_table, kv_lens, *, sm_scale: float, variant: Variant,
       variant=variant, param_names=names, param_dtypes=dtypes, staged=staged,
       ring_tiled=_ring_tiled(cache.dtype, ps, D, Dv, variant), qk8=qk8, final=not plan.split,
       fold_k_scale=f8 and variant.key_transform is None,
-      fold_v_scale=f8, early_k=not staged and not (config and config.early_k is False))
+      fold_v_scale=f8)
   o, lse = plgpu.kernel(
       kernel,
       out_type=(final_types if not plan.split else

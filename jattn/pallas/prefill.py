@@ -103,16 +103,14 @@ def default_config(head_dim: int, v_head_dim: int, interpret: Any = False,
                    op: str = "attention") -> Config:
   """Tiles by head dim and op. The dense op (`attention`) runs persistent, q tiles in
   natural (light-first) order: on an H200, 2-14 % faster than one CTA per tile on every
-  harness shape with head dim <= 128 (prefill probe run 4, interleaved rounds). The
-  packed ops keep one CTA per item (persistent was 28 % slower on the append workload).
-  Heads wider than 128: two Q buffers do not fit next to the K/V ring, one CTA per item.
+  harness shape (prefill probe runs 4-5, interleaved rounds; at head dim 256 with one Q
+  buffer, see `q_buffers`). The packed ops keep one CTA per item (persistent was 28 %
+  slower on the append workload). Heads wider than 128 take 64-key tiles (registers).
   Interpreted on CPU every op runs persistent on a 2-CTA grid: the same kernel body, far
   fewer interpreted CTAs, and the cross-item path exercised."""
   d = max(head_dim, v_head_dim)
-  if d > 128:
-    return Config(block_kv=64, num_stages=2)
   dense = op == "attention"
-  return Config(block_kv=128, num_stages=3 if d <= 64 else 2,
+  return Config(block_kv=64 if d > 128 else 128, num_stages=3 if d <= 64 else 2,
                 persistent=bool(interpret) or dense, heavy_first=not dense)
 
 
