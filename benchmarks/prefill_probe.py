@@ -22,6 +22,7 @@ import traceback
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 import numpy as np
 
 import jattn
@@ -299,6 +300,35 @@ def timing_rows():
       return jax.jit(gathers), (q, qo, o, lse), None
     return make
 
+  def gather_part(part):
+    """One XLA piece around the packed kernel, alone (append shape, page 16 slots)."""
+    def make():
+      ks = jax.random.split(jax.random.key(5), 3)
+      q = rand(ks[0], (B * Tq, Nq, D), jnp.bfloat16)
+      qo = jnp.arange(B + 1, dtype=jnp.int32) * Tq
+      rows_ = 2 * P.default_config(D, D, op="prefill").block_q
+      tiles, n_slots, row_map = P._slots(qo, q.shape[0], rows_)
+      o = rand(ks[1], (n_slots, rows_, Nq, D), jnp.bfloat16)
+      lse = rand(ks[2], (Nq, n_slots, rows_), jnp.float32)
+      if part == "slots":
+        return jax.jit(lambda qo: P._slots(qo, B * Tq, rows_)[0]), (qo,), None
+      if part == "q rows":
+        return (jax.jit(lambda q, qo, t: P._slot_queries(q, qo, t, rows_)), (q, qo, tiles),
+                None)
+      if part == "q windows":   # one (rows, Nq, D) window per slot from zero-padded q
+        def windows(q, qo, t):
+          qp = jnp.pad(q, ((0, rows_), (0, 0), (0, 0)))
+          start = jnp.where(t[2] > 0, qo[:-1][t[0]] + t[1] * rows_, q.shape[0])
+          w = jax.vmap(lambda s0: lax.dynamic_slice_in_dim(qp, s0, rows_))(start)
+          q_len = (qo[1:] - qo[:-1])[t[0]]
+          ok = t[1][:, None] * rows_ + jnp.arange(rows_)[None] < q_len[:, None]
+          return jnp.where(ok[..., None, None], w, 0).reshape(-1, Nq, D)
+        return jax.jit(windows), (q, qo, tiles), None
+      if part == "o rows":
+        return jax.jit(lambda o, m: P._gather_rows(o, lse, m)[0]), (o, row_map), None
+      return jax.jit(lambda l, m: P._gather_rows(o, l, m)[1]), (lse, row_map), None
+    return make
+
   def append_ragged():
     """The same work with packed contiguous K/V (`prefill_ragged`: no pages)."""
     ks = jax.random.split(jax.random.key(5), 3)
@@ -328,6 +358,8 @@ def timing_rows():
                append(16, P.Config(persistent=True))))
   rows.append((shape, "append causal", "jattn paged page16 kernel only", append_parts("kernel")))
   rows.append((shape, "append causal", "jattn paged page16 gathers only", append_parts("gathers")))
+  for part in ("slots", "q rows", "q windows", "o rows", "lse rows"):
+    rows.append((shape, "append gathers", part, gather_part(part)))
 
   def matmul():
     ks = jax.random.split(jax.random.key(6), 2)
