@@ -19,7 +19,6 @@ Timing: `benchmarks.timing.bench` (median of 7 repetitions of <= 20 calls).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import fnmatch
 import os
 import time
@@ -115,20 +114,6 @@ def run_timing(results, deadline, only=None):
     return jax.jit(lambda q, k, v, lay, plan: PB.block_sparse_attention(
         q, k, v, lay, sm_scale=D ** -0.5, variant=V.Variant(), plan=plan, config=cfg)[0])
 
-  def kernel_q_free_early():   # the A/B of prefill.Config.defer_q_free on the sparse path
-    kcfg = dataclasses.replace(P.Config(), defer_q_free=False)
-    orig = P.Config
-    def patched(**kw):
-      return dataclasses.replace(orig(**kw), defer_q_free=kcfg.defer_q_free)
-    def f(q, k, v, lay, plan):
-      PB.P.Config = patched
-      try:
-        return PB.block_sparse_attention(q, k, v, lay, sm_scale=D ** -0.5,
-                                         variant=V.Variant(), plan=plan)[0]
-      finally:
-        PB.P.Config = orig
-    return jax.jit(f)
-
   for d in (0.1, 0.3, 0.5):
     lay = bs.random_layout(Nq, T, T, 64, d, seed=0)
     plan = jattn.plan_block_sparse(lay, T, T)
@@ -137,9 +122,6 @@ def run_timing(results, deadline, only=None):
                  lambda lay=lay, real=real: (per_call, (q, k, v, lay), real)))
     rows.append((f"block_sparse density{d} plan", d,
                  lambda lay=lay, plan=plan, real=real: (planned, (q, k, v, lay, plan), real)))
-    rows.append((f"block_sparse density{d} plan defer_q_free=False", d,
-                 lambda lay=lay, plan=plan, real=real: (
-                     kernel_q_free_early(), (q, k, v, lay, plan), real)))
     rows.append((f"block_sparse density{d} plan one CTA per item", d,
                  lambda lay=lay, plan=plan, real=real: (
                      kernel(PB.Config(persistent=False)), (q, k, v, lay, plan), real)))

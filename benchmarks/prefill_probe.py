@@ -223,7 +223,6 @@ def timing_rows():
     return f
 
   light = lambda cfg: dataclasses.replace(cfg, persistent=True, heavy_first=False)
-  early = lambda cfg: dataclasses.replace(cfg, defer_q_free=False)
 
   def cudnn(causal, window=None):
     return lambda q, k, v: jax.nn.dot_product_attention(
@@ -381,9 +380,6 @@ def timing_rows():
   dense(t8, "window1024", "jattn", ours(w))
   dense(t8, "window1024", "jattn persistent light-first", ours_with(w, light))
   dense(t8, "window1024", "cudnn", cudnn(True, (1024, 0)))
-  for shape in (main, t8, (4, 4096, 32, 32, 64)):
-    dense(shape, "q free causal", "jattn", ours(c))
-    dense(shape, "q free causal", "jattn defer_q_free=False", ours_with(c, early))
   for shape in ((4, 4096, 32, 8, 128), (4, 4096, 32, 32, 64), (4, 4096, 16, 16, 256)):
     dense(shape, "causal", "jattn", ours(c))
     dense(shape, "causal", "jattn persistent light-first", ours_with(c, light))

@@ -92,9 +92,6 @@ class Config:
   # One CTA per SM looping over work items (snake order), prefetching the next item's Q
   # and K/V (else one CTA per item). `default_config` says where each is used.
   persistent: bool = False
-  # Persistent, two Q buffers: free the last item's buffer after this item's first step
-  # (False: before it, as measured until session 5; an A/B knob).
-  defer_q_free: bool = True
 
   def __post_init__(self):
     if self.block_kv % 64 or self.block_q != 64:
@@ -561,7 +558,6 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
         acc = mma_acc(acc, p16, kv_at(slot, v_smem), interpret,
                       then=functools.partial(wait_next_k, j))
         plgpu.barrier_arrive(v_free.at[slot])
-        after_step(j)
         return acc, m_new, l_i
 
       def idle_step(j, carry):
@@ -575,30 +571,17 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
         plgpu.barrier_wait(sched)
         wait_next_k(j)
         plgpu.barrier_arrive(v_free.at[slot])
-        after_step(j)
         return carry
-
-      def free_last_q(when):
-        """The last item's O (stored from its Q buffer) has been read out: free that
-        buffer for the producer's next Q."""
-        @pl.when(when)
-        def _():
-          plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-          plgpu.barrier_arrive(q_free.at[lax.rem(k - 1, q_bufs)])
-
-      def after_step(j):
-        # Deferred to the end of this item's first step, the last item's O store drains
-        # under that step instead of stalling its start (the producer needs the buffer
-        # only for the next item's Q, steps later).
-        if release == "next" and cfg.defer_q_free:
-          free_last_q((k > 0) & (j == lo))
 
       acc = plgpu.layout_cast(jnp.zeros((bq, v_smem.shape[-1]), jnp.float32), _WGMMA)
       m_i = plgpu.layout_cast(jnp.full((bq,), -jnp.inf, jnp.float32), _ROW)
       l_i = plgpu.layout_cast(jnp.zeros((bq,), jnp.float32), _ROW)
       plgpu.barrier_wait(q_bar.at[buf])
-      if release == "next" and not cfg.defer_q_free:
-        free_last_q(k > 0)
+      if release == "next":
+        @pl.when(k > 0)
+        def _():   # the last item's O (in its Q buffer) has been read out: free the buffer
+          plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+          plgpu.barrier_arrive(q_free.at[lax.rem(k - 1, q_bufs)])
 
       @pl.when(hi > lo)
       def _():
@@ -610,8 +593,6 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
         carry = lax.fori_loop(start, stop, functools.partial(step, masked=masked), carry)
       if geo.sparse:
         carry = lax.fori_loop(n, hi, idle_step, carry)
-      if release == "next" and cfg.defer_q_free:
-        free_last_q((k > 0) & (hi == lo))   # an item without steps frees it here
       acc, m_i, l_i = carry
       pl.when(wg == 0)(rendezvous)
       if release == "loop":   # Q is no longer read: the producer may refill its buffer
