@@ -13,9 +13,11 @@ variant's mask; o = softmax(s) @ v, lse = log sum exp s. Rows t >= q_len and row
 no key give o = 0, lse = -inf.
 
 Kernel. A work item is 2 * block_q query rows of one head (tiles of a sequence and head
-are consecutive items, heaviest first, so that CTAs running together share K/V tiles
-through L2 and the causal tail is short). One CTA per item (default) or, with
-`Config.persistent`, one CTA per SM walking items. Three warpgroups:
+are consecutive items, so that CTAs running together share K/V tiles through L2). The
+dense op runs one CTA per SM walking the items (`Config.persistent`, snake order, so
+heavy and light causal tiles mix; the next item's Q and K/V load while the current one
+finishes); the packed ops run one CTA per item, heaviest first (`default_config`). Three
+warpgroups:
   * warpgroup 2 (producer, 40 registers): TMA-loads Q and the K/V tiles into a
     `num_stages`-deep ring of swizzled SMEM buffers, refilling a slot once both consumers
     released it (K/V come from dense rows, packed rows or, page by page, from the cache);
