@@ -22,7 +22,6 @@ import traceback
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 import numpy as np
 
 import jattn
@@ -276,13 +275,12 @@ def timing_rows():
     """The paged page-16 call in two parts: the kernel alone on prebuilt slot-major
     queries ("kernel"), or the XLA gathers around it alone ("gathers")."""
     def make():
-      fn, (q, cache, table, kl, qo), flops = append(16)()
+      _, (q, cache, table, kl, qo), flops = append(16)()
       cfg = P.default_config(D, D, op="prefill")
       rows_ = 2 * cfg.block_q
-      tiles, n_slots, row_map = P._slots(qo, q.shape[0], rows_)
+      tiles, n_slots, _ = P._slots(qo, q.shape[0], rows_)
       qs = P._slot_queries(q, qo, tiles, rows_)
       seq = jnp.stack([qo[1:] - qo[:-1], kl, jnp.zeros_like(kl)]).astype(jnp.int32)
-      geo = P.Packed(Nq, n_slots, rows_, True, 16, cache.k_pages.shape[0], cfg.block_kv)
       out_types = (jax.ShapeDtypeStruct((n_slots, rows_, Nq, D), q.dtype),
                    jax.ShapeDtypeStruct((Nq, n_slots, rows_), jnp.float32))
       if part == "kernel":
@@ -291,7 +289,6 @@ def timing_rows():
             [tiles, seq, table], out_types, c_var, sm_scale=D ** -0.5, cfg=cfg, head_dim=D,
             v_head_dim=D, group=Nq // Nkv, interpret=False))
         return f, (qs, cache.k_pages, cache.v_pages, tiles, seq, table), flops
-      del geo
       o = jnp.zeros(out_types[0].shape, q.dtype)
       lse = jnp.zeros(out_types[1].shape, jnp.float32)
 
@@ -302,7 +299,8 @@ def timing_rows():
     return make
 
   def gather_part(part):
-    """One XLA piece around the packed kernel, alone (append shape, page 16 slots)."""
+    """One XLA piece around the packed kernel, alone (append shape, page 16 slots). (A
+    window-gather form of the slot-major queries timed the same as the row gather: run 6.)"""
     def make():
       ks = jax.random.split(jax.random.key(5), 3)
       q = rand(ks[0], (B * Tq, Nq, D), jnp.bfloat16)
@@ -316,15 +314,6 @@ def timing_rows():
       if part == "q rows":
         return (jax.jit(lambda q, qo, t: P._slot_queries(q, qo, t, rows_)), (q, qo, tiles),
                 None)
-      if part == "q windows":   # one (rows, Nq, D) window per slot from zero-padded q
-        def windows(q, qo, t):
-          qp = jnp.pad(q, ((0, rows_), (0, 0), (0, 0)))
-          start = jnp.where(t[2] > 0, qo[:-1][t[0]] + t[1] * rows_, q.shape[0])
-          w = jax.vmap(lambda s0: lax.dynamic_slice_in_dim(qp, s0, rows_))(start)
-          q_len = (qo[1:] - qo[:-1])[t[0]]
-          ok = t[1][:, None] * rows_ + jnp.arange(rows_)[None] < q_len[:, None]
-          return jnp.where(ok[..., None, None], w, 0).reshape(-1, Nq, D)
-        return jax.jit(windows), (q, qo, tiles), None
       if part == "o rows":
         return jax.jit(lambda o, m: P._gather_rows(o, lse, m)[0]), (o, row_map), None
       return jax.jit(lambda l, m: P._gather_rows(o, l, m)[1]), (lse, row_map), None
@@ -359,7 +348,7 @@ def timing_rows():
                append(16, P.Config(persistent=True))))
   rows.append((shape, "append causal", "jattn paged page16 kernel only", append_parts("kernel")))
   rows.append((shape, "append causal", "jattn paged page16 gathers only", append_parts("gathers")))
-  for part in ("slots", "q rows", "q windows", "o rows", "lse rows"):
+  for part in ("slots", "q rows", "o rows", "lse rows"):
     rows.append((shape, "append gathers", part, gather_part(part)))
 
   def matmul():

@@ -9,9 +9,9 @@ variant keeps (q_pos, kv_pos) = (S - T + t, s). Rows that see no key give 0 and 
 
 Tile lists (`tile_lists`, jnp, in each call, or once per layout with
 `jattn.plan_block_sparse`): the layout's blocks are expanded to 64 x 64 kernel tiles (so
-fixed block sizes must be multiples of 64), cut to the variant's band, and each 64-row q tile gets the ascending list of its kv tiles, whole
-tiles first (no mask code: inside the band and below S) then edge tiles (mask evaluated
-elementwise: band edges, custom masks). Table int32 [Hl, rows, 2 + nkt]:
+fixed block sizes must be multiples of 64), cut to the variant's band, and each 64-row q
+tile gets the ascending list of its kv tiles, whole tiles first (no mask code: inside the
+band and below S) then edge tiles (mask evaluated elementwise: band edges, custom masks). Table int32 [Hl, rows, 2 + nkt]:
 [n, n_whole, tile ids...]; Hl = 1 (shared) or Nq (per head). The forward's CTA covers
 two q tiles (one per consumer warpgroup); both step through max(n_0, n_1) ring slots,
 each loading its own tile into its half of the slot. Empty tiles cost nothing; a q tile
