@@ -78,7 +78,7 @@ def check_cases():
     return k * (1.0 + 0.0005 * ctx.kv_pos.astype(jnp.float32))
 
   base = dict(B=4, S=600, Nq=32, Nkv=8, D=128, Dv=None, ps=16, dtype=jnp.bfloat16,
-              kv=None, var=None, plan=None)
+              kv=None, var=None, plan=None, cfg=None)
   cases = [
       ("plain_p16", {}),
       ("plain_p1", dict(ps=1, S=300)),
@@ -106,6 +106,10 @@ def check_cases():
       ("skewed_plan", dict(B=8, S=4000, plan="skewed")),
       ("skewed_plan_fp8", dict(B=8, S=4000, plan="skewed", kv=jnp.float8_e4m3fn)),
       ("unsplit_plan", dict(B=32, S=1000, plan="unsplit")),
+      ("fp8_ctas3", dict(kv=jnp.float8_e4m3fn, plan="ctas3", cfg=pd.DecodeConfig(ctas_per_sm=3))),
+      ("fp8_alibi_ctas3", dict(kv=jnp.float8_e4m3fn, var=V.alibi(slopes), plan="ctas3",
+                               cfg=pd.DecodeConfig(ctas_per_sm=3))),
+      ("bf16_ctas3_in_jit_plan", dict(cfg=pd.DecodeConfig(ctas_per_sm=3))),
   ]
   return [(n, {**base, **c}) for n, c in cases]
 
@@ -128,9 +132,13 @@ def run_check(name, c, key):
     plan = jattn.plan_decode(lens, ps, Nq, Nkv, D, min_unit_keys=64)
   if c["plan"] == "unsplit":
     plan = jattn.plan_decode(lens, ps, Nq, Nkv, D, split=False)
+  if c["plan"] == "ctas3":
+    plan = jattn.plan_decode(lens, ps, Nq, Nkv, D, ctas_per_sm=3, min_unit_keys=64,
+                             split=True)
   lens = jnp.asarray(lens)
   f = jax.jit(lambda q, c, t, l, p: pd.decode(q, c, t, l, sm_scale=D ** -0.5, variant=var,
-                                              plan=p, interpret=INTERPRET))
+                                              plan=p, interpret=INTERPRET, config=c_cfg))
+  c_cfg = c["cfg"]
   t0 = time.perf_counter()
   o, lse = jax.block_until_ready(f(q, cache, table, lens, plan))
   compile_s = time.perf_counter() - t0
@@ -238,6 +246,18 @@ def time_workload(w, key, reps, configs):
     for st in (2, 4):
       add(f"jattn.pallas[stages={st}]", jd(pd.DecodeConfig(stages=st)),
           [(q, cache, table, lens, plan)], "host plan")
+    # Three CTAs per SM (Q staged before a 2-deep ring): only pays with more CTAs than
+    # the 2 x SMs slots, so against split plans of 2 CTAs per SM at the same waves.
+    three = pd.DecodeConfig(ctas_per_sm=3)
+    add("jattn.pallas[ctas=3,whole]", jd(three), [(q, cache, table, lens, plan)],
+        "host plan (one unit per sequence): the cost of staging Q first")
+    for waves in (1, 2, 4):
+      for ctas, cfg in ((2, None), (3, three)):
+        pw = jattn.plan_decode(lens_np, ps, Nq, Nkv, D, waves=waves, ctas_per_sm=ctas,
+                               split=True)
+        add(f"jattn.pallas[ctas={ctas},waves={waves}]", jd(cfg),
+            [(q, cache, table, lens, pw)],
+            f"{int(np.asarray(pw.batch_units)[-1]) * Nkv} CTAs + merge")
     return rows, bf16_bytes
   # Peers on the same bytes.
   Mpad = table.shape[1] * ps

@@ -117,6 +117,26 @@ def test_plan_unsplit_writes_output_directly(rng):
   _check(q, cache, table, lens, plan=plan)
 
 
+@pytest.mark.parametrize("kv_dtype", [jnp.bfloat16, jnp.float8_e4m3fn], ids=["bf16", "fp8"])
+def test_three_ctas_per_sm(kv_dtype, rng):
+  """DecodeConfig(ctas_per_sm=3): Q and the variant's per-head params are staged before
+  the ring is allocated; a split plan, so partials and the merge run too."""
+  q, cache, table, lens = _case(rng, B=2, S=300, kv_dtype=kv_dtype, lens=[300, 120])
+  var = V.alibi(V.alibi_slopes(4))
+  plan = jattn.plan_decode(np.asarray(lens), 16, 4, 2, 64, num_sms=1, ctas_per_sm=3,
+                           waves=2, min_unit_keys=64, split=True)
+  assert int(plan.batch_units[1]) >= 2
+  o, lse = pd.decode(q, cache, table, lens, sm_scale=64 ** -0.5, variant=var, plan=plan,
+                     interpret=not ON_GPU, config=pd.DecodeConfig(ctas_per_sm=3))
+  ro, rlse = oracle(reference.decode, q, cache, table, lens, sm_scale=64 ** -0.5,
+                    variant=var)
+  assert_close(o, ro, q.dtype, what="decode")
+  assert_lse_close(lse, rlse, q.dtype)
+  with pytest.raises(ValueError, match="ctas_per_sm"):
+    pd.decode(q, cache, table, lens, sm_scale=1.0, variant=var, plan=plan,
+              interpret=not ON_GPU, config=pd.DecodeConfig(ctas_per_sm=4))
+
+
 def test_plan_on_host_equals_plan_under_jit():
   lens = np.array([2048] * 31 + [32768, 0, 17], np.int32)
   host = jattn.plan_decode(lens, 16, 32, 8, 128, num_sms=132, split=True)

@@ -50,7 +50,7 @@ from jattn.variants import Context, Variant
 
 ROWS = 64                      # wgmma M: query heads of one kv head, padded
 LOG2E = math.log2(math.e)
-SMEM_BUDGET = 110 * 1024       # two CTAs per SM (228 KiB per SM on Hopper)
+SMEM_BUDGET = {2: 110 * 1024, 3: 74 * 1024}   # per CTA, at 2 or 3 CTAs per SM (228 KiB)
 MERGE_RING_BYTES = 160 * 1024  # partials in flight per merge CTA
 TMA_ALIGN = 128                # shared-memory destination alignment of a TMA copy (bytes)
 QMAX = 384.0                   # |c q| of a float8-split query row (e4m3 max is 448)
@@ -98,10 +98,14 @@ class DecodeConfig:
   waves: Optional[int] = None          # plan_decode's waves (default 4)
   min_unit_keys: Optional[int] = None  # plan_decode's min_unit_keys (default 256)
   float8_qk: Optional[bool] = None     # False: convert float8 K to f16 as V (A/B runs)
+  ctas_per_sm: Optional[int] = None    # 2 (default) or 3: Q staged before the ring is
+                                       # allocated, the ring sized for 3 CTAs per SM
 
 
-def _smem_bytes(stages, bk, d, dv, q_dtype, kv_dtype, staged, qk8=False) -> int:
-  """Shared memory of one decode CTA (the Q staging buffer lives while the ring does).
+def _smem_bytes(stages, bk, d, dv, q_dtype, kv_dtype, staged, qk8=False,
+                q_first=False) -> int:
+  """Shared memory of one decode CTA. The Q staging buffer lives while the ring does
+  (the first tiles load while Q is staged), or before it (q_first: 16 KiB less at D128).
   qk8: Q is two e4m3 tiles (as many bytes as one f16 tile) and only V is tiled."""
   qb, kb = compute_dtype(q_dtype, kv_dtype).itemsize, jnp.dtype(kv_dtype).itemsize
   q_tile = ROWS * d * qb
@@ -109,15 +113,28 @@ def _smem_bytes(stages, bk, d, dv, q_dtype, kv_dtype, staged, qk8=False) -> int:
   tiled = (bk * ((0 if qk8 else d) + dv) * qb if staged else 0) + ROWS * bk * qb
   q_raw = ROWS * d * jnp.dtype(q_dtype).itemsize
   epilogue = ROWS * dv * 4 + ROWS * 4
+  if q_first:
+    return q_tile + max(q_raw, ring + tiled, epilogue) + 1024
   return q_tile + max(ring + tiled + q_raw, epilogue) + 1024
 
 
+def _ctas_per_sm(cfg) -> int:
+  ctas = 2 if cfg is None or cfg.ctas_per_sm is None else cfg.ctas_per_sm
+  if ctas not in SMEM_BUDGET:
+    raise ValueError(f"DecodeConfig.ctas_per_sm must be one of {sorted(SMEM_BUDGET)}, "
+                     f"got {ctas}")
+  return ctas
+
+
 def _stages(cfg, bk, d, dv, q_dtype, kv_dtype, staged, qk8=False) -> int:
-  """The deepest ring (up to 4) that leaves room for two CTAs per SM; at least 2."""
+  """The deepest ring (up to 4) that leaves room for `ctas_per_sm` CTAs per SM; at
+  least 2."""
   if cfg is not None and cfg.stages is not None:
     return cfg.stages
+  ctas = _ctas_per_sm(cfg)
   for s in (4, 3):
-    if _smem_bytes(s, bk, d, dv, q_dtype, kv_dtype, staged, qk8) <= SMEM_BUDGET:
+    if (_smem_bytes(s, bk, d, dv, q_dtype, kv_dtype, staged, qk8, q_first=ctas > 2)
+        <= SMEM_BUDGET[ctas]):
       return s
   return 2
 
@@ -178,9 +195,11 @@ def _iota(shape, dim):
 def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
                    params_ref, o_ref, lse_ref, q_smem, q_bar, *,
                    G, bk, stages, sm_scale, variant, param_names, param_dtypes,
-                   staged, ring_tiled, qk8, final, fold_k_scale, fold_v_scale):
+                   staged, ring_tiled, qk8, final, fold_k_scale, fold_v_scale, q_first):
   """One (kv head, unit): attention of the unit's keys for the kv head's G query heads.
   `final`: the unit is its whole sequence, write o / lse; else write a partial.
+  `q_first`: stage Q before the ring is allocated (less shared memory, the first tiles
+  load after Q instead of during it).
   `qk8`: float8 K is read by the tensor cores straight from the ring; q_smem is then the
   pair (hi, lo) of e4m3 tiles of the scaled query (see `stage_q`)."""
   P, ps, Nkv = k_ref.shape[:3]
@@ -263,18 +282,17 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
     plgpu.commit_smem()
     return 1.0 / c
 
-  def main(k_ring, v_ring, p_smem, k_tiled, v_tiled, k_bar, v_bar, par_smem, par_bar):
-    if param_names:
-      plgpu.copy_gmem_to_smem(params_ref.at[kvh], par_smem, par_bar)
-
+  def main(k_ring, v_ring, p_smem, k_tiled, v_tiled, k_bar, v_bar, par_smem, par_bar,
+           q_inv):
     @pl.loop(0, jnp.minimum(n, stages))
     def _(s):
       issue(t_lo + s, s, k_ring, v_ring, k_bar, v_bar)
 
-    if param_names:
-      plgpu.barrier_wait(par_bar)
-    q_inv = pl.run_scoped(functools.partial(stage_q, p_smem=par_smem),
-                          plgpu.SMEM((ROWS, D), q_ref.dtype))
+    if not q_first:   # Q is staged while the first tiles load
+      if param_names:
+        plgpu.barrier_wait(par_bar)
+      q_inv = pl.run_scoped(functools.partial(stage_q, p_smem=par_smem),
+                            plgpu.SMEM((ROWS, D), q_ref.dtype))
 
     scale = sm_scale * (scale_ref[0, kvh] if fold_k_scale else 1.0)
     shape = (ROWS, bk)
@@ -386,8 +404,15 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
       plgpu.copy_smem_to_gmem(lse_stage, lse_ref.at[u, kvh])
     plgpu.wait_smem_to_gmem(0)
 
-  @pl.when(active)
-  def _():
+  def unit(par_smem, par_bar):
+    if param_names:
+      plgpu.copy_gmem_to_smem(params_ref.at[kvh], par_smem, par_bar)
+    q_inv = None
+    if q_first:
+      if param_names:
+        plgpu.barrier_wait(par_bar)
+      q_inv = pl.run_scoped(functools.partial(stage_q, p_smem=par_smem),
+                            plgpu.SMEM((ROWS, D), q_ref.dtype))
     ring_dtype = k_ref.dtype if staged else cdt
     k_tf, v_tf = _tiled(cdt, D), _tiled(cdt, Dv)
     if ring_tiled:
@@ -397,17 +422,23 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
     tiled = ((plgpu.SMEM((bk, D), cdt, transforms=k_tf) if not qk8 else None,
               plgpu.SMEM((bk, Dv), cdt, transforms=v_tf)) if staged else (None, None))
     acc, m_i, l_i = pl.run_scoped(
-        main,
+        functools.partial(main, par_smem=par_smem, par_bar=par_bar, q_inv=q_inv),
         plgpu.SMEM((stages, bk, D), ring_dtype, transforms=ring_tf[0]),
         plgpu.SMEM((stages, bk, Dv), ring_dtype, transforms=ring_tf[1]),
         plgpu.SMEM((ROWS, bk), cdt, transforms=v_tf),   # wgmma: A and B share a swizzle
         *tiled,
         plgpu.Barrier(num_arrivals=copies, num_barriers=stages),
-        plgpu.Barrier(num_arrivals=copies, num_barriers=stages),
-        plgpu.SMEM((params_ref.shape[1], ROWS), jnp.float32),
-        plgpu.Barrier())
+        plgpu.Barrier(num_arrivals=copies, num_barriers=stages))
     pl.run_scoped(functools.partial(epilogue, acc, m_i, l_i),
                   plgpu.SMEM((ROWS, Dv), o_ref.dtype), plgpu.SMEM((ROWS,), jnp.float32))
+
+  @pl.when(active)
+  def _():
+    if param_names:
+      pl.run_scoped(unit, plgpu.SMEM((params_ref.shape[1], ROWS), jnp.float32),
+                    plgpu.Barrier())
+    else:
+      unit(None, None)
 
 
 def _to(x, dtype):
@@ -517,7 +548,7 @@ def decode(q, cache, page_table, kv_lens, *, sm_scale: float, variant: Variant,
     config = DecodeConfig(**found) if found is not None else None
   if plan is None:   # made here from the device lengths (a few small XLA ops)
     grid = dict(num_sms=config.num_sms if config and config.num_sms else None)
-    for knob in ("waves", "min_unit_keys"):
+    for knob in ("waves", "min_unit_keys", "ctas_per_sm"):
       if config is not None and getattr(config, knob) is not None:
         grid[knob] = getattr(config, knob)
     if interpret:     # every CTA is simulated: one unit slot per sequence, plus one
@@ -535,6 +566,7 @@ def decode(q, cache, page_table, kv_lens, *, sm_scale: float, variant: Variant,
   cdt = compute_dtype(q.dtype, cache.dtype)
   qk8 = _qk8(cache.dtype, ps, D, Dv, variant) and not (config and config.float8_qk is False)
   stages = _stages(config, bk, D, Dv, q.dtype, cache.dtype, staged, qk8)
+  q_first = _ctas_per_sm(config) > 2
   scales = (jnp.stack([cache.k_scale, cache.v_scale]).astype(jnp.float32) if f8
             else jnp.ones((2, Nkv), jnp.float32))
   names, dtypes, params = _variant_params(variant, Nkv, G)
@@ -558,7 +590,7 @@ def decode(q, cache, page_table, kv_lens, *, sm_scale: float, variant: Variant,
       variant=variant, param_names=names, param_dtypes=dtypes, staged=staged,
       ring_tiled=_ring_tiled(cache.dtype, ps, D, Dv, variant), qk8=qk8, final=not plan.split,
       fold_k_scale=f8 and variant.key_transform is None,
-      fold_v_scale=f8)
+      fold_v_scale=f8, q_first=q_first)
   o, lse = plgpu.kernel(
       kernel,
       out_type=(final_types if not plan.split else
