@@ -186,7 +186,10 @@ def workloads():
   ]
 
 
-def time_workload(w, key, reps, configs):
+def time_workload(w, key, reps, configs, rounds=1, keep=("*",)):
+  """Time w's rows (labels in `keep`, or all). Every row is compiled and timed once,
+  then `rounds - 1` more times in turn, so drift falls on all rows alike; a row's ms is
+  the median of its rounds."""
   Nq, Nkv, D, ps = 32, 8, 128, 16
   lens_np = np.asarray(w["lens"], np.int32)
   B, S = len(lens_np), int(lens_np.max())
@@ -197,20 +200,22 @@ def time_workload(w, key, reps, configs):
   lens = jnp.asarray(lens_np)
   nbytes = int(lens_np.sum()) * Nkv * 2 * D * jnp.dtype(kvdt).itemsize
   bf16_bytes = int(lens_np.sum()) * Nkv * 2 * D * 2
-  rows = []
+  rows, timed = [], []
 
   def add(label, fn, args, note=""):
+    if "*" not in keep and label not in keep:
+      return
     try:
       t = bench(fn, args, reps=reps, max_calls=10, budget_s=0.6)
       rows.append(dict(workload=w["name"], impl=label, ms=t.median_s * 1e3,
-                       gbps=nbytes / t.median_s / 1e9, spread=round(t.spread, 3),
-                       compile_s=round(t.compile_s, 2), note=note,
-                       tokens_per_s=float(lens_np.sum()) / t.median_s))
+                       ms_rounds=[t.median_s * 1e3], spread=round(t.spread, 3),
+                       compile_s=round(t.compile_s, 2), note=note))
+      timed.append((rows[-1], fn, args))
     except Exception as e:  # noqa: BLE001  (a failing peer must not stop the probe)
       rows.append(dict(workload=w["name"], impl=label, error=f"{type(e).__name__}: {e}"[:400]))
     r = rows[-1]
-    print(f"  {label:34s} " + (f"{r['ms']:8.3f} ms {r['gbps']:7.0f} GB/s  {note}"
-                               if "ms" in r else r["error"][:200]), flush=True)
+    print(f"  {label:34s} " + (f"{r['ms']:8.3f} ms  {note}" if "ms" in r else
+                               r["error"][:200]), flush=True)
 
   var = V.Variant(name="identity")
   plan = jattn.plan_decode(lens_np, ps, Nq, Nkv, D)
@@ -222,6 +227,8 @@ def time_workload(w, key, reps, configs):
   for cfg in configs:
     add(f"jattn.pallas[stages={cfg.stages}]", jd(cfg), [(q, cache, table, lens, plan)],
         "host plan")
+  add("jattn.pallas[ctas=3,whole]", jd(pd.DecodeConfig(ctas_per_sm=3)),
+      [(q, cache, table, lens, plan)], "host plan; Q staged before the ring, 2 stages")
   add("jattn.pallas[plan=None]", jd(), [(q, cache, table, lens, None)],
       "plan made inside the jit from device lengths")
   if w["name"] == "decode_gqa32x8_b32_s4096_d128_p16":
@@ -249,8 +256,6 @@ def time_workload(w, key, reps, configs):
     # Three CTAs per SM (Q staged before a 2-deep ring): only pays with more CTAs than
     # the 2 x SMs slots, so against split plans of 2 CTAs per SM at the same waves.
     three = pd.DecodeConfig(ctas_per_sm=3)
-    add("jattn.pallas[ctas=3,whole]", jd(three), [(q, cache, table, lens, plan)],
-        "host plan (one unit per sequence): the cost of staging Q first")
     for waves in (1, 2, 4):
       for ctas, cfg in ((2, None), (3, three)):
         pw = jattn.plan_decode(lens_np, ps, Nq, Nkv, D, waves=waves, ctas_per_sm=ctas,
@@ -258,7 +263,7 @@ def time_workload(w, key, reps, configs):
         add(f"jattn.pallas[ctas={ctas},waves={waves}]", jd(cfg),
             [(q, cache, table, lens, pw)],
             f"{int(np.asarray(pw.batch_units)[-1]) * Nkv} CTAs + merge")
-    return rows, bf16_bytes
+    return _rounds(rows, timed, rounds, reps, nbytes, lens_np), bf16_bytes
   # Peers on the same bytes.
   Mpad = table.shape[1] * ps
   kd1, kd2 = jax.random.split(kd)
@@ -284,7 +289,20 @@ def time_workload(w, key, reps, configs):
         "triton, own layout [Nkv,P,ps,D]")
   except Exception as e:  # noqa: BLE001
     print("  jax.paged_attention unavailable:", e)
-  return rows, bf16_bytes
+  return _rounds(rows, timed, rounds, reps, nbytes, lens_np), bf16_bytes
+
+
+def _rounds(rows, timed, rounds, reps, nbytes, lens_np):
+  """The remaining interleaved rounds; then ms = median of the rounds, and GB/s."""
+  for _ in range(rounds - 1):
+    for row, fn, args in timed:
+      row["ms_rounds"].append(bench(fn, args, reps=reps, max_calls=10,
+                                    budget_s=0.6).median_s * 1e3)
+  for row, _, _ in timed:
+    row["ms"] = float(np.median(row["ms_rounds"]))
+    row["gbps"] = nbytes / row["ms"] / 1e6
+    row["tokens_per_s"] = float(lens_np.sum()) / row["ms"] * 1e3
+  return rows
 
 
 def copy_gbps(reps):
@@ -301,6 +319,8 @@ def main():
   ap.add_argument("--stages", default="", help="extra ring depths to time, e.g. 2,3")
   ap.add_argument("--checks", default="*", help="fnmatch pattern of checks to run")
   ap.add_argument("--reps", type=int, default=5)
+  ap.add_argument("--rounds", type=int, default=1, help="interleaved timing rounds")
+  ap.add_argument("--rows", default="*", help="row labels to time, separated by ;")
   ap.add_argument("--tiny", action="store_true", help="CPU dry run of the script")
   args = ap.parse_args()
   if args.tiny:
@@ -337,21 +357,23 @@ def main():
     if not any(fnmatch.fnmatch(w["name"], pat) for pat in args.only.split(",")):
       continue
     print(w["name"], flush=True)
-    rows, bf16_bytes = time_workload(w, jax.random.fold_in(key, 1000 + i), args.reps, configs)
+    rows, bf16_bytes = time_workload(w, jax.random.fold_in(key, 1000 + i), args.reps, configs,
+                                     args.rounds, tuple(args.rows.split(";")))
     result["rows"] += rows
   with open(os.path.join(args.out, "decode_probe.json"), "w") as f:
     json.dump(result, f, indent=1, default=str)
-  print("\n| workload | impl | ms | GB/s | % copy |")
-  print("|---|---|---|---|---|")
+  print("\n| workload | impl | ms | GB/s | % copy | rounds (ms) |")
+  print("|---|---|---|---|---|---|")
   for r in result["rows"]:
     if "ms" in r:
       print(f"| {r['workload']} | {r['impl']} | {r['ms']:.3f} | {r['gbps']:.0f} | "
-            f"{100 * r['gbps'] / result['copy_gbps']:.0f}% |")
+            f"{100 * r['gbps'] / result['copy_gbps']:.0f}% | "
+            f"{' '.join(f'{x:.3f}' for x in r['ms_rounds'])} |")
     else:
-      print(f"| {r['workload']} | {r['impl']} | error | {r['error'][:80]} | |")
+      print(f"| {r['workload']} | {r['impl']} | error | {r['error'][:80]} | | |")
   ms = {(r["workload"], r["impl"]): r["ms"] for r in result["rows"] if "ms" in r}
   bf16 = ms.get(("decode_gqa32x8_b32_s4096_d128_p16", "jattn.pallas"))
-  for impl in ("jattn.pallas", "jattn.pallas[float8_qk=False]"):
+  for impl in ("jattn.pallas", "jattn.pallas[ctas=3,whole]", "jattn.pallas[float8_qk=False]"):
     f8 = ms.get(("decode_gqa32x8_b32_s4096_d128_p16_fp8", impl))
     if bf16 and f8:
       print(f"fp8 {impl}: {bf16 / f8:.2f}x the bf16 tokens/s (bar 1.8x)")
