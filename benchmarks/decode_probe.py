@@ -106,10 +106,9 @@ def check_cases():
       ("skewed_plan", dict(B=8, S=4000, plan="skewed")),
       ("skewed_plan_fp8", dict(B=8, S=4000, plan="skewed", kv=jnp.float8_e4m3fn)),
       ("unsplit_plan", dict(B=32, S=1000, plan="unsplit")),
-      ("fp8_ctas3", dict(kv=jnp.float8_e4m3fn, plan="ctas3", cfg=pd.DecodeConfig(ctas_per_sm=3))),
-      ("fp8_alibi_ctas3", dict(kv=jnp.float8_e4m3fn, var=V.alibi(slopes), plan="ctas3",
-                               cfg=pd.DecodeConfig(ctas_per_sm=3))),
-      ("bf16_ctas3_in_jit_plan", dict(cfg=pd.DecodeConfig(ctas_per_sm=3))),
+      ("fp8_q_during_loads", dict(kv=jnp.float8_e4m3fn, plan="skewed",
+                                  cfg=pd.DecodeConfig(q_first=False))),
+      ("bf16_q_first_alibi", dict(var=V.alibi(slopes), cfg=pd.DecodeConfig(q_first=True))),
   ]
   return [(n, {**base, **c}) for n, c in cases]
 
@@ -132,9 +131,6 @@ def run_check(name, c, key):
     plan = jattn.plan_decode(lens, ps, Nq, Nkv, D, min_unit_keys=64)
   if c["plan"] == "unsplit":
     plan = jattn.plan_decode(lens, ps, Nq, Nkv, D, split=False)
-  if c["plan"] == "ctas3":
-    plan = jattn.plan_decode(lens, ps, Nq, Nkv, D, ctas_per_sm=3, min_unit_keys=64,
-                             split=True)
   lens = jnp.asarray(lens)
   f = jax.jit(lambda q, c, t, l, p: pd.decode(q, c, t, l, sm_scale=D ** -0.5, variant=var,
                                               plan=p, interpret=INTERPRET, config=c_cfg))
@@ -227,8 +223,9 @@ def time_workload(w, key, reps, configs, rounds=1, keep=("*",)):
   for cfg in configs:
     add(f"jattn.pallas[stages={cfg.stages}]", jd(cfg), [(q, cache, table, lens, plan)],
         "host plan")
-  add("jattn.pallas[ctas=3,whole]", jd(pd.DecodeConfig(ctas_per_sm=3)),
-      [(q, cache, table, lens, plan)], "host plan; Q staged before the ring, 2 stages")
+  q_first = not jattn.cache.is_float8(kvdt)   # the other order than the default
+  add(f"jattn.pallas[q_first={q_first}]", jd(pd.DecodeConfig(q_first=q_first)),
+      [(q, cache, table, lens, plan)], "host plan; the other Q staging order")
   add("jattn.pallas[plan=None]", jd(), [(q, cache, table, lens, None)],
       "plan made inside the jit from device lengths")
   if w["name"] == "decode_gqa32x8_b32_s4096_d128_p16":
@@ -250,19 +247,9 @@ def time_workload(w, key, reps, configs, rounds=1, keep=("*",)):
   if jattn.cache.is_float8(kvdt):
     add("jattn.pallas[float8_qk=False]", jd(pd.DecodeConfig(float8_qk=False)),
         [(q, cache, table, lens, plan)], "K converted to f16 like V (run 3's kernel)")
-    for st in (2, 4):
+    for st in (3, 4):
       add(f"jattn.pallas[stages={st}]", jd(pd.DecodeConfig(stages=st)),
-          [(q, cache, table, lens, plan)], "host plan")
-    # Three CTAs per SM (Q staged before a 2-deep ring): only pays with more CTAs than
-    # the 2 x SMs slots, so against split plans of 2 CTAs per SM at the same waves.
-    three = pd.DecodeConfig(ctas_per_sm=3)
-    for waves in (1, 2, 4):
-      for ctas, cfg in ((2, None), (3, three)):
-        pw = jattn.plan_decode(lens_np, ps, Nq, Nkv, D, waves=waves, ctas_per_sm=ctas,
-                               split=True)
-        add(f"jattn.pallas[ctas={ctas},waves={waves}]", jd(cfg),
-            [(q, cache, table, lens, pw)],
-            f"{int(np.asarray(pw.batch_units)[-1]) * Nkv} CTAs + merge")
+          [(q, cache, table, lens, plan)], "host plan; Q staged first")
     return _rounds(rows, timed, rounds, reps, nbytes, lens_np), bf16_bytes
   # Peers on the same bytes.
   Mpad = table.shape[1] * ps
@@ -373,7 +360,7 @@ def main():
       print(f"| {r['workload']} | {r['impl']} | error | {r['error'][:80]} | | |")
   ms = {(r["workload"], r["impl"]): r["ms"] for r in result["rows"] if "ms" in r}
   bf16 = ms.get(("decode_gqa32x8_b32_s4096_d128_p16", "jattn.pallas"))
-  for impl in ("jattn.pallas", "jattn.pallas[ctas=3,whole]", "jattn.pallas[float8_qk=False]"):
+  for impl in ("jattn.pallas", "jattn.pallas[q_first=False]", "jattn.pallas[float8_qk=False]"):
     f8 = ms.get(("decode_gqa32x8_b32_s4096_d128_p16_fp8", impl))
     if bf16 and f8:
       print(f"fp8 {impl}: {bf16 / f8:.2f}x the bf16 tokens/s (bar 1.8x)")

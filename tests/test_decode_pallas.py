@@ -117,24 +117,23 @@ def test_plan_unsplit_writes_output_directly(rng):
   _check(q, cache, table, lens, plan=plan)
 
 
-@pytest.mark.parametrize("kv_dtype", [jnp.bfloat16, jnp.float8_e4m3fn], ids=["bf16", "fp8"])
-def test_three_ctas_per_sm(kv_dtype, rng):
-  """DecodeConfig(ctas_per_sm=3): Q and the variant's per-head params are staged before
-  the ring is allocated; a split plan, so partials and the merge run too."""
+@pytest.mark.parametrize("kv_dtype,q_first", [(jnp.bfloat16, True), (jnp.float8_e4m3fn, False)],
+                         ids=["bf16_q_first", "fp8_q_during_loads"])
+def test_q_staging_order(kv_dtype, q_first, rng):
+  """Both orders of staging Q (before the ring, or while its first tiles load), each on
+  the dtype whose default is the other one; with ALiBi's per-head params and a split
+  plan, so partials and the merge run too."""
   q, cache, table, lens = _case(rng, B=2, S=300, kv_dtype=kv_dtype, lens=[300, 120])
   var = V.alibi(V.alibi_slopes(4))
-  plan = jattn.plan_decode(np.asarray(lens), 16, 4, 2, 64, num_sms=1, ctas_per_sm=3,
-                           waves=2, min_unit_keys=64, split=True)
+  plan = jattn.plan_decode(np.asarray(lens), 16, 4, 2, 64, num_sms=1, waves=2,
+                           min_unit_keys=64, split=True)
   assert int(plan.batch_units[1]) >= 2
   o, lse = pd.decode(q, cache, table, lens, sm_scale=64 ** -0.5, variant=var, plan=plan,
-                     interpret=not ON_GPU, config=pd.DecodeConfig(ctas_per_sm=3))
+                     interpret=not ON_GPU, config=pd.DecodeConfig(q_first=q_first))
   ro, rlse = oracle(reference.decode, q, cache, table, lens, sm_scale=64 ** -0.5,
                     variant=var)
   assert_close(o, ro, q.dtype, what="decode")
   assert_lse_close(lse, rlse, q.dtype)
-  with pytest.raises(ValueError, match="ctas_per_sm"):
-    pd.decode(q, cache, table, lens, sm_scale=1.0, variant=var, plan=plan,
-              interpret=not ON_GPU, config=pd.DecodeConfig(ctas_per_sm=4))
 
 
 def test_plan_on_host_equals_plan_under_jit():

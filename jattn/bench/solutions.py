@@ -187,8 +187,10 @@ def _decode_valid(config: dict, spec) -> Optional[str]:
   mod = _module("jattn.pallas.decode")
   variant = spec.variant or _module("jattn.variants").Variant()
   staged = mod._staged(spec.kv_dtype, spec.dtype, spec.page_size, variant)
+  qk8 = mod._qk8(spec.kv_dtype, spec.page_size, spec.head_dim, spec.v_head_dim, variant)
   need = mod._smem_bytes(config["stages"], mod.block_kv(spec.page_size), spec.head_dim,
-                         spec.v_head_dim, spec.dtype, spec.kv_dtype, staged)
+                         spec.v_head_dim, spec.dtype, spec.kv_dtype, staged, qk8,
+                         mod._q_first(None, qk8))
   if need > SMEM_LIMIT:
     return f"needs {need // 1024} KiB of shared memory"
   return None
@@ -199,8 +201,9 @@ def _decode_heuristic(axes):
     mod = _module("jattn.pallas.decode")
     variant = spec.variant or _module("jattn.variants").Variant()
     staged = mod._staged(spec.kv_dtype, spec.dtype, spec.page_size, variant)
+    qk8 = mod._qk8(spec.kv_dtype, spec.page_size, spec.head_dim, spec.v_head_dim, variant)
     out = dict(stages=mod._stages(None, mod.block_kv(spec.page_size), spec.head_dim,
-                                  spec.v_head_dim, spec.dtype, spec.kv_dtype, staged),
+                                  spec.v_head_dim, spec.dtype, spec.kv_dtype, staged, qk8),
                waves=4)
     return {k: out[k] for k in axes}
   return heuristic
