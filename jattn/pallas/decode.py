@@ -16,7 +16,9 @@ both products run on the tensor cores (wgmma, M = 64; P goes through shared memo
   S = Q K^T [64, 64] (f32)  ->  online softmax (exp2)  ->  O += P V [64, Dv] (f32)
 
 Each tile arrives through TMA copies, one per page (several per tile for small pages),
-`stages` tiles deep; the page ids of the next refill are loaded one tile early. bf16/fp16
+`stages` tiles deep; the page ids of the next refill are loaded one tile early. Q is
+staged while the first tiles load (float8 pages with e4m3 Q·Kᵀ: before the ring is
+allocated, which measured faster there, `DecodeConfig.q_first`). bf16/fp16
 pages whose size is a multiple of 8 are copied straight into the swizzled layout wgmma
 reads; float8 pages, smaller pages and variants with a key transform are copied raw and
 converted through registers (float8 to float16; the per-head scales are folded into the
@@ -129,7 +131,8 @@ def _q_first(cfg, qk8) -> bool:
 
 def _stages(cfg, bk, d, dv, q_dtype, kv_dtype, staged, qk8=False) -> int:
   """The deepest ring (up to 4) that leaves room for two CTAs per SM; at least 2. The
-  e4m3 Q·Kᵀ kernel with Q staged first takes 2 (measured best, decode probe run 9)."""
+  e4m3 Q·Kᵀ kernel with Q staged first takes 2 (the depth measured in decode probe run 8;
+  deeper rings with Q first were not timed)."""
   if cfg is not None and cfg.stages is not None:
     return cfg.stages
   q_first = _q_first(cfg, qk8)
