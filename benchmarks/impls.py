@@ -93,9 +93,10 @@ class Data:
       kv_lens = jnp.asarray(wl.kv_lens())
       sets = []
       if wl.kind == "decode":
+        ones = jnp.ones((wl.num_kv_heads,), jnp.float32) if wl.fp8 else None
         for key in jax.random.split(jax.random.fold_in(self.key, 1), self.n_sets()):
           q, k_pages, v_pages = W.decode_set(wl, num_pages, key)
-          cache = jattn.PagedKVCache(k_pages, v_pages)
+          cache = jattn.PagedKVCache(k_pages, v_pages, ones, ones)
           sets.append(dict(q=q, cache=cache, table=table, kv_lens=kv_lens))
         return sets
       q_offsets = jnp.arange(wl.batch + 1, dtype=jnp.int32) * wl.q_len
@@ -171,10 +172,16 @@ def _mask_kw(wl):
   return dict(causal=wl.causal, sliding_window=wl.window)
 
 
+def _fp8_kw(wl):
+  """float8 q, k, v carry their scales (1: the stored values are the real ones)."""
+  return dict(q_scale=1.0, k_scale=1.0, v_scale=1.0) if wl.fp8 else {}
+
+
 def jattn_attention(family):
   def build(wl, data):
     _guard(wl, "attention", family)
-    f = functools.partial(jattn.attention, implementation=family, **_mask_kw(wl))
+    f = functools.partial(jattn.attention, implementation=family, **_mask_kw(wl),
+                          **_fp8_kw(wl))
     if wl.kind == "bwd":
       return Prepared(_vjp(f), [(d["q"], d["k"], d["v"], d["do"]) for d in data.dense],
                       chosen=_chosen("attention"))
@@ -284,7 +291,8 @@ def auto_choice(wl: W.Workload, data: Data, op: str) -> Optional[str]:
       jax.eval_shape(jattn.block_sparse_attention, d["q"], d["k"], d["v"], data.layout)
     else:
       d = data.dense[0]
-      jax.eval_shape(functools.partial(jattn.attention, **_mask_kw(wl)), d["q"], d["k"], d["v"])
+      jax.eval_shape(functools.partial(jattn.attention, **_mask_kw(wl), **_fp8_kw(wl)),
+                     d["q"], d["k"], d["v"])
     return jattn.dispatch.chosen(op)
   except Exception as e:  # noqa: BLE001  (recorded, not fatal)
     return f"error: {type(e).__name__}"
@@ -478,12 +486,14 @@ def entries(wl: W.Workload) -> list[tuple[str, str, Callable]]:
       rows.append(("jattn.decode[pallas,plan]", "jattn", jattn_decode_planned(True)))
       rows.append(("jattn.decode[pallas,noplan]", "jattn", jattn_decode_planned(False)))
   else:
-    ops = ["attention"] if wl.kind == "bwd" else (
+    ops = ["attention"] if wl.kind == "bwd" or wl.fp8 else (
         ["prefill", "attention"] if wl.kind == "append" else ["attention", "prefill"])
     for op in ops:
       for fam in jattn_families(op):
         build = jattn_attention(fam) if op == "attention" else jattn_prefill(fam)
         rows.append((f"jattn.{op}[{fam}]", "jattn", build))
+  if wl.fp8:   # no peer takes float8 here: the bf16 twin's rows are the comparison
+    return rows
   rows.append(("cudnn", "peer", cudnn))
   rows.append(("tokamax.mosaic", "peer", tokamax_impl("mosaic")))
   rows.append(("tokamax.triton", "peer", tokamax_impl("triton")))
@@ -496,6 +506,8 @@ def entries(wl: W.Workload) -> list[tuple[str, str, Callable]]:
 
 
 def jattn_ops(wl: W.Workload) -> list[str]:
+  if wl.fp8 and wl.kind == "prefill":
+    return ["attention"]
   return {"decode": ["decode"], "bwd": ["attention"], "append": ["prefill", "attention"],
           "mla": ["mla_decode"], "block_sparse": ["block_sparse_attention"]}.get(
       wl.kind, ["attention", "prefill"])

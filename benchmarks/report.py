@@ -83,7 +83,8 @@ def header(res) -> str:
         f" · tokamax {m['tokamax'] if m['tokamax'] and 'not importable' not in str(m['tokamax']) else 'absent'}"
         f" · ceilings measured in the same run: copy {c['copy_gbps']:.0f} GB/s (read+write),"
         f" bf16 matmul {c['matmul_n']}³ {c['matmul_tflops']:.0f} TFLOP/s"
-        f" · {m['timing']['reps']} reps × ≤{m['timing']['max_calls']} calls"
+        + (f", float8 {c['matmul_fp8_tflops']:.0f}" if c.get("matmul_fp8_tflops") else "")
+        + f" · {m['timing']['reps']} reps × ≤{m['timing']['max_calls']} calls"
         + (" · QUICK" if m.get("quick") else "") + (" · TINY (CPU test)" if m.get("tiny") else "")
         + f" · run `{m['run_id']}`")
   return "\n".join(lines)
@@ -103,10 +104,22 @@ def summary_table(res) -> str:
               and by[(w, i)].get("vs_best_peer")]
     base = [by[(w, i)]["vs_baseline"] for i in impls
             if (w, i) in by and by[(w, i)]["family"] == "jattn" and by[(w, i)].get("vs_baseline")]
+    twin = [(by[(w, i)].get("vs_bf16_jattn"), by[(w, i)].get("vs_bf16_peer")) for i in impls
+            if (w, i) in by and by[(w, i)]["family"] == "jattn"
+            and by[(w, i)].get("vs_bf16_jattn")]
     best = (f"{max(ratios):.2f}×" if ratios else
-            f"{max(base):.2f}× vs dense" if base else "—")
+            f"{max(base):.2f}× vs dense" if base else
+            _twin_cell(twin) if twin else "—")
     out.append(f"| `{w}` | " + " | ".join(_cell(by.get((w, i))) for i in impls) + f" | {best} |")
   return "\n".join(out)
+
+
+def _twin_cell(twin) -> str:
+  """A float8 workload: its fastest jattn row against the bf16 twin's fastest jattn row
+  and fastest peer (same run)."""
+  jt = max(j for j, _ in twin)
+  peers = [p for _, p in twin if p]
+  return f"{jt:.2f}× bf16 jattn" + (f", {max(peers):.2f}× bf16 peer" if peers else "")
 
 
 def detail_tables(res) -> str:
@@ -125,7 +138,8 @@ def detail_tables(res) -> str:
                      "| | | | | | | |")
         continue
       vs = (f"{r['vs_best_peer']:.2f}" if r.get("vs_best_peer") else
-            f"{r['vs_baseline']:.2f} vs dense" if r.get("vs_baseline") else "")
+            f"{r['vs_baseline']:.2f} vs dense" if r.get("vs_baseline") else
+            f"{r['vs_bf16_jattn']:.2f} vs bf16 jattn" if r.get("vs_bf16_jattn") else "")
       err = ("n/a (other op)" if r.get("family") == "baseline" else
              f"{r['max_rel_err']:.1e}" + (" ⚠" if _flagged(r) else ""))
       chosen = r.get("chosen") or ""
@@ -157,7 +171,8 @@ def markdown(res) -> str:
       " bytes = Q + K + V (valid tokens) + O once. ⚠ = relative error above 2e-2."
       " `× best peer` = fastest peer's time / this time (> 1: faster than every peer);"
       " block-sparse rows instead compare with jattn's dense kernel on the same shape"
-      " (`vs dense`).", "",
+      " (`vs dense`); `_fp8` rows (float8 inputs, roofline of the float8 matmul) compare"
+      " with their bf16 twin workload's fastest jattn row and fastest peer.", "",
       "## Summary", "", summary_table(res), "", "## Details", "", detail_tables(res),
       "## Rows not timed, and notes", "", notes(res) or "(none)", ""])
 

@@ -9,7 +9,10 @@ Each row: device, JAX version, date, workload, shape, dtype, implementation, sta
 ms, TFLOP/s, GB/s, fraction of the roofline of the ceilings measured in this run, largest
 relative error vs a float32 reference on slices, and speed relative to the best peer of the
 same run (best peer time / this time; > 1 is faster), and for block-sparse rows the speed
-relative to jattn's dense kernel on the same shape (`vs_baseline`). `--tiny` scales every workload down
+relative to jattn's dense kernel on the same shape (`vs_baseline`); float8 rows instead
+relate to their bf16 twin workload of the same run (`vs_bf16_jattn`: the twin's fastest
+jattn row / this time; `vs_bf16_peer`: the twin's fastest peer / this time) and use the
+float8 matmul ceiling. `--tiny` scales every workload down
 for the CPU test; `--quick` times fewer repetitions (smoke runs).
 """
 
@@ -35,6 +38,7 @@ from benchmarks import workloads as W
 
 SUITES = ("prefill", "decode", "append", "bwd", "mla", "block_sparse")
 ERR_FLAG = 2e-2      # bf16 outputs land near 4e-3; above this the row is flagged
+ERR_FLAG_FP8 = 6e-2  # float8 prefill rounds P to e4m3 (~2.5 % expected)
 
 
 def gpu_slug(device_kind: str) -> str:
@@ -66,10 +70,12 @@ def _short(e: BaseException) -> str:
 
 
 def measure(wl, data, label, family, build, ceil, cfg) -> dict:
+  ceil_tflops = ceil["matmul_fp8_tflops"] if wl.fp8 else ceil["matmul_tflops"]
   row = dict(workload=wl.name, suite=wl.suite, shape=wl.shape_str(), shape_info=wl.shape(),
-             dtype=jax.numpy.dtype(W.DTYPE).name, impl=label, family=family, status="ok",
-             reason=None, note="", chosen=None, flops=wl.flops(), bytes=wl.bytes(),
-             ceil_tflops=ceil["matmul_tflops"], ceil_gbps=ceil["copy_gbps"])
+             dtype="float8_e4m3fn" if wl.fp8 else jax.numpy.dtype(W.DTYPE).name, impl=label,
+             family=family, status="ok", reason=None, note="", chosen=None,
+             flops=wl.flops(), bytes=wl.bytes(), ceil_tflops=ceil_tflops,
+             ceil_gbps=ceil["copy_gbps"], twin=wl.twin)
   try:
     t0 = time.time()
     prep = build(wl, data)
@@ -89,14 +95,15 @@ def measure(wl, data, label, family, build, ceil, cfg) -> dict:
     del out
     sec = t.median_s
     flops = prep.flops or wl.flops()
-    t_flops = flops / (ceil["matmul_tflops"] * 1e12)
+    t_flops = flops / (ceil_tflops * 1e12)
     t_bytes = wl.bytes() / (ceil["copy_gbps"] * 1e9)
     row.update(median_ms=sec * 1e3, min_ms=t.min_s * 1e3, max_ms=t.max_s * 1e3,
                reps=t.reps, calls=t.calls, compile_s=round(t.compile_s, 2), flops=flops,
                tflops=flops / sec / 1e12, gbps=wl.bytes() / sec / 1e9,
                bound="compute" if t_flops >= t_bytes else "memory",
                frac_ceiling=max(t_flops, t_bytes) / sec,
-               max_rel_err=err, err_flag=err is not None and not err <= ERR_FLAG)
+               max_rel_err=err,
+               err_flag=err is not None and not err <= (ERR_FLAG_FP8 if wl.fp8 else ERR_FLAG))
   except impls.Unavailable as e:
     row.update(status="unavailable", reason=str(e))
   except NotImplementedError as e:
@@ -110,16 +117,22 @@ def measure(wl, data, label, family, build, ceil, cfg) -> dict:
 
 def best_peer_ratios(rows: list[dict]) -> None:
   """vs_best_peer = (fastest peer of the same run and workload) / this time;
-  vs_baseline = (the baseline row of the same run and workload) / this time."""
-  for fam, key in (("peer", "vs_best_peer"), ("baseline", "vs_baseline")):
-    best = {}
-    for r in rows:
-      if r["family"] == fam and r["status"] == "ok":
-        k = (r["run_id"], r["workload"])
-        best[k] = min(best.get(k, float("inf")), r["median_ms"])
-    for r in rows:
-      b = best.get((r.get("run_id"), r["workload"]))
-      r[key] = (b / r["median_ms"]) if (b and r["status"] == "ok") else None
+  vs_baseline = (the baseline row of the same run and workload) / this time; for a
+  float8 row, vs_bf16_jattn / vs_bf16_peer = (fastest jattn row / fastest peer of its
+  bf16 twin workload, same run) / this time."""
+  best = {}
+  for r in rows:
+    if r["status"] == "ok":
+      k = (r["family"], r["run_id"], r["workload"])
+      best[k] = min(best.get(k, float("inf")), r["median_ms"])
+  for r in rows:
+    ok = r["status"] == "ok"
+    for fam, key, w in (("peer", "vs_best_peer", r["workload"]),
+                        ("baseline", "vs_baseline", r["workload"]),
+                        ("jattn", "vs_bf16_jattn", r.get("twin")),
+                        ("peer", "vs_bf16_peer", r.get("twin"))):
+      b = best.get((fam, r.get("run_id"), w)) if w else None
+      r[key] = (b / r["median_ms"]) if (b and ok) else None
 
 
 def merge(path: str, meta: dict, rows: list[dict]) -> dict:

@@ -8,7 +8,9 @@ each repetition timed on the host clock from before the first launch to
 (repetition time / calls).
 
 Ceilings: memory = an elementwise pass over a 2 GiB bf16 buffer, counting bytes read plus
-bytes written; compute = a bf16 8192^3 matrix product (random data), 2*N^3 FLOPs.
+bytes written; compute = a bf16 8192^3 matrix product (random data), 2*N^3 FLOPs, and
+the same product in float8_e4m3fn (A · Bᵀ with both operands K-contiguous, the layout
+cuBLASLt's float8 GEMM takes, bf16 out): the ceiling of the float8 workloads.
 """
 
 from __future__ import annotations
@@ -64,8 +66,14 @@ def ceilings(*, tiny: bool = False, reps: int = 7) -> dict:
   a = jax.random.normal(ka, (n_mm, n_mm), jnp.float32).astype(jnp.bfloat16)
   b = jax.random.normal(kb, (n_mm, n_mm), jnp.float32).astype(jnp.bfloat16)
   mm = bench(jax.jit(jnp.matmul), [(a, b), (b, a)], reps=reps, max_calls=10, budget_s=1.0)
+  a8, b8 = a.astype(jnp.float8_e4m3fn), b.astype(jnp.float8_e4m3fn)
   del a, b
+  abt = jax.jit(lambda x, y: jax.lax.dot_general(x, y, (((1,), (1,)), ((), ())),
+                                                 preferred_element_type=jnp.bfloat16))
+  mm8 = bench(abt, [(a8, b8), (b8, a8)], reps=reps, max_calls=10, budget_s=1.0)
+  del a8, b8
   return dict(copy_gbps=copy_bytes / copy.median_s / 1e9,
               copy_bytes=copy_bytes, copy_ms=copy.median_s * 1e3,
               matmul_tflops=2 * n_mm**3 / mm.median_s / 1e12,
-              matmul_n=n_mm, matmul_ms=mm.median_s * 1e3)
+              matmul_n=n_mm, matmul_ms=mm.median_s * 1e3,
+              matmul_fp8_tflops=2 * n_mm**3 / mm8.median_s / 1e12)

@@ -6,12 +6,17 @@ prefix, bottom-right causal), "bwd" (forward + backward of dense attention), "ml
 (absorbed multi-head latent attention decode over a paged latent cache: D = 512 + 64
 latent + rope dims per key, the first Dv = 512 of them also the value) and "block_sparse"
 (non-causal attention over a random per-head block layout of a given density).
+A workload with `fp8` is the float8_e4m3fn twin of the bf16 workload named without the
+`_fp8` suffix: decode reads float8 pages (bf16 queries), prefill takes float8 q, k, v; the
+values are the bf16 ones rounded to e4m3 with scales of 1 (N(0, 1) data is inside the
+e4m3 range), so the checks compare with the same float32 reference on the stored values.
 
 Counting (the same for every implementation of a workload, so GB/s and TFLOP/s compare):
   FLOPs  forward 2 * Nq * (D + Dv) per visible (query, key) pair; causal and window masks
          count only visible pairs (causal T == S: about half; block-sparse: the listed
          blocks); backward 2.5x forward, so fwd+bwd is 3.5x (FlashAttention's convention).
-  bytes  Q + K + V + O, each read or written once; K and V only over valid tokens
+  bytes  Q + K + V + O, each read or written once at its own width (float8: 1 byte);
+         K and V only over valid tokens
          (sum of kv lengths for skewed decode; MLA reads one D-wide latent row per token
          that serves as key and value); bwd adds dO, dQ, dK, dV.
 """
@@ -54,6 +59,12 @@ class Workload:
   head_dim_v: Optional[int] = None  # Dv when it differs from D (MLA: 512 of D = 576)
   density: Optional[float] = None   # block_sparse: fraction of listed blocks per row
   block: Optional[int] = None       # block_sparse: square block size
+  fp8: bool = False                 # float8_e4m3fn K/V (prefill: and Q), scales of 1
+
+  @property
+  def twin(self) -> Optional[str]:
+    """The bf16 workload an fp8 one is compared with (same shape)."""
+    return self.name[:-len("_fp8")] if self.fp8 else None
 
   @property
   def dv(self) -> int:
@@ -132,10 +143,12 @@ class Workload:
 
   def bytes(self) -> float:
     it = jnp.dtype(DTYPE).itemsize
+    kv_it = 1 if self.fp8 else it
+    q_it = 1 if self.fp8 and self.kind == "prefill" else it
     rows = self.batch * self.q_len * self.num_q_heads
     tokens = int(self.kv_lens().sum()) * self.num_kv_heads
     kv = tokens * self.head_dim if self.kind == "mla" else tokens * (self.head_dim + self.dv)
-    fwd = (rows * (self.head_dim + self.dv) + kv) * it
+    fwd = rows * (self.head_dim * q_it + self.dv * it) + kv * kv_it
     return 2 * fwd if self.kind == "bwd" else fwd
 
 
@@ -187,6 +200,12 @@ STANDARD = [
     # Block-sparse (issue 8): B1 T=S=8192, 32 heads, 64x64 blocks, non-causal.
     *[Workload(f"block_sparse_t8192_h32_d128_b64_density{d}", "block_sparse", 1, 8192, 8192,
                32, 32, 128, causal=False, density=d, block=64) for d in (0.1, 0.3, 0.5)],
+    # float8 (issues 4 and 6): twins of the first prefill and decode workloads, measured
+    # against their bf16 rows of the same run.
+    Workload("prefill_causal_b4_t4096_h32_d128_fp8", "prefill", 4, 4096, 4096, 32, 32, 128,
+             fp8=True),
+    Workload("decode_gqa32x8_b32_s4096_d128_p16_fp8", "decode", 32, 1, 4096, 32, 8, 128,
+             page_size=16, fp8=True),
 ]
 
 
@@ -215,16 +234,21 @@ def tiny(wl: Workload) -> Workload:
 
 # ---------------------------------------------------------------------- inputs
 
-def _normal(key, shape):
-  return jax.random.normal(key, shape, jnp.float32).astype(DTYPE)
+F8 = jnp.float8_e4m3fn
+
+
+def _normal(key, shape, fp8=False):
+  """bf16 N(0, 1) values; fp8: those values rounded to e4m3 (stored with scale 1)."""
+  x = jax.random.normal(key, shape, jnp.float32).astype(DTYPE)
+  return x.astype(F8) if fp8 else x
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
 def _dense_set(wl: Workload, key) -> dict:
   kq, kk, kv, kd = jax.random.split(key, 4)
-  d = dict(q=_normal(kq, (wl.batch, wl.q_len, wl.num_q_heads, wl.head_dim)),
-           k=_normal(kk, (wl.batch, wl.kv_len, wl.num_kv_heads, wl.head_dim)),
-           v=_normal(kv, (wl.batch, wl.kv_len, wl.num_kv_heads, wl.head_dim)))
+  d = dict(q=_normal(kq, (wl.batch, wl.q_len, wl.num_q_heads, wl.head_dim), wl.fp8),
+           k=_normal(kk, (wl.batch, wl.kv_len, wl.num_kv_heads, wl.head_dim), wl.fp8),
+           v=_normal(kv, (wl.batch, wl.kv_len, wl.num_kv_heads, wl.head_dim), wl.fp8))
   if wl.kind == "bwd":
     d["do"] = _normal(kd, d["q"].shape)
   return d
@@ -237,11 +261,11 @@ def dense_inputs(wl: Workload, key, n_sets: int) -> list[dict]:
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def decode_set(wl: Workload, num_pages: int, key) -> tuple:
-  """Random q [B,Nq,D] and pages [P,ps,Nkv,D] for K and V."""
+  """Random q [B,Nq,D] (bf16) and pages [P,ps,Nkv,D] for K and V (float8 for fp8)."""
   kq, kk, kv = jax.random.split(key, 3)
   shape = (num_pages, wl.pages, wl.num_kv_heads, wl.head_dim)
-  return (_normal(kq, (wl.batch, wl.num_q_heads, wl.head_dim)), _normal(kk, shape),
-          _normal(kv, shape))
+  return (_normal(kq, (wl.batch, wl.num_q_heads, wl.head_dim)), _normal(kk, shape, wl.fp8),
+          _normal(kv, shape, wl.fp8))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))

@@ -19,10 +19,12 @@ if ROOT not in sys.path:
 
 from benchmarks import report, run, workloads  # noqa: E402
 
-# One of each kind but plain prefill (append covers the dense and paged forward paths).
+# One of each kind but plain prefill (append covers the dense and paged forward paths),
+# and a float8 decode with its bf16 twin.
 WORKLOADS = ("decode_skewed_lengths", "append_b8_q256_kv4096_gqa32x8",
              "attention_bwd_causal_b4_t4096_h32_d128", "mla_decode_b128_s8192_h16_p64",
-             "block_sparse_t8192_h32_d128_b64_density0.3")
+             "block_sparse_t8192_h32_d128_b64_density0.3", "decode_gqa32x8_b32_s4096_d128_p16",
+             "decode_gqa32x8_b32_s4096_d128_p16_fp8")
 IMPLS = "jattn.*[[]xla],tokamax.mosaic,jax.nn.*,jattn.attention[[]pallas] dense"
 
 
@@ -60,6 +62,13 @@ def test_flop_counts():
   mla = next(w for w in workloads.STANDARD if w.name == "mla_decode_b64_s4096_h128_p64")
   assert mla.flops() == pytest.approx(2 * 64 * 128 * 4096 * (576 + 512))
   assert mla.bytes() == pytest.approx(2 * (64 * 4096 * 576 + 64 * 128 * (576 + 512)))
+  by = {w.name: w for w in workloads.STANDARD}
+  f8, bf = by["decode_gqa32x8_b32_s4096_d128_p16_fp8"], by["decode_gqa32x8_b32_s4096_d128_p16"]
+  assert f8.twin == bf.name and bf.twin is None and f8.flops() == bf.flops()
+  q_o = 2 * 32 * 32 * 128 * 2                     # bf16 q and o
+  assert bf.bytes() == q_o + 32 * 4096 * 8 * 256 * 2 and f8.bytes() == q_o + 32 * 4096 * 8 * 256
+  p8 = by["prefill_causal_b4_t4096_h32_d128_fp8"]  # float8 q, k, v; bf16 o
+  assert p8.bytes() == 4 * 4096 * 32 * 128 * (1 + 2 + 1 + 1)
   for dens in (0.1, 0.3, 0.5):
     bs = next(w for w in workloads.STANDARD if w.name.endswith(f"density{dens}"))
     m = bs.block_mask()
@@ -80,8 +89,8 @@ def test_rows_are_complete(result):
     if r["status"] != "ok":
       assert r["reason"], r
   xla = [r for r in rows if r["impl"].endswith("[xla]")]
-  # decode; append: attention + prefill; bwd; mla: jattn + jax.nn; block-sparse
-  assert len(xla) == 7
+  # decode x3; append: attention + prefill; bwd; mla: jattn + jax.nn; block-sparse
+  assert len(xla) == 9
   for r in xla:
     assert r["status"] == "ok", r
     assert r["median_ms"] > 0 and math.isfinite(r["median_ms"])
@@ -95,6 +104,19 @@ def test_rows_are_complete(result):
     assert base["max_rel_err"] is None and not base["err_flag"], base   # another op
   else:
     assert base["status"] == "unavailable" and "GPU" in base["reason"]
+
+
+def test_fp8_rows_compare_with_their_bf16_twin(result):
+  path, res = result
+  by = {(r["workload"], r["impl"]): r for r in res["rows"]}
+  bf = by[("decode_gqa32x8_b32_s4096_d128_p16", "jattn.decode[xla]")]
+  f8 = by[("decode_gqa32x8_b32_s4096_d128_p16_fp8", "jattn.decode[xla]")]
+  assert f8["dtype"] == "float8_e4m3fn" and f8["twin"] == bf["workload"]
+  assert f8["vs_bf16_jattn"] == pytest.approx(bf["median_ms"] / f8["median_ms"])
+  assert f8["vs_best_peer"] is None and bf["vs_bf16_jattn"] is None
+  assert not any(r["family"] == "peer" for r in res["rows"] if r["workload"] == f8["workload"])
+  with open(os.path.splitext(path)[0] + ".md") as f:
+    assert "× bf16 jattn" in f.read()
 
 
 def test_absent_peer_says_why(result):
