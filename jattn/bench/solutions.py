@@ -174,7 +174,7 @@ def _prefill_heuristic(axes):
 _PREFILL_AXES = dict(block_kv=(64, 128), num_stages=(2, 3, 4), persistent=(False, True))
 _PREFILL_TINY = dict(block_kv=(64,), num_stages=(2,), persistent=(False,))
 
-# Pallas paged decode (jattn/pallas/decode.py): DecodeConfig(stages, waves, ...). The plan
+# Pallas paged decode (jattn/pallas/decode.py): DecodeConfig(stages, waves, q_first). The plan
 # knobs act only on plans made inside `decode`; points whose plans cut the sequences the
 # same way (they differ only in idle unit slots) are timed once.
 
@@ -188,9 +188,9 @@ def _decode_valid(config: dict, spec) -> Optional[str]:
   variant = spec.variant or _module("jattn.variants").Variant()
   staged = mod._staged(spec.kv_dtype, spec.dtype, spec.page_size, variant)
   qk8 = mod._qk8(spec.kv_dtype, spec.page_size, spec.head_dim, spec.v_head_dim, variant)
+  q_first = config.get("q_first", mod._q_first(None, qk8))
   need = mod._smem_bytes(config["stages"], mod.block_kv(spec.page_size), spec.head_dim,
-                         spec.v_head_dim, spec.dtype, spec.kv_dtype, staged, qk8,
-                         mod._q_first(None, qk8))
+                         spec.v_head_dim, spec.dtype, spec.kv_dtype, staged, qk8, q_first)
   if need > SMEM_LIMIT:
     return f"needs {need // 1024} KiB of shared memory"
   return None
@@ -204,24 +204,25 @@ def _decode_heuristic(axes):
     qk8 = mod._qk8(spec.kv_dtype, spec.page_size, spec.head_dim, spec.v_head_dim, variant)
     out = dict(stages=mod._stages(None, mod.block_kv(spec.page_size), spec.head_dim,
                                   spec.v_head_dim, spec.dtype, spec.kv_dtype, staged, qk8),
-               waves=4)
+               waves=4, q_first=mod._q_first(None, qk8))
     return {k: out[k] for k in axes}
   return heuristic
 
 
 def _decode_same(config, spec, workload, interpret):
+  kernel = (config["stages"], config.get("q_first"))
   if interpret or "waves" not in config:   # interpreted plans use a fixed small grid
-    return (config["stages"],)
+    return kernel
   import numpy as np
   mod = _module("jattn.pallas.decode")
   plan = mod.plan_decode(np.asarray(workload.lens()[1]), spec.page_size, spec.num_q_heads,
                          spec.num_kv_heads, spec.head_dim, max_kv_len=spec.kv_len,
                          waves=config["waves"])
   units = np.asarray(plan.units)
-  return config["stages"], units[units[:, 0] >= 0].tobytes()   # idle unit slots aside
+  return kernel + (units[units[:, 0] >= 0].tobytes(),)   # idle unit slots aside
 
 
-_DECODE_AXES = dict(stages=(2, 3, 4), waves=(2, 4, 8))
+_DECODE_AXES = dict(stages=(2, 3, 4), waves=(2, 4, 8), q_first=(False, True))
 _DECODE_TINY = dict(stages=(2,))
 
 SPACES: dict[str, ConfigSpace] = {
