@@ -410,6 +410,8 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
     plgpu.wait_smem_to_gmem(0)
 
   def unit(par_smem, par_bar):
+    """The variant's per-head params (when it has any), Q (here when q_first), then the
+    ring and the key loop (`main`), then the epilogue, each in its own SMEM scope."""
     if param_names:
       plgpu.copy_gmem_to_smem(params_ref.at[kvh], par_smem, par_bar)
     q_inv = None
