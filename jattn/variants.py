@@ -10,16 +10,20 @@ jnp code that broadcasts:
   logits_mask(ctx) -> bool    True keeps the key; False removes it (weight 0)
 
 `ctx` is a `Context` of int32 arrays that broadcast against the tile:
-  q_pos   absolute position of the query in its sequence (kv_len - q_len + t)
-  kv_pos  absolute position of the key
+  q_pos   absolute position of the query in its sequence (kv_len - q_len + t);
+          None in key_transform
+  kv_pos  absolute position of the key; None in query_transform
   head    query head (kv head for key_transform)
   batch   sequence index
-  params  per-query-head parameters (`Variant.params`), already gathered at `head`
+  params  per-query-head parameters (`Variant.params`), already gathered at `head`;
+          empty in key_transform (a key serves every query head of its group)
 
 For `query_transform`/`key_transform` the arrays broadcast against `x[..., :1]` (one
 trailing 1); for `logits_transform`/`logits_mask` against the logits tile. The reference
 uses logits laid out [B, Nq, T, S]; kernels use their own tiles, which is why functions
-must only broadcast, never index or reshape.
+must only broadcast, never index or reshape. A function that closes over an array (a
+lookup table, a document-id vector) works on the XLA implementation only: the kernels
+find that by tracing it on a tile (`kernel_trace_reason`) and pass the call on.
 
 `band = (left, right)` says the mask is known to be contained in the band
 `q_pos - left <= kv_pos <= q_pos + right` (None = unbounded side). Kernels use it to skip
@@ -96,6 +100,47 @@ class Variant:
     if self.params:
       parts.append(f"params={sorted(self.params)}")
     return f"Variant({', '.join(parts)})"
+
+
+TRACE_TILE = (64, 64)   # the logits tile the kernel check traces a variant on
+
+
+def kernel_trace_reason(variant: Optional["Variant"], head_dim: int) -> Optional[str]:
+  """None if every function of `variant` traces on a kernel tile without closing over an
+  array (kernels can capture scalars only); else why not. Each function is traced on
+  abstract tiles shaped as a kernel holds them (logits [64, 64]; q and k [64, head_dim])."""
+  if variant is None or variant.is_identity:
+    return None
+  row = (TRACE_TILE[0], head_dim)
+  # name -> (tile of x or None, shape of ctx, has q_pos, has kv_pos, has params)
+  calls = (("query_transform", row, row, True, False, True),
+           ("key_transform", row, row, False, True, False),
+           ("logits_transform", TRACE_TILE, TRACE_TILE, True, True, True),
+           ("logits_mask", None, TRACE_TILE, True, True, True))
+  for name, x_shape, shape, has_q, has_kv, has_params in calls:
+    fn = getattr(variant, name)
+    if fn is None:
+      continue
+    i32 = jax.ShapeDtypeStruct(shape, jnp.int32)
+    params = ({k: jax.ShapeDtypeStruct(shape, jnp.asarray(p).dtype)
+               for k, p in variant.params.items()} if has_params else {})
+
+    def call(x, q_pos, kv_pos, head, batch, params, fn=fn):
+      ctx = Context(q_pos=q_pos, kv_pos=kv_pos, head=head, batch=batch, params=params)
+      return fn(ctx) if x is None else fn(x, ctx)
+
+    x = None if x_shape is None else jax.ShapeDtypeStruct(x_shape, jnp.float32)
+    try:
+      closed = jax.make_jaxpr(call)(x, i32 if has_q else None, i32 if has_kv else None,
+                                    i32, i32, params)
+    except Exception as e:  # noqa: BLE001  (any failure to trace is the reason)
+      return (f"variant {variant.name}: {name} does not trace on a kernel tile "
+              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")[:300]
+    arrays = [tuple(jnp.shape(c)) for c in closed.consts if jnp.size(c) > 1]
+    if arrays:
+      return (f"variant {variant.name}: {name} closes over arrays of shapes {arrays} "
+              "(kernels capture scalars only; per-head values go in Variant.params)")
+  return None
 
 
 def _chain(fs):

@@ -151,3 +151,23 @@ def test_block_sparse(T, S, heads, grad):
     return o.astype(jnp.float32).sum() if grad else o
   f = jax.grad(f, argnums=(0, 1, 2)) if grad else f
   lower(f, z(1, T, 4, 128), z(1, S, 2, 128), z(1, S, 2, 128), op="block_sparse_attention")
+
+
+def test_variant_closing_over_an_array_goes_to_xla():
+  """A variant that closes over an array cannot enter a kernel (Pallas captures scalars
+  only): on a GPU the dispatcher passes the kernels over, with the reason, and the XLA
+  implementation serves the call; forcing a kernel raises that reason."""
+  doc = jnp.arange(64) // 16
+  var = jattn.Variant(logits_mask=lambda ctx: doc[ctx.kv_pos] == doc[ctx.q_pos], name="doc")
+  q = z(1, 64, 4, 64)
+  cache = jattn.PagedKVCache(z(8, 16, 2, 64), z(8, 16, 2, 64))
+  table, lens = jnp.zeros((2, 4), jnp.int32), jnp.array([64, 5], jnp.int32)
+  calls = {"attention": (functools.partial(jattn.attention, variant=var), (q, q, q)),
+           "decode": (functools.partial(jattn.decode, variant=var),
+                      (z(2, 4, 64), cache, table, lens))}
+  for op, (f, args) in calls.items():
+    dispatch.history.clear()
+    jax.jit(f).trace(*args).lower(lowering_platforms=("cuda",))
+    assert [name for o, name in dispatch.history if o == op] == ["xla"], op
+    with pytest.raises(NotImplementedError, match="closes over arrays"):
+      jax.jit(functools.partial(f, implementation="pallas")).trace(*args)

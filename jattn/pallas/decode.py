@@ -48,7 +48,7 @@ from jattn import tuned
 from jattn.cache import is_float8
 from jattn.pallas.prefill import online_softmax
 from jattn.plan import DecodePlan, block_kv, plan_decode  # noqa: F401  (re-exported)
-from jattn.variants import Context, Variant
+from jattn.variants import Context, Variant, kernel_trace_reason
 
 ROWS = 64                      # wgmma M: query heads of one kv head, padded
 LOG2E = math.log2(math.e)
@@ -180,6 +180,9 @@ def supports(spec) -> Optional[str]:
   if why is not None:
     return why
   variant = spec.variant or Variant()
+  why = kernel_trace_reason(variant, spec.head_dim)
+  if why is not None:
+    return why
   staged = _staged(spec.kv_dtype, spec.dtype, spec.page_size, variant)
   if _smem_bytes(2, bk, spec.head_dim, spec.v_head_dim, spec.dtype, spec.kv_dtype,
                  staged) > 220 * 1024:

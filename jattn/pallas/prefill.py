@@ -73,7 +73,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from jattn import tuned
-from jattn.variants import Context, Variant
+from jattn.variants import Context, Variant, kernel_trace_reason
 
 LOG2E = math.log2(math.e)
 LN2 = math.log(2.0)
@@ -161,7 +161,7 @@ def pick_config(op: str, q, k, v, *, batch: int, q_len: int, kv_len: int, varian
 # ----------------------------------------------------------------------------- capability
 
 def operand_reason(spec, max_head_dim: int = 256) -> Optional[str]:
-  """Why these kernels cannot take the call's dtypes and head dims, or None."""
+  """Why these kernels cannot take the call's dtypes, head dims or variant, or None."""
   if not any(jnp.dtype(spec.dtype) == jnp.dtype(d) for d in DTYPES):
     return f"dtype {jnp.dtype(spec.dtype).name} (needs bfloat16 or float16)"
   if jnp.dtype(spec.kv_dtype) != jnp.dtype(spec.dtype):
@@ -169,7 +169,7 @@ def operand_reason(spec, max_head_dim: int = 256) -> Optional[str]:
   for name, d in (("head_dim", spec.head_dim), ("v_head_dim", spec.v_head_dim)):
     if d % 16 or not 16 <= d <= max_head_dim:
       return f"{name} {d} (needs a multiple of 16 in [16, {max_head_dim}])"
-  return None
+  return kernel_trace_reason(spec.variant, spec.head_dim)
 
 
 def supports(spec) -> Optional[str]:
