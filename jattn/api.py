@@ -6,14 +6,17 @@ implementation and calls it. The math of every op is in `jattn.reference`.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Optional, Union
 
 import jax.numpy as jnp
+import numpy as np
 
 from jattn import dispatch, registry  # noqa: F401  (registry fills the dispatcher's table)
 from jattn import sharding
 from jattn import variants as V
-from jattn.cache import FLOAT8_DTYPES, PagedKVCache, is_float8
+from jattn.cache import FLOAT8_DTYPES, PAGE_DTYPES, PagedKVCache, is_float8
+from jattn.plan import DecodePlan
 
 FLOAT_DTYPES = (jnp.bfloat16, jnp.float16, jnp.float32, jnp.float64)
 Window = Union[int, tuple[int, int], None]
@@ -26,15 +29,18 @@ def _fail(op, msg):
 
 
 def _rank(op, name, x, rank, layout):
-  if jnp.ndim(x) != rank:
-    _fail(op, f"{name} must have rank {rank} {layout}, got shape {jnp.shape(x)}")
+  if np.ndim(x) != rank:       # numpy's ndim/shape also read lists (and tracers' .shape)
+    _fail(op, f"{name} must have rank {rank} {layout}, got shape {np.shape(x)}")
 
 
 def _int32(op, name, x, shape=None):
-  if jnp.asarray(x).dtype != jnp.int32:
-    raise TypeError(f"jattn.{op}: {name} must be int32, got {jnp.asarray(x).dtype}")
-  if shape is not None and tuple(jnp.shape(x)) != tuple(shape):
-    _fail(op, f"{name} must have shape {tuple(shape)}, got {tuple(jnp.shape(x))}")
+  """x as an int32 array (a list or numpy array is converted; other dtypes refused)."""
+  x = jnp.asarray(x)
+  if x.dtype != jnp.int32:
+    raise TypeError(f"jattn.{op}: {name} must be int32, got {x.dtype}")
+  if shape is not None and tuple(x.shape) != tuple(shape):
+    _fail(op, f"{name} must have shape {tuple(shape)}, got {tuple(x.shape)}")
+  return x
 
 
 def _float(op, name, x, allowed=FLOAT_DTYPES):
@@ -56,7 +62,15 @@ def _cache(op, cache):
   if cache.k_pages.shape[:3] != cache.v_pages.shape[:3]:
     _fail(op, f"cache.k_pages {cache.k_pages.shape} and cache.v_pages "
               f"{cache.v_pages.shape} disagree on [P, page_size, Nkv]")
-  if is_float8(cache.k_pages.dtype) or is_float8(cache.v_pages.dtype):
+  for name, pages in (("k_pages", cache.k_pages), ("v_pages", cache.v_pages)):
+    if not any(pages.dtype == jnp.dtype(d) for d in PAGE_DTYPES):
+      raise TypeError(f"jattn.{op}: cache.{name} dtype {pages.dtype} not supported; use one "
+                      f"of {[jnp.dtype(d).name for d in PAGE_DTYPES]}")
+  if not (is_float8(cache.k_pages.dtype) or is_float8(cache.v_pages.dtype)):
+    if cache.k_scale is not None or cache.v_scale is not None:
+      _fail(op, f"cache scales apply to float8 pages only; these are {cache.k_pages.dtype} "
+                "(drop k_scale / v_scale)")
+  else:
     if cache.k_scale is None or cache.v_scale is None:
       raise TypeError(f"jattn.{op}: float8 pages need cache.k_scale and cache.v_scale "
                       "(float32 [Nkv]); build the cache with PagedKVCache.create")
@@ -68,9 +82,10 @@ def _cache(op, cache):
 
 def _page_table(op, page_table, batch):
   _rank(op, "page_table", page_table, 2, "[B, max_pages]")
-  _int32(op, "page_table", page_table)
+  page_table = _int32(op, "page_table", page_table)
   if page_table.shape[0] != batch:
     _fail(op, f"page_table has {page_table.shape[0]} rows, expected batch {batch}")
+  return page_table
 
 
 def build_variant(op, causal=False, sliding_window: Window = None,
@@ -81,13 +96,15 @@ def build_variant(op, causal=False, sliding_window: Window = None,
   if causal:
     parts.append(V.causal())
   if sliding_window is not None:
-    if isinstance(sliding_window, int):
-      left, right = sliding_window, 0
-    elif isinstance(sliding_window, tuple) and len(sliding_window) == 2:
-      left, right = sliding_window
-      right = 0 if causal else right
+    integral = lambda x: isinstance(x, numbers.Integral) and not isinstance(x, bool)
+    if integral(sliding_window):
+      left, right = int(sliding_window), 0
+    elif (isinstance(sliding_window, (tuple, list)) and len(sliding_window) == 2
+          and all(integral(x) for x in sliding_window)):
+      left, right = (int(x) for x in sliding_window)
     else:
-      _fail(op, f"sliding_window must be an int or a (left, right) tuple, got {sliding_window!r}")
+      _fail(op, f"sliding_window must be an int or a (left, right) pair of ints, got "
+                f"{sliding_window!r}")
     parts.append(V.sliding_window(left, right))
   if logits_soft_cap is not None:
     parts.append(V.soft_cap(logits_soft_cap))
@@ -135,6 +152,10 @@ def attention(q, k, v, *, causal: bool = False, sm_scale: Optional[float] = None
   `return_lse` also lse [B,T,Nq] float32. Causal is bottom-right aligned: query t sees
   key s iff s <= t + (kv_len - q_len). `q_lengths`/`kv_lengths` (int32 [B]) are valid
   prefix lengths; rows past q_len and rows that see no key return 0 (lse -inf).
+  `sliding_window=w` keeps keys q_pos - w <= s <= q_pos (w + 1 keys, the query's own
+  included; an int also means right = 0 without `causal`); `(left, right)` is a
+  two-sided band. Unlike `jax.nn.dot_product_attention`'s `local_window_size`, an int is
+  one-sided.
 
   float8 (e4m3fn / e5m2) q, k, v take float32 scales `q_scale` ([Nq] or scalar),
   `k_scale`, `v_scale` ([Nkv] or scalar; default 1): the real value is stored * scale.
@@ -160,9 +181,10 @@ def attention(q, k, v, *, causal: bool = False, sm_scale: Optional[float] = None
   if v.shape[1:3] != (S, Nkv):
     _fail(op, f"v shape {v.shape} must match k's [B, S, Nkv] = {k.shape[:3]}")
   _heads(op, Nq, Nkv)
-  for name, x in (("q_lengths", q_lengths), ("kv_lengths", kv_lengths)):
-    if x is not None:
-      _int32(op, name, x, (B,))
+  if q_lengths is not None:
+    q_lengths = _int32(op, "q_lengths", q_lengths, (B,))
+  if kv_lengths is not None:
+    kv_lengths = _int32(op, "kv_lengths", kv_lengths, (B,))
   var = build_variant(op, causal, sliding_window, logits_soft_cap, variant)
   _check_params(op, var, Nq)
   spec = dispatch.Spec(op=op, platform=dispatch.current_platform(), dtype=q.dtype,
@@ -214,11 +236,18 @@ def decode(q, cache: PagedKVCache, page_table, kv_lens, *, sm_scale: Optional[fl
   _float(op, "q", q, FLOAT_DTYPES)
   _cache(op, cache)
   B, Nq, D = q.shape
-  _page_table(op, page_table, B)
-  _int32(op, "kv_lens", kv_lens, (B,))
+  page_table = _page_table(op, page_table, B)
+  kv_lens = _int32(op, "kv_lens", kv_lens, (B,))
   if cache.head_dim != D:
     _fail(op, f"q head_dim {D} != cache head_dim {cache.head_dim}")
   _heads(op, Nq, cache.num_kv_heads)
+  if plan is not None:
+    if not isinstance(plan, DecodePlan):
+      raise TypeError(f"jattn.{op}: plan must be a jattn.DecodePlan (jattn.plan_decode), "
+                      f"got {type(plan).__name__}")
+    if tuple(plan.batch_units.shape) != (B + 1,):
+      _fail(op, f"plan was made for {plan.batch_units.shape[0] - 1} sequences, the call "
+                f"has B = {B}; make it from this step's kv_lens")
   var = build_variant(op, False, sliding_window, logits_soft_cap, variant)
   _check_params(op, var, Nq)
   spec = dispatch.Spec(op=op, platform=dispatch.current_platform(), dtype=q.dtype,
@@ -232,11 +261,19 @@ def decode(q, cache: PagedKVCache, page_table, kv_lens, *, sm_scale: Optional[fl
   return _ret(out, lse, return_lse)
 
 
-def _offsets(op, name, x, batch=None):
+def _offsets(op, name, x, batch=None, rows=None):
+  """int32 [B + 1] offsets; values are checked when they are on the host (numpy or a
+  list): from 0, not decreasing, at most `rows` (traced values cannot be checked)."""
   _rank(op, name, x, 1, "[B + 1]")
-  _int32(op, name, x)
+  if isinstance(x, (list, tuple, np.ndarray)):
+    v = np.asarray(x)
+    if v.size and (v[0] != 0 or np.any(np.diff(v) < 0) or (rows is not None and v[-1] > rows)):
+      _fail(op, f"{name} must start at 0, never decrease and end at most at {rows} rows, "
+                f"got {v.tolist()}")
+  x = _int32(op, name, x)
   if batch is not None and x.shape[0] != batch + 1:
     _fail(op, f"{name} must have B + 1 = {batch + 1} entries, got {x.shape[0]}")
+  return x
 
 
 def prefill(q, cache: PagedKVCache, page_table, kv_lens, q_offsets, *, causal: bool = True,
@@ -245,9 +282,10 @@ def prefill(q, cache: PagedKVCache, page_table, kv_lens, q_offsets, *, causal: b
             return_lse: bool = False, implementation: Optional[str] = None):
   """Packed queries against the paged cache (prefill and append).
 
-  q [Tq,Nq,D]; sequence b owns rows q_offsets[b]:q_offsets[b+1] (int32 [B+1]), and they
-  are the LAST tokens of its kv_lens[b] cached tokens (append semantics; a plain prefill
-  has q_len == kv_len). Rows past q_offsets[B] are padding and return 0.
+  q [Tq,Nq,D]; sequence b owns rows q_offsets[b]:q_offsets[b+1] (int32 [B+1], from 0,
+  never decreasing, at most Tq; checked when given as numpy), and they are the LAST
+  tokens of its kv_lens[b] cached tokens, so q_len_b <= kv_lens[b] (append semantics; a
+  plain prefill has q_len == kv_len). Rows past q_offsets[B] are padding and return 0.
 
   >>> o = jattn.prefill(q, cache, page_table, kv_lens, q_offsets)
   """
@@ -255,10 +293,10 @@ def prefill(q, cache: PagedKVCache, page_table, kv_lens, q_offsets, *, causal: b
   _rank(op, "q", q, 3, "[Tq, Nq, D]")
   _float(op, "q", q, FLOAT_DTYPES)
   _cache(op, cache)
-  B = page_table.shape[0] if jnp.ndim(page_table) == 2 else -1
-  _page_table(op, page_table, B)
-  _int32(op, "kv_lens", kv_lens, (B,))
-  _offsets(op, "q_offsets", q_offsets, B)
+  q_offsets = _offsets(op, "q_offsets", q_offsets, rows=np.shape(q)[0])
+  B = q_offsets.shape[0] - 1
+  page_table = _page_table(op, page_table, B)
+  kv_lens = _int32(op, "kv_lens", kv_lens, (B,))
   Tq, Nq, D = q.shape
   if cache.head_dim != D:
     _fail(op, f"q head_dim {D} != cache head_dim {cache.head_dim}")
@@ -282,8 +320,9 @@ def prefill_ragged(q, k, v, q_offsets, kv_offsets, *, causal: bool = True,
   """Packed queries against contiguous packed keys/values.
 
   q [Tq,Nq,D], k [Tk,Nkv,D], v [Tk,Nkv,Dv]; sequence b owns q rows
-  q_offsets[b]:q_offsets[b+1] and kv rows kv_offsets[b]:kv_offsets[b+1]; its queries are
-  the last q_len_b of its kv_len_b tokens. Padding rows return 0.
+  q_offsets[b]:q_offsets[b+1] and kv rows kv_offsets[b]:kv_offsets[b+1] (both from 0,
+  never decreasing, within Tq / Tk; checked when given as numpy); its queries are the
+  last q_len_b <= kv_len_b of its tokens. Padding rows return 0.
 
   >>> o = jattn.prefill_ragged(q, k, v, q_offsets, kv_offsets)
   """
@@ -295,8 +334,8 @@ def prefill_ragged(q, k, v, q_offsets, kv_offsets, *, causal: bool = True,
     _float(op, name, x)
   if k.dtype != v.dtype:
     raise TypeError(f"jattn.{op}: k ({k.dtype}) and v ({v.dtype}) must share a dtype")
-  _offsets(op, "q_offsets", q_offsets)
-  _offsets(op, "kv_offsets", kv_offsets, q_offsets.shape[0] - 1)
+  q_offsets = _offsets(op, "q_offsets", q_offsets, rows=np.shape(q)[0])
+  kv_offsets = _offsets(op, "kv_offsets", kv_offsets, q_offsets.shape[0] - 1, np.shape(k)[0])
   Tq, Nq, D = q.shape
   Tk, Nkv, Dk = k.shape
   if Dk != D:
@@ -327,8 +366,11 @@ def merge_states(o_a, lse_a, o_b, lse_b, *, implementation: Optional[str] = None
   if o_a.shape[:-1] != lse_a.shape:
     _fail(op, f"lse shape {lse_a.shape} must be o's shape without the last dim {o_a.shape[:-1]}")
   _float(op, "o_a", o_a)
+  if o_b.dtype != o_a.dtype:
+    raise TypeError(f"jattn.{op}: o_a ({o_a.dtype}) and o_b ({o_b.dtype}) must share a dtype")
   if lse_a.dtype not in (jnp.float32, jnp.float64) or lse_b.dtype != lse_a.dtype:
-    raise TypeError(f"jattn.{op}: lse must be float32 (got {lse_a.dtype}, {lse_b.dtype})")
+    raise TypeError(f"jattn.{op}: lse_a and lse_b must both be float32 (or float64), got "
+                    f"{lse_a.dtype}, {lse_b.dtype}")
   spec = dispatch.Spec(op=op, platform=dispatch.current_platform(), dtype=o_a.dtype,
                        kv_dtype=o_a.dtype, head_dim=o_a.shape[-1], v_head_dim=o_a.shape[-1],
                        num_q_heads=o_a.shape[-2] if o_a.ndim >= 2 else 1,
@@ -362,9 +404,9 @@ def append_kv(cache: PagedKVCache, k_new, v_new, page_table, batch_ids, position
     _fail(op, f"v_new must be [T, Nkv, Dv] = [T, {cache.num_kv_heads}, {cache.v_head_dim}], "
               f"got {v_new.shape}")
   _rank(op, "page_table", page_table, 2, "[B, max_pages]")
-  _int32(op, "page_table", page_table)
-  _int32(op, "batch_ids", batch_ids, (T,))
-  _int32(op, "positions", positions, (T,))
+  page_table = _int32(op, "page_table", page_table)
+  batch_ids = _int32(op, "batch_ids", batch_ids, (T,))
+  positions = _int32(op, "positions", positions, (T,))
   spec = dispatch.Spec(op=op, platform=dispatch.current_platform(), dtype=k_new.dtype,
                        kv_dtype=cache.dtype, head_dim=cache.head_dim,
                        v_head_dim=cache.v_head_dim, num_q_heads=cache.num_kv_heads,
@@ -396,6 +438,9 @@ def mla_decode(q_nope, q_pe, ckv_cache, kpe_cache, page_table, kv_lens, *,
   """
   op = "mla_decode"
   single = jnp.ndim(q_nope) == 3
+  if jnp.ndim(q_pe) != jnp.ndim(q_nope):
+    _fail(op, f"q_nope {jnp.shape(q_nope)} and q_pe {jnp.shape(q_pe)} must have the same rank "
+              "([B, H, .] or [B, T, H, .])")
   if single:
     q_nope, q_pe = q_nope[:, None], q_pe[:, None]
   _rank(op, "q_nope", q_nope, 4, "[B, H, R] or [B, T, H, R]")
@@ -403,6 +448,10 @@ def mla_decode(q_nope, q_pe, ckv_cache, kpe_cache, page_table, kv_lens, *,
   _rank(op, "ckv_cache", ckv_cache, 3, "[P, page_size, R]")
   _rank(op, "kpe_cache", kpe_cache, 3, "[P, page_size, Dr]")
   _float(op, "q_nope", q_nope)
+  if q_pe.dtype != q_nope.dtype:
+    raise TypeError(f"jattn.{op}: q_pe ({q_pe.dtype}) must have q_nope's dtype ({q_nope.dtype})")
+  for name, c in (("ckv_cache", ckv_cache), ("kpe_cache", kpe_cache)):
+    _float(op, name, c, FLOAT_DTYPES + FLOAT8_DTYPES)
   B, T, H, R = q_nope.shape
   if q_pe.shape[:3] != (B, T, H):
     _fail(op, f"q_pe shape {q_pe.shape} must match q_nope's [B, T, H] = {(B, T, H)}")
@@ -415,8 +464,8 @@ def mla_decode(q_nope, q_pe, ckv_cache, kpe_cache, page_table, kv_lens, *,
     if is_float8(c.dtype) and s is None:
       raise TypeError(f"jattn.{op}: float8 {name}_cache needs {name}_scale")
     _latent_scale(op, f"{name}_scale", s)
-  _page_table(op, page_table, B)
-  _int32(op, "kv_lens", kv_lens, (B,))
+  page_table = _page_table(op, page_table, B)
+  kv_lens = _int32(op, "kv_lens", kv_lens, (B,))
   spec = dispatch.Spec(op=op, platform=dispatch.current_platform(), dtype=q_nope.dtype,
                        kv_dtype=ckv_cache.dtype, head_dim=R + q_pe.shape[-1], v_head_dim=R,
                        num_q_heads=H, num_kv_heads=1, page_size=ckv_cache.shape[1],
@@ -433,6 +482,17 @@ def mla_append(ckv_cache, kpe_cache, ckv_new, kpe_new, page_table, batch_ids, po
   """Write new latent tokens (ckv_new [T,R], kpe_new [T,Dr]) into the paged latent cache,
   with `append_kv`'s conventions (page_table, batch_ids < 0 = padding, drops out of range,
   float8 quantized with the scalar scales). Returns (ckv_cache, kpe_cache)."""
+  op = "mla_append"
+  _rank(op, "ckv_cache", ckv_cache, 3, "[P, page_size, R]")
+  _rank(op, "kpe_cache", kpe_cache, 3, "[P, page_size, Dr]")
+  _rank(op, "ckv_new", ckv_new, 2, "[T, R]")
+  _rank(op, "kpe_new", kpe_new, 2, "[T, Dr]")
+  T = np.shape(ckv_new)[0]
+  for name, new, cache in (("ckv_new", ckv_new, ckv_cache), ("kpe_new", kpe_new, kpe_cache)):
+    if np.shape(new) != (T, np.shape(cache)[-1]):
+      _fail(op, f"{name} must be [T, {np.shape(cache)[-1]}] (T = {T}, the cache's last dim), "
+                f"got {np.shape(new)}")
+
   def view(c, s):
     return c[:, :, None, :], None if s is None else jnp.reshape(jnp.asarray(s, jnp.float32), (1,))
 
@@ -451,13 +511,14 @@ def block_sparse_attention(q, k, v, layout, *, causal: bool = False,
   """Attention over the (query block, key block) tiles a `BlockSparseLayout` lists.
 
   q [B,T,Nq,D], k/v [B,S,Nkv,D|Dv]; the layout (`jattn.block_sparse`) covers (T, S) with
-  one shared or Nq per-head block masks; query t sees key s iff its tile is listed (and
-  the variant keeps it). Rows that see nothing return 0. `plan` (from
+  one shared or Nq per-head block masks; query t sees key s iff its tile is listed and
+  `causal` / the variant keep it (a layout works on whole tiles: token masks inside a
+  tile come from these arguments). Rows that see nothing return 0. `plan` (from
   `jattn.plan_block_sparse(layout, T, S, causal=..., variant=...)`) holds the kernel's
   tile lists, made once per layout instead of in every call.
 
   >>> layout = jattn.block_sparse.local_global(T, S, block=64, window_blocks=4)
-  >>> o = jattn.block_sparse_attention(q, k, v, layout)
+  >>> o = jattn.block_sparse_attention(q, k, v, layout, causal=True)
   """
   from jattn.block_sparse import BlockSparseLayout
   op = "block_sparse_attention"
@@ -468,6 +529,8 @@ def block_sparse_attention(q, k, v, layout, *, causal: bool = False,
   _rank(op, "v", v, 4, "[B, S, Nkv, Dv]")
   for name, x in (("q", q), ("k", k), ("v", v)):
     _float(op, name, x)
+  if k.dtype != v.dtype:
+    raise TypeError(f"jattn.{op}: k ({k.dtype}) and v ({v.dtype}) must share a dtype")
   B, T, Nq, D = q.shape
   S, Nkv = k.shape[1], k.shape[2]
   if k.shape[3] != D or v.shape[:3] != k.shape[:3] or k.shape[0] != B:

@@ -219,12 +219,18 @@ def strided(T: int, S: int, block: int, stride: int, causal: bool = True):
 
 def topk(q, k, block: int, k_blocks: int, causal: bool = False) -> BlockSparseLayout:
   """Per-head top-k key blocks by mean-pooled q.k block scores (a scoring pass).
-  q [T, Nq, D], k [S, Nkv, D] of one sequence; always keeps the diagonal block."""
+  q [T, Nq, D], k [S, Nkv, D] of one sequence; always keeps the diagonal block. A last
+  partial block is pooled over the rows it has."""
   T, Nq, D = q.shape
   S, Nkv, _ = k.shape
-  nq, nk = T // block, S // block
-  qb = q[:nq * block].reshape(nq, block, Nq, D).mean(1).astype(jnp.float32)
-  kb = k[:nk * block].reshape(nk, block, Nkv, D).mean(1).astype(jnp.float32)
+  nq, nk = -(-T // block), -(-S // block)
+
+  def pool(x, n, length):
+    x = jnp.pad(x.astype(jnp.float32), ((0, n * block - length), (0, 0), (0, 0)))
+    rows = jnp.minimum(block, length - block * jnp.arange(n)).astype(jnp.float32)
+    return x.reshape(n, block, *x.shape[1:]).sum(1) / rows[:, None, None]
+
+  qb, kb = pool(q, nq, T), pool(k, nk, S)
   kb = jnp.repeat(kb, Nq // Nkv, axis=1)
   score = jnp.einsum("ihd,jhd->hij", qb, kb)
   i = jnp.arange(nq)[:, None] + (nk - nq)
@@ -242,7 +248,9 @@ def topk(q, k, block: int, k_blocks: int, causal: bool = False) -> BlockSparseLa
 def from_mask_fn(mask_fn: Callable[[Context], Any], T: int, S: int, block: tuple[int, int],
                  num_heads: int = 1) -> BlockSparseLayout:
   """FlexAttention-style: evaluate a `logits_mask(ctx)` on every tile once and keep the
-  tiles where any element is visible. ctx.q_pos is bottom-right aligned (S - T + t)."""
+  tiles where any element is visible. ctx.q_pos is bottom-right aligned (S - T + t).
+  The layout keeps whole tiles: pass the mask itself to the call too (as
+  `Variant(logits_mask=mask_fn)`, or `causal=True`) for it to apply inside them."""
   R, C = block
   nq, nk = -(-T // R), -(-S // C)
   t = jnp.arange(nq * R, dtype=jnp.int32)

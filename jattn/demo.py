@@ -7,7 +7,7 @@ A host-side scheduler feeds two jitted steps (`jax.jit`, caches donated):
            packs their prompts, appends K/V to the paged cache (`jattn.append_kv`) and
            runs `jattn.prefill`; each prompt's last logits give its first token;
   decode   one token for every running request: `append_kv` + `jattn.decode` (with
-           `jattn.plan_decode` when the library has it).
+           a `jattn.plan_decode` plan made inside the step from the device lengths).
 Requests arrive over time with different prompt and output lengths, get a slot and
 pages from a free list, finish after their output length and give the pages back. The
 schedule depends only on lengths, so the same requests replay identically.
@@ -148,7 +148,6 @@ class Engine:
     self.B = setup.batch
     self.max_pages = _cdiv(setup.max_len, setup.page_size)
     self.num_pages = self.B * self.max_pages
-    self.use_plan = mode == "paged" and hasattr(jattn, "plan_decode")
     self.seed = seed
     if mode == "paged":
       self.caches = model.init_paged_caches(self.num_pages, setup.page_size)
@@ -178,11 +177,9 @@ class Engine:
 
   def _decode_paged(self, state, caches, tokens, kv_lens, page_table):
     model = nnx.merge(self.graphdef, state)
-    plan = None
-    if self.use_plan:
-      c = self.cfg
-      plan = jattn.plan_decode(kv_lens, self.setup.page_size, c.n_heads, c.n_kv_heads,
-                               c.head_dim)
+    c = self.cfg   # one plan per step for every layer, made under jit (README: host plans)
+    plan = jattn.plan_decode(kv_lens, self.setup.page_size, c.n_heads, c.n_kv_heads,
+                             c.head_dim)
     logits, caches = model.decode(tokens, caches, page_table, kv_lens, plan=plan,
                                   implementation=self.implementation)
     return caches, jnp.argmax(logits, -1).astype(jnp.int32), logits
@@ -241,9 +238,7 @@ class Engine:
     self.caches, nxt, _ = self._decode(self.state, self.caches, cur, *args)
     jax.block_until_ready(nxt)
     if self.mode == "paged":
-      self.served = dict(hist, decode=dispatch.chosen("decode"))
-      if self.use_plan:
-        self.served["decode"] += " (with plan_decode)"
+      self.served = dict(hist, decode=dispatch.chosen("decode") + " (with plan_decode)")
     else:
       impl = self.implementation.partition(":")[2] or "xla"
       name = f"jax.nn.dot_product_attention ({impl}), dense cache"

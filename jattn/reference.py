@@ -28,8 +28,6 @@ import jax.numpy as jnp
 
 from jattn.variants import Context, Variant
 
-F8_E4M3_MAX = 448.0
-
 
 def _acc_dtype(dtype):
   return jnp.promote_types(dtype, jnp.float32)
@@ -204,9 +202,11 @@ def merge_states(o_a, lse_a, o_b, lse_b):
 
 
 def quantize(x, scale, dtype):
-  """x / scale[kv head] saturated to the float8 range, then cast. x [..., Nkv, D]."""
+  """x / scale[kv head] saturated to `dtype`'s finite range (e4m3: 448, e5m2: 57344),
+  then cast. x [..., Nkv, D]."""
   y = x.astype(jnp.float32) / scale[:, None].astype(jnp.float32)
-  return jnp.clip(y, -F8_E4M3_MAX, F8_E4M3_MAX).astype(dtype)
+  top = float(jnp.finfo(dtype).max)
+  return jnp.clip(y, -top, top).astype(dtype)
 
 
 def append_kv(cache, k_new, v_new, page_table, batch_ids, positions):

@@ -58,6 +58,13 @@ def test_layout_builders(rng):
   assert tk.shape == (4, 8, 8)
   assert np.all(np.diagonal(tk, axis1=1, axis2=2))
   assert np.all(tk.sum(-1) <= 3 + 1) and not np.triu(tk[0], 1).any()
+  # lengths that are not a multiple of the block: the last partial block counts too,
+  # and the layout covers the call's (T, S)
+  part = bs.topk(q[:60], k, 16, k_blocks=2, causal=True)
+  assert part.block_mask.shape == (4, 4, 4)
+  o = jattn.block_sparse_attention(q[None, :60], k[None], k[None], part, causal=True,
+                                   implementation="xla")
+  assert o.shape == (1, 60, 4, 16) and np.isfinite(np.asarray(o)).all()
   # from_mask_fn: a document mask gives exactly the tiles that touch a document.
   doc = jnp.asarray(np.repeat([0, 1, 2], [20, 30, 14]), jnp.int32)
   fm = bs.from_mask_fn(lambda c: doc[jnp.clip(c.q_pos, 0, 63)] == doc[jnp.clip(c.kv_pos, 0, 63)],

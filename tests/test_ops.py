@@ -330,6 +330,21 @@ def test_append_kv(impl, dtype, rng):
     np.testing.assert_allclose(got, np.asarray(k_new[0]), rtol=0.07, atol=0.05 * ks.max())
 
 
+@pytest.mark.parametrize("dtype,top", [(jnp.float8_e4m3fn, 448.0), (jnp.float8_e5m2, 57344.0)],
+                         ids=["e4m3", "e5m2"])
+def test_float8_append_saturates_at_its_own_range(dtype, top):
+  """Values past a float8 type's range are stored as its largest finite value (not NaN,
+  and not another type's maximum); values inside it round to the nearest."""
+  cache = jattn.PagedKVCache.create(2, 4, 1, 16, dtype=dtype)      # scales 1
+  k_new = jnp.array([[[1e6] * 8 + [-1e6] * 8], [[100.0] * 16]], jnp.float32)   # [2, 1, 16]
+  out = jattn.append_kv(cache, k_new, k_new, jnp.array([[0, 1]], jnp.int32),
+                        jnp.array([0, 0], jnp.int32), jnp.array([0, 1], jnp.int32),
+                        implementation="xla")
+  got = np.asarray(out.k_pages.astype(jnp.float32))[0, :2, 0]
+  np.testing.assert_array_equal(got[0], [top] * 8 + [-top] * 8)
+  np.testing.assert_array_equal(got[1], np.asarray(jnp.float32(100.0).astype(dtype), np.float32))
+
+
 # ------------------------------------------------------------------------ errors, jit
 
 def test_errors_name_the_argument(rng):
@@ -355,6 +370,79 @@ def test_errors_name_the_argument(rng):
     jattn.attention(q[:, :, :2], k, k, implementation="nope")
   with pytest.raises(ValueError, match="sliding_window"):
     jattn.attention(q[:, :, :2], k, k, sliding_window="wide")
+
+
+def test_decode_refuses_wrong_plans_scales_and_page_dtypes(rng):
+  """What an implementation would silently get wrong is refused up front: a plan for
+  another batch (a kernel would read past its unit table), scales on bf16 pages (XLA
+  would apply them, the kernels would not), pages of a dtype no implementation takes."""
+  q = randn(rng, (2, 4, 16), jnp.bfloat16)
+  cache = jattn.PagedKVCache.create(8, 4, 2, 16)
+  table, lens = jnp.zeros((2, 3), jnp.int32), jnp.array([5, 9], jnp.int32)
+  with pytest.raises(TypeError, match="plan must be a jattn.DecodePlan"):
+    jattn.decode(q, cache, table, lens, plan="junk")
+  one = jattn.plan_decode(np.array([5], np.int32), 4, 4, 2, 16)
+  with pytest.raises(ValueError, match="made for 1 sequences, the call has B = 2"):
+    jattn.decode(q, cache, table, lens, plan=one)
+  with pytest.raises(ValueError, match="scales apply to float8 pages only"):
+    jattn.decode(q, cache.replace(k_scale=jnp.ones(2), v_scale=jnp.ones(2)), table, lens)
+  ints = cache.replace(k_pages=cache.k_pages.astype(jnp.int8),
+                       v_pages=cache.v_pages.astype(jnp.int8))
+  with pytest.raises(TypeError, match="cache.k_pages dtype int8 not supported"):
+    jattn.decode(q, ints, table, lens)
+
+
+def test_python_lists_are_taken_as_int32_arrays(rng):
+  """Lengths, offsets, tables and positions given as Python lists work like arrays."""
+  q = randn(rng, (2, 4, 16), jnp.float32)
+  cache = jattn.PagedKVCache.create(8, 4, 2, 16, dtype=jnp.float32)
+  table = [[0, 1, 2], [3, 4, 5]]
+  o = jattn.decode(q, cache, table, [5, 9], implementation="xla")
+  ref = jattn.decode(q, cache, jnp.asarray(table, jnp.int32), jnp.array([5, 9], jnp.int32),
+                     implementation="xla")
+  np.testing.assert_array_equal(np.asarray(o), np.asarray(ref))
+  kv = randn(rng, (8, 2, 16), jnp.float32)
+  o = jattn.prefill_ragged(q[:1].reshape(2, 2, 16), kv, kv, [0, 1, 2], [0, 4, 8],
+                           implementation="xla")
+  assert o.shape == (2, 2, 16)
+  out = jattn.append_kv(cache, kv, kv, table, [0] * 4 + [1] * 4, list(range(4)) * 2)
+  assert out.k_pages.shape == cache.k_pages.shape
+
+
+def test_host_offsets_and_window_forms(rng):
+  """Offsets given on the host are checked (from 0, not decreasing, within the rows); a
+  window is an int (numpy ints too) or a (left, right) pair, an int being one-sided."""
+  q, kv = randn(rng, (6, 2, 16), jnp.float32), randn(rng, (8, 2, 16), jnp.float32)
+  kv_off = np.array([0, 4, 8], np.int32)
+  for bad in ([0, 6, 4], [1, 3, 6], [0, 3, 7]):
+    with pytest.raises(ValueError, match="q_offsets must start at 0, never decrease"):
+      jattn.prefill_ragged(q, kv, kv, np.array(bad, np.int32), kv_off)
+  x = randn(rng, (1, 8, 2, 16), jnp.float32)
+  a = jattn.attention(x, x, x, sliding_window=np.int64(3), implementation="xla")
+  b = jattn.attention(x, x, x, sliding_window=(3, 0), implementation="xla")
+  np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  c = jattn.attention(x, x, x, causal=True, sliding_window=[3, 2], implementation="xla")
+  np.testing.assert_allclose(np.asarray(c), np.asarray(b), rtol=1e-6, atol=1e-6)
+
+
+def test_mismatched_dtypes_and_ranks_are_refused(rng):
+  o = randn(rng, (2, 3, 8), jnp.float32)
+  lse = jnp.zeros((2, 3), jnp.float32)
+  with pytest.raises(TypeError, match="o_a .* and o_b .* must share a dtype"):
+    jattn.merge_states(o, lse, o.astype(jnp.bfloat16), lse)
+  q = randn(rng, (1, 8, 2, 64), jnp.bfloat16)
+  layout = jattn.block_sparse.from_dense(np.ones((1, 1), bool), (8, 8))
+  with pytest.raises(TypeError, match="k .* and v .* must share a dtype"):
+    jattn.block_sparse_attention(q, q, q.astype(jnp.float32), layout)
+  q_nope, q_pe = randn(rng, (2, 4, 32), jnp.bfloat16), randn(rng, (2, 4, 16), jnp.bfloat16)
+  ckv, kpe = jnp.zeros((4, 8, 32), jnp.bfloat16), jnp.zeros((4, 8, 16), jnp.bfloat16)
+  args = (jnp.zeros((2, 2), jnp.int32), jnp.array([3, 5], jnp.int32))
+  with pytest.raises(ValueError, match="must have the same rank"):
+    jattn.mla_decode(q_nope, q_pe[:, None], ckv, kpe, *args, sm_scale=0.1)
+  with pytest.raises(TypeError, match="q_pe .* must have q_nope's dtype"):
+    jattn.mla_decode(q_nope, q_pe.astype(jnp.int32), ckv, kpe, *args, sm_scale=0.1)
+  with pytest.raises(TypeError, match="ckv_cache dtype int32 not supported"):
+    jattn.mla_decode(q_nope, q_pe, ckv.astype(jnp.int32), kpe, *args, sm_scale=0.1)
 
 
 def test_unavailable_family_raises_with_reason(rng):
