@@ -15,7 +15,9 @@ or the helpers `local_global`, `strided`, `topk`, `from_mask_fn`, `random_layout
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import hashlib
 from typing import Any, Callable, Optional
 
 import jax
@@ -106,8 +108,9 @@ class BlockSparsePlan:
   kv tile ids...]; cols int32 [Hl, kv_tiles, 2 + q_tiles]: the transposed lists (the
   backward's dK/dV). The static fields record what the lists were built for;
   `jattn.block_sparse_attention` refuses a plan whose fields differ from its call.
-  Implementations other than the Pallas kernel ignore the plan (their results are the
-  same without it)."""
+  `layout_digest` fingerprints the layout's tiles when they were known at plan time; a
+  call whose layout is known too (not a jit argument) must match it. Implementations
+  other than the Pallas kernel ignore the plan (their results are the same without it)."""
 
   rows: Any
   cols: Any
@@ -116,6 +119,7 @@ class BlockSparsePlan:
   num_heads: int = dataclasses.field(metadata=dict(static=True))
   band: Any = dataclasses.field(metadata=dict(static=True))
   custom_mask: bool = dataclasses.field(metadata=dict(static=True))
+  layout_digest: Optional[str] = dataclasses.field(default=None, metadata=dict(static=True))
 
   def mismatch(self, layout: BlockSparseLayout, q_len: int, kv_len: int,
                variant: Variant) -> Optional[str]:
@@ -124,7 +128,36 @@ class BlockSparsePlan:
                 custom_mask=variant.has_custom_mask)
     diff = [f"{k} {getattr(self, k)!r} (call: {v!r})" for k, v in want.items()
             if getattr(self, k) != v]
+    if self.layout_digest is not None:
+      digest = layout_digest(layout)
+      if digest is not None and digest != self.layout_digest:
+        diff.append("the layout's tiles differ from those it was made from")
     return "; ".join(diff) or None
+
+
+_DIGESTS: collections.OrderedDict = collections.OrderedDict()   # id(block_mask) -> (it, digest)
+
+
+def layout_digest(layout: BlockSparseLayout) -> Optional[str]:
+  """A fingerprint of the layout's tiles, or None when they are traced (unknown). The
+  last few are kept by identity of the mask, so an eager call copies a mask to the host
+  once."""
+  m = layout.block_mask
+  hit = _DIGESTS.get(id(m))
+  if hit is not None and hit[0] is m:
+    return hit[1]
+  try:
+    host = np.asarray(m, bool)
+  except Exception:  # noqa: BLE001  (a tracer: the tiles are not known at trace time)
+    return None
+  h = hashlib.sha1(repr((layout.block_size, host.shape)).encode())
+  h.update(np.packbits(host).tobytes())
+  for off in (layout.row_offsets, layout.col_offsets):
+    h.update(np.asarray(off, np.int32).tobytes())
+  _DIGESTS[id(m)] = (m, h.hexdigest()[:16])
+  while len(_DIGESTS) > 16:
+    _DIGESTS.popitem(last=False)
+  return _DIGESTS[id(m)][1]
 
 
 def plan(layout: BlockSparseLayout, q_len: int, kv_len: int, *, causal: bool = False,
@@ -144,7 +177,7 @@ def plan(layout: BlockSparseLayout, q_len: int, kv_len: int, *, causal: bool = F
   var = api.build_variant("plan_block_sparse", causal, None, None, variant)
   rows, cols = kernel.tile_lists(layout, q_len, kv_len, var)
   return BlockSparsePlan(rows, cols, int(q_len), int(kv_len), layout.num_heads, var.band,
-                         var.has_custom_mask)
+                         var.has_custom_mask, layout_digest(layout))
 
 
 def _fixed_offsets(n_blocks, size, heads):

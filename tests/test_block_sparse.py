@@ -241,6 +241,12 @@ def test_block_sparse_plan_errors(rng):
     jattn.block_sparse_attention(q, k, v, lay, plan=(plan.rows, plan.cols))
   with pytest.raises(ValueError, match="multiples of 64"):
     jattn.plan_block_sparse(bs.from_dense(np.ones((4, 4), bool), (32, 32)), 128, 128)
+  # a plan made from other tiles of the same shape: refused when both layouts are known
+  other = bs.from_dense(~np.asarray(lay.block_mask), (64, 64))
+  with pytest.raises(ValueError, match="tiles differ"):
+    jattn.block_sparse_attention(q, k, v, other, plan=plan)
+  same = bs.from_dense(np.asarray(lay.block_mask), (64, 64))    # equal tiles, new arrays
+  assert plan.mismatch(same, 128, 128, V.Variant()) is None
 
 
 def test_block_sparse_kernel_passes_over_small_blocks():
