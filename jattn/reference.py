@@ -109,13 +109,6 @@ def attention(q, k, v, *, sm_scale: float, variant: Variant,
                 sm_scale=sm_scale, variant=variant)
 
 
-def dequantize_pages(pages, scale, dtype):
-  """float8 pages * per-kv-head scale -> dtype; other pages are cast."""
-  if scale is None:
-    return pages.astype(dtype)
-  return (pages.astype(jnp.float32) * scale[:, None].astype(jnp.float32)).astype(dtype)
-
-
 def gather_pages(cache, page_table, dtype):
   """Dense K, V [B, max_pages * page_size, Nkv, D] for every sequence of page_table.
   Page ids are clipped to [0, P) so reads stay inside the cache."""
@@ -125,7 +118,7 @@ def gather_pages(cache, page_table, dtype):
   ps = cache.page_size
 
   def one(pages, scale):
-    x = dequantize_pages(pages, scale, dtype)[idx]  # [B, M, ps, Nkv, D]
+    x = dequantize(pages, scale, dtype)[idx]  # [B, M, ps, Nkv, D]
     return x.reshape(B, M * ps, *x.shape[3:])
 
   return one(cache.k_pages, cache.k_scale), one(cache.v_pages, cache.v_scale)
@@ -271,8 +264,12 @@ def block_sparse_attention(q, k, v, layout, *, sm_scale: float, variant: Variant
 
 
 def dequantize(x, scale, dtype):
-  """float8 (or any) x [..., N, D] times a per-head scale [N] -> dtype."""
-  return x.astype(dtype) * jnp.asarray(scale, dtype)[:, None]
+  """x [..., N, D] (float8 pages or inputs) times a per-head scale [N] -> dtype; a None
+  scale is a plain cast. The product is formed in float32, or in dtype when wider."""
+  if scale is None:
+    return x.astype(dtype)
+  wide = jnp.promote_types(dtype, jnp.float32)
+  return (x.astype(wide) * jnp.asarray(scale, wide)[:, None]).astype(dtype)
 
 
 def attention_fp8(q, k, v, q_scale, k_scale, v_scale, *, sm_scale: float, variant: Variant,
