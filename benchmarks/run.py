@@ -119,10 +119,11 @@ def best_peer_ratios(rows: list[dict]) -> None:
   """vs_best_peer = (fastest peer of the same run and workload) / this time;
   vs_baseline = (the baseline row of the same run and workload) / this time; for a
   float8 row, vs_bf16_jattn / vs_bf16_peer = (fastest jattn row / fastest peer of its
-  bf16 twin workload, same run) / this time."""
+  bf16 twin workload, same run) / this time. A row flagged for its error is never the
+  best of anything."""
   best = {}
   for r in rows:
-    if r["status"] == "ok":
+    if r["status"] == "ok" and not r.get("err_flag"):
       k = (r["family"], r["run_id"], r["workload"])
       best[k] = min(best.get(k, float("inf")), r["median_ms"])
   for r in rows:

@@ -86,10 +86,11 @@ def assert_close(x, ref, dtype, *, scale: float = 1.0, what: str = ""):
 def assert_float8_close(x, exact_on_quantized, unquantized, dtype):
   """x against attention over the unquantized data. The float8 rounding of the cache is a
   property of the data: the exact math on the quantized cache must stay at float8's level
-  (e4m3's 3-bit mantissa, amplified by sharp logits: up to ~15% over 60 draws), and x may
-  add only its own `dtype` error on top of it (triangle inequality)."""
+  (e4m3's 3-bit mantissa, amplified by sharp logits: median ~5 %, 0.27 at most over
+  40 000 draws of the decode test's data, so the sanity bound is 0.4), and x may add
+  only its own `dtype` error on top of it (triangle inequality)."""
   quant_err = rel_err(exact_on_quantized, unquantized)
-  assert quant_err <= 0.25, f"float8 quantization error {quant_err:.3f}"
+  assert quant_err <= 0.4, f"float8 quantization error {quant_err:.3f}"
   err = rel_err(x, unquantized)
   assert err <= quant_err + 2 * TOL[jnp.dtype(dtype)], (
       f"relative error {err:.3e} vs the quantization's own {quant_err:.3e}")
@@ -110,7 +111,7 @@ def assert_lse_close(lse, ref, dtype, what="lse"):
 @pytest.fixture
 def rng(request):
   """Fresh random inputs per test (seeded from the clock unless JATTN_TEST_SEED is set);
-  the seed is printed on failure through the test's name in the report."""
+  a failing test's report ends with the seed that reproduces it."""
   seed = int(os.environ.get("JATTN_TEST_SEED", np.random.SeedSequence().entropy % (2**31)))
   request.node.user_properties.append(("seed", seed))
   return np.random.default_rng(seed)
@@ -157,3 +158,14 @@ def pytest_pyfunc_call(pyfuncitem):
     if impl not in (None, "xla") and "cannot serve this call" in str(e):
       pytest.skip(f"{impl} does not support this case: {e}")
     raise
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+  """A failing test that drew random inputs names its seed: rerun it with
+  JATTN_TEST_SEED=<seed> to get the same draw."""
+  report = yield
+  seeds = [v for k, v in item.user_properties if k == "seed"]
+  if report.failed and seeds:
+    report.sections.append(("random inputs", f"reproduce with JATTN_TEST_SEED={seeds[0]}"))
+  return report
