@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import jattn
-from jattn import reference
+from jattn import reference, variants as V
 from conftest import ON_GPU, assert_close, assert_lse_close, impl_params, impls, oracle, randn
 
 EXAMPLES = {"xla": 12, "pallas": 6, "cuda": 6}
@@ -80,3 +80,72 @@ def test_attention_property_kernel_tiles():
     _check_case(case, "pallas", jnp.bfloat16)
 
   check()
+
+
+# ------------------------------------------------------------ an oracle from the definitions
+
+def _attention_by_definition(q, k, v, *, causal=False, window=None, cap=None, slopes=None):
+  """Attention written from the variants' documented definitions, in float64 numpy, one
+  (query, head) at a time, independent of jattn.reference (which is both the "xla"
+  implementation and the tests' oracle). q [T,H,D], k/v [S,Hkv,D|Dv]; the query t sits
+  at position S - T + t (bottom-right); soft-cap applies before ALiBi (keyword order)."""
+  T, H, D = q.shape
+  S, Hkv, Dv = v.shape
+  o, lse = np.zeros((T, H, Dv)), np.full((T, H), -np.inf)
+  pos = np.arange(S)
+  for h in range(H):
+    kh, vh = k[:, h // (H // Hkv)], v[:, h // (H // Hkv)]
+    for t in range(T):
+      qp = S - T + t
+      s = kh @ q[t, h] / np.sqrt(D)
+      if cap is not None:
+        s = cap * np.tanh(s / cap)
+      if slopes is not None:
+        s = s + slopes[h] * (pos - qp)
+      keep = np.ones(S, bool)
+      if causal:
+        keep &= pos <= qp
+      if window is not None:
+        keep &= (pos >= qp - window[0]) & (pos <= qp + window[1])
+      if keep.any():
+        m = s[keep].max()
+        w = np.exp(s[keep] - m)
+        o[t, h] = w @ vh[keep] / w.sum()
+        lse[t, h] = m + np.log(w.sum())
+  return o, lse
+
+
+@pytest.mark.parametrize("kw", [
+    dict(causal=True), dict(window=(3, 2)), dict(causal=True, window=(4, 0)),
+    dict(causal=True, cap=2.0), dict(slopes=True), dict(causal=True, cap=3.0, slopes=True)],
+    ids=["causal", "window3_2", "causal_window4", "causal_softcap", "alibi",
+         "causal_softcap_alibi"])
+def test_xla_matches_the_variant_definitions(kw):
+  """The "xla" implementation (and so the oracle every kernel is tested against) equals
+  the definitions written out in numpy, for dense attention with T < S and for decode."""
+  rng = np.random.default_rng(0)
+  T, S, H, Hkv, D = 5, 9, 4, 2, 16
+  q, k, v = (rng.standard_normal(s) * 2 for s in ((T, H, D), (S, Hkv, D), (S, Hkv, D)))
+  slopes = np.asarray(V.alibi_slopes(H), np.float64) if kw.get("slopes") else None
+  want, want_lse = _attention_by_definition(q, k, v, causal=kw.get("causal", False),
+                                            window=kw.get("window"), cap=kw.get("cap"),
+                                            slopes=slopes)
+  args = dict(causal=kw.get("causal", False), sliding_window=kw.get("window"),
+              logits_soft_cap=kw.get("cap"),
+              variant=V.alibi(V.alibi_slopes(H)) if slopes is not None else None)
+  f32 = lambda x: jnp.asarray(x, jnp.float32)
+  o, lse = jattn.attention(f32(q)[None], f32(k)[None], f32(v)[None], return_lse=True,
+                           implementation="xla", **args)
+  np.testing.assert_allclose(np.asarray(o[0]), want, rtol=2e-5, atol=2e-5)
+  np.testing.assert_allclose(np.asarray(lse[0]), want_lse, rtol=2e-5, atol=2e-5)
+  if kw.get("causal"):   # decode: the last query of each of two sequences, lengths 9 and 6
+    cache = jattn.PagedKVCache(f32(np.stack([k, k])).reshape(6, 3, Hkv, D),
+                               f32(np.stack([v, v])).reshape(6, 3, Hkv, D))
+    table = jnp.array([[0, 1, 2], [3, 4, 5]], jnp.int32)
+    del args["causal"]
+    od = jattn.decode(f32(np.stack([q[-1], q[-1]])), cache, table,
+                      jnp.array([9, 6], jnp.int32), implementation="xla", **args)
+    w6, _ = _attention_by_definition(q[-1:], k[:6], v[:6], causal=True, window=kw.get("window"),
+                                     cap=kw.get("cap"), slopes=slopes)
+    np.testing.assert_allclose(np.asarray(od[0]), want[-1], rtol=2e-5, atol=2e-5)
+    np.testing.assert_allclose(np.asarray(od[1]), w6[0], rtol=2e-5, atol=2e-5)
