@@ -220,6 +220,7 @@ def main(argv=None) -> int:
   print(f"# device {kind} | jax {jax.__version__} | jattn {jattn.__version__} | {date}", flush=True)
   ceil = timing.ceilings(tiny=args.tiny, reps=cfg["reps"])
   print(f"# ceilings: copy {ceil['copy_gbps']:.0f} GB/s (read+write), "
+        f"read-only {ceil['read_gbps']:.0f} GB/s, "
         f"bf16 matmul {ceil['matmul_n']}^3 {ceil['matmul_tflops']:.0f} TFLOP/s "
         f"({time.time() - start:.1f}s)", flush=True)
   tk, why = impls.import_tokamax()
