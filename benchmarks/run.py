@@ -3,8 +3,9 @@
   python -m benchmarks.run --suite prefill|decode|append|bwd|mla|block_sparse|all --out DIR [--quick]
          [--tiny] [--workloads PATTERNS] [--impls PATTERNS] [--deadline SECONDS]
 
-Writes DIR/<date>-<gpu>.json (rows merged into an existing file of the same name, keyed
-by (workload, impl)), then the markdown table and the plot next to it (benchmarks.report).
+Writes DIR/<date>-<gpu>.json (merged into an existing file of the same name per workload:
+a workload this run measured takes this run's rows only, so its ratios compare rows of
+one run), then the markdown table and the plot next to it (benchmarks.report).
 Each row: device, JAX version, date, workload, shape, dtype, implementation, status, median
 ms, TFLOP/s, GB/s, fraction of the roofline of the ceilings measured in this run, largest
 relative error vs a float32 reference on slices, and speed relative to the best peer of the
@@ -19,6 +20,7 @@ for the CPU test; `--quick` times fewer repetitions (smoke runs).
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime
 import fnmatch
 import gc
@@ -141,19 +143,28 @@ def merge(path: str, meta: dict, rows: list[dict]) -> dict:
   if os.path.exists(path):
     with open(path) as f:
       old = json.load(f)
-  have = {(r["workload"], r["impl"]) for r in old["rows"]}
-  # A row this run skipped (deadline) does not replace an earlier measurement, and a
-  # workload whose peers this run never reached keeps its earlier rows (ratios compare
-  # rows of one run only).
-  rows = [r for r in rows if r["status"] != "skipped" or (r["workload"], r["impl"]) not in have]
-  peered = lambda rs: {r["workload"] for r in rs if r["family"] == "peer" and r["status"] == "ok"}
-  lost = peered(old["rows"]) - peered(rows)
-  rows = [r for r in rows if r["workload"] not in lost]
-  done = {(r["workload"], r["impl"]) for r in rows}
-  kept = [r for r in old["rows"] if (r["workload"], r["impl"]) not in done]
-  live = {r["run_id"] for r in kept}
+  # Ratios compare rows of one run only, so a workload's rows come from one run: a
+  # workload this run measured (any row not skipped) takes this run's rows and drops the
+  # earlier ones, unless this run never reached its peers and the earlier run did (a
+  # deadline cut it short); a workload this run did not measure keeps its earlier rows.
+  def by_workload(rs):
+    out = collections.defaultdict(list)
+    for r in rs:
+      out[r["workload"]].append(r)
+    return out
+  peered = lambda rs: any(r["family"] == "peer" and r["status"] == "ok" for r in rs)
+  old_w, new_w = by_workload(old["rows"]), by_workload(rows)
+  merged = []
+  for w in list(old_w) + [w for w in new_w if w not in old_w]:
+    new, earlier = new_w.get(w, []), old_w.get(w, [])
+    measured = any(r["status"] != "skipped" for r in new)
+    if new and (not earlier or (measured and (peered(new) or not peered(earlier)))):
+      merged += new
+    else:
+      merged += earlier
+  live = {r["run_id"] for r in merged}
   runs = [m for m in old["runs"] if m["run_id"] in live and m["run_id"] != meta["run_id"]]
-  res = {"runs": runs + [meta], "rows": kept + rows}
+  res = {"runs": runs + [meta], "rows": merged}
   best_peer_ratios(res["rows"])
   order = {w.name: i for i, w in enumerate(W.STANDARD)}
   res["rows"].sort(key=lambda r: order.get(r["workload"], 99))

@@ -152,3 +152,25 @@ def _has_matplotlib():
     return True
   except ImportError:
     return False
+
+
+def test_merge_keeps_one_run_per_workload(tmp_path):
+  """Re-measuring one peer of a workload must not leave jattn's ratio against the old
+  peers beside the new peer's time: the workload then holds this run's rows only. A
+  workload this run did not measure, or whose peers a deadline kept it from reaching,
+  keeps its earlier rows."""
+  path = str(tmp_path / "r.json")
+  def row(run, w, impl, fam, ms, status="ok"):
+    return dict(run_id=run, workload=w, impl=impl, family=fam, status=status, median_ms=ms)
+  run.merge(path, dict(run_id="A"), [
+      row("A", "w1", "jattn.x", "jattn", 10.0), row("A", "w1", "cudnn", "peer", 14.0),
+      row("A", "w2", "jattn.x", "jattn", 5.0), row("A", "w2", "cudnn", "peer", 6.0)])
+  res = run.merge(path, dict(run_id="B"), [
+      row("B", "w1", "cudnn", "peer", 9.1),
+      row("B", "w2", "jattn.x", "jattn", 4.0), row("B", "w2", "cudnn", "peer", 0, "skipped")])
+  got = {(r["workload"], r["impl"]): r for r in res["rows"]}
+  assert set(got) == {("w1", "cudnn"), ("w2", "jattn.x"), ("w2", "cudnn")}
+  assert got[("w1", "cudnn")]["run_id"] == "B"                   # w1: this run only
+  assert {got[("w2", i)]["run_id"] for i in ("jattn.x", "cudnn")} == {"A"}   # w2: kept
+  assert got[("w2", "jattn.x")]["vs_best_peer"] == pytest.approx(6.0 / 5.0)
+  assert [m["run_id"] for m in res["runs"]] == ["A", "B"]
