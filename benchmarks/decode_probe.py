@@ -2,7 +2,11 @@
 peers in the same process (cuDNN dense decode, jax's Pallas paged_attention, the device
 copy). Bytes = K + V read once (the keys actually attended for skewed lengths).
 
-  python -m benchmarks.decode_probe [--out DIR] [--skip-check] [--only PATTERN]
+  python -m benchmarks.decode_probe [--out DIR] [--skip-check] [--checks PATTERN]
+      [--only WORKLOADS] [--rows 'LABEL;LABEL'] [--rounds N] [--reps N]
+
+`--rounds N` times every selected row once, then N - 1 more times in turn (a row's ms is
+the median of its rounds), for A/B comparisons below the ~5 % drift between runs.
 
 The full harness is `benchmarks.run`; this script is the kernel's own quick look.
 """
