@@ -15,7 +15,7 @@ import numpy as np
 from jattn import dispatch, registry  # noqa: F401  (registry fills the dispatcher's table)
 from jattn import sharding
 from jattn import variants as V
-from jattn.cache import FLOAT8_DTYPES, PAGE_DTYPES, PagedKVCache, is_float8
+from jattn.cache import FLOAT8_DTYPES, PagedKVCache, is_float8, page_dtype_error
 from jattn.plan import DecodePlan
 
 FLOAT_DTYPES = (jnp.bfloat16, jnp.float16, jnp.float32, jnp.float64)
@@ -63,9 +63,9 @@ def _cache(op, cache):
     _fail(op, f"cache.k_pages {cache.k_pages.shape} and cache.v_pages "
               f"{cache.v_pages.shape} disagree on [P, page_size, Nkv]")
   for name, pages in (("k_pages", cache.k_pages), ("v_pages", cache.v_pages)):
-    if not any(pages.dtype == jnp.dtype(d) for d in PAGE_DTYPES):
-      raise TypeError(f"jattn.{op}: cache.{name} dtype {pages.dtype} not supported; use one "
-                      f"of {[jnp.dtype(d).name for d in PAGE_DTYPES]}")
+    why = page_dtype_error(f"jattn.{op}: cache.{name}", pages.dtype)
+    if why is not None:
+      raise TypeError(why)
   if not (is_float8(cache.k_pages.dtype) or is_float8(cache.v_pages.dtype)):
     if cache.k_scale is not None or cache.v_scale is not None:
       _fail(op, f"cache scales apply to float8 pages only; these are {cache.k_pages.dtype} "

@@ -25,6 +25,14 @@ def is_float8(dtype) -> bool:
   return any(jnp.dtype(dtype) == jnp.dtype(d) for d in FLOAT8_DTYPES)
 
 
+def page_dtype_error(where: str, dtype) -> Optional[str]:
+  """The message for pages of an unsupported dtype, or None."""
+  if any(jnp.dtype(dtype) == jnp.dtype(d) for d in PAGE_DTYPES):
+    return None
+  return (f"{where} dtype {jnp.dtype(dtype)} not supported; use one of "
+          f"{[jnp.dtype(d).name for d in PAGE_DTYPES]}")
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class PagedKVCache:
@@ -40,9 +48,9 @@ class PagedKVCache:
     """Zero-filled cache. float8 `dtype` needs scales: pass `k_scale`/`v_scale` ([Nkv] or
     a scalar broadcast to every head); they default to 1.0 so that a cache is usable
     immediately, but real float8 data needs calibrated scales."""
-    if not any(jnp.dtype(dtype) == jnp.dtype(d) for d in PAGE_DTYPES):
-      raise TypeError(f"PagedKVCache.create: dtype {jnp.dtype(dtype)} not supported; "
-                      f"use one of {[jnp.dtype(d).name for d in PAGE_DTYPES]}")
+    why = page_dtype_error("PagedKVCache.create:", dtype)
+    if why is not None:
+      raise TypeError(why)
     v_head_dim = head_dim if v_head_dim is None else v_head_dim
     k = jnp.zeros((num_pages, page_size, num_kv_heads, head_dim), dtype)
     v = jnp.zeros((num_pages, page_size, num_kv_heads, v_head_dim), dtype)

@@ -103,12 +103,22 @@ class Variant:
 
 
 TRACE_TILE = (64, 64)   # the logits tile the kernel check traces a variant on
+_TRACED: dict = {}      # (id(fn), function name, head_dim, params) -> (fn, reason)
+
+
+def _kernel_safe(f):
+  """Mark a built-in variant function as traceable by the kernels (scalars only), so the
+  dispatch-time check does not trace it; a chain of such functions is one too."""
+  f._kernel_safe = True
+  return f
 
 
 def kernel_trace_reason(variant: Optional["Variant"], head_dim: int) -> Optional[str]:
   """None if every function of `variant` traces on a kernel tile without closing over an
   array (kernels can capture scalars only); else why not. Each function is traced on
-  abstract tiles shaped as a kernel holds them (logits [64, 64]; q and k [64, head_dim])."""
+  abstract tiles shaped as a kernel holds them (logits [64, 64]; q and k [64, head_dim]).
+  This runs at every dispatch, so built-ins (`_kernel_safe`) are skipped and a user
+  function's answer is kept (by identity, for the last few)."""
   if variant is None or variant.is_identity:
     return None
   row = (TRACE_TILE[0], head_dim)
@@ -119,27 +129,45 @@ def kernel_trace_reason(variant: Optional["Variant"], head_dim: int) -> Optional
            ("logits_mask", None, TRACE_TILE, True, True, True))
   for name, x_shape, shape, has_q, has_kv, has_params in calls:
     fn = getattr(variant, name)
-    if fn is None:
+    if fn is None or getattr(fn, "_kernel_safe", False):
       continue
-    i32 = jax.ShapeDtypeStruct(shape, jnp.int32)
-    params = ({k: jax.ShapeDtypeStruct(shape, jnp.asarray(p).dtype)
-               for k, p in variant.params.items()} if has_params else {})
+    key = (id(fn), name, head_dim, tuple(sorted((k, str(jnp.asarray(p).dtype))
+                                                for k, p in variant.params.items())))
+    hit = _TRACED.get(key)
+    if hit is not None and hit[0] is fn:
+      why = hit[1]
+    else:
+      why = _trace_reason(variant.name, name, fn, x_shape, shape, has_q, has_kv,
+                          variant.params if has_params else {})
+      _TRACED[key] = (fn, why)
+      while len(_TRACED) > 64:
+        del _TRACED[next(iter(_TRACED))]
+    if why is not None:
+      return why
+  return None
 
-    def call(x, q_pos, kv_pos, head, batch, params, fn=fn):
-      ctx = Context(q_pos=q_pos, kv_pos=kv_pos, head=head, batch=batch, params=params)
-      return fn(ctx) if x is None else fn(x, ctx)
 
-    x = None if x_shape is None else jax.ShapeDtypeStruct(x_shape, jnp.float32)
-    try:
-      closed = jax.make_jaxpr(call)(x, i32 if has_q else None, i32 if has_kv else None,
-                                    i32, i32, params)
-    except Exception as e:  # noqa: BLE001  (any failure to trace is the reason)
-      return (f"variant {variant.name}: {name} does not trace on a kernel tile "
-              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")[:300]
-    arrays = [tuple(jnp.shape(c)) for c in closed.consts if jnp.size(c) > 1]
-    if arrays:
-      return (f"variant {variant.name}: {name} closes over arrays of shapes {arrays} "
-              "(kernels capture scalars only; per-head values go in Variant.params)")
+def _trace_reason(variant_name, name, fn, x_shape, shape, has_q, has_kv, params):
+  """Why the variant function `name` cannot go into a kernel, or None: `fn` traced on
+  abstract tiles (x: `x_shape` or none; ctx arrays: `shape`) must close over no array."""
+  i32 = jax.ShapeDtypeStruct(shape, jnp.int32)
+  params = {k: jax.ShapeDtypeStruct(shape, jnp.asarray(p).dtype) for k, p in params.items()}
+
+  def call(x, q_pos, kv_pos, head, batch, params):
+    ctx = Context(q_pos=q_pos, kv_pos=kv_pos, head=head, batch=batch, params=params)
+    return fn(ctx) if x is None else fn(x, ctx)
+
+  x = None if x_shape is None else jax.ShapeDtypeStruct(x_shape, jnp.float32)
+  try:
+    closed = jax.make_jaxpr(call)(x, i32 if has_q else None, i32 if has_kv else None,
+                                  i32, i32, params)
+  except Exception as e:  # noqa: BLE001  (any failure to trace is the reason)
+    return (f"variant {variant_name}: {name} does not trace on a kernel tile "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")[:300]
+  arrays = [tuple(jnp.shape(c)) for c in closed.consts if jnp.size(c) > 1]
+  if arrays:
+    return (f"variant {variant_name}: {name} closes over arrays of shapes {arrays} "
+            "(kernels capture scalars only; per-head values go in Variant.params)")
   return None
 
 
@@ -155,6 +183,7 @@ def _chain(fs):
       x = f(x, ctx)
     return x
 
+  chained._kernel_safe = all(getattr(f, "_kernel_safe", False) for f in fs)
   return chained
 
 
@@ -172,6 +201,7 @@ def _all_masks(ms):
     return keep
 
   mask._is_band_mask = all(getattr(m, "_is_band_mask", False) for m in ms)
+  mask._kernel_safe = all(getattr(m, "_kernel_safe", False) for m in ms)
   return mask
 
 
@@ -227,7 +257,7 @@ def _band_mask(left: Optional[int], right: Optional[int]):
     return keep
 
   mask._is_band_mask = True
-  return mask
+  return _kernel_safe(mask)
 
 
 def causal() -> Variant:
@@ -250,6 +280,7 @@ def soft_cap(cap: float) -> Variant:
   if not cap > 0:
     raise ValueError(f"soft_cap: cap must be > 0, got {cap}")
 
+  @_kernel_safe
   def transform(s, ctx):
     return cap * jnp.tanh(s / cap)
 
@@ -262,6 +293,7 @@ def alibi(slopes) -> Variant:
   if slopes.ndim != 1:
     raise ValueError(f"alibi: slopes must be 1-D [num_q_heads], got shape {slopes.shape}")
 
+  @_kernel_safe
   def transform(s, ctx):
     return s + ctx.params["alibi_slopes"] * (ctx.kv_pos - ctx.q_pos).astype(jnp.float32)
 

@@ -402,11 +402,17 @@ def test_python_lists_are_taken_as_int32_arrays(rng):
                      implementation="xla")
   np.testing.assert_array_equal(np.asarray(o), np.asarray(ref))
   kv = randn(rng, (8, 2, 16), jnp.float32)
-  o = jattn.prefill_ragged(q[:1].reshape(2, 2, 16), kv, kv, [0, 1, 2], [0, 4, 8],
-                           implementation="xla")
-  assert o.shape == (2, 2, 16)
-  out = jattn.append_kv(cache, kv, kv, table, [0] * 4 + [1] * 4, list(range(4)) * 2)
-  assert out.k_pages.shape == cache.k_pages.shape
+  qp = q[:1].reshape(2, 2, 16)
+  o = jattn.prefill_ragged(qp, kv, kv, [0, 1, 2], [0, 4, 8], implementation="xla")
+  ref = jattn.prefill_ragged(qp, kv, kv, jnp.array([0, 1, 2], jnp.int32),
+                             jnp.array([0, 4, 8], jnp.int32), implementation="xla")
+  np.testing.assert_array_equal(np.asarray(o), np.asarray(ref))
+  ids, pos = [0] * 4 + [1] * 4, list(range(4)) * 2
+  out = jattn.append_kv(cache, kv, kv, table, ids, pos)
+  want = jattn.append_kv(cache, kv, kv, jnp.asarray(table, jnp.int32),
+                         jnp.asarray(ids, jnp.int32), jnp.asarray(pos, jnp.int32))
+  np.testing.assert_array_equal(np.asarray(out.k_pages), np.asarray(want.k_pages))
+  assert np.abs(np.asarray(out.k_pages)).sum() > 0     # the tokens were written
 
 
 def test_host_offsets_and_window_forms(rng):

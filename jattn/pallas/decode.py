@@ -290,6 +290,14 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
     plgpu.commit_smem()
     return 1.0 / c
 
+  def staged_query(par_smem, par_bar):
+    """`stage_q` in its own SMEM scope, once the params (a query transform may read
+    them) have arrived; returns its 1 / c."""
+    if param_names:
+      plgpu.barrier_wait(par_bar)
+    return pl.run_scoped(functools.partial(stage_q, p_smem=par_smem),
+                         plgpu.SMEM((ROWS, D), q_ref.dtype))
+
   def main(k_ring, v_ring, p_smem, k_tiled, v_tiled, k_bar, v_bar, par_smem, par_bar,
            q_inv):
     @pl.loop(0, jnp.minimum(n, stages))
@@ -297,10 +305,7 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
       issue(t_lo + s, s, k_ring, v_ring, k_bar, v_bar)
 
     if not q_first:   # Q is staged while the first tiles load
-      if param_names:
-        plgpu.barrier_wait(par_bar)
-      q_inv = pl.run_scoped(functools.partial(stage_q, p_smem=par_smem),
-                            plgpu.SMEM((ROWS, D), q_ref.dtype))
+      q_inv = staged_query(par_smem, par_bar)
 
     scale = sm_scale * (scale_ref[0, kvh] if fold_k_scale else 1.0)
     shape = (ROWS, bk)
@@ -417,12 +422,7 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
     ring and the key loop (`main`), then the epilogue, each in its own SMEM scope."""
     if param_names:
       plgpu.copy_gmem_to_smem(params_ref.at[kvh], par_smem, par_bar)
-    q_inv = None
-    if q_first:
-      if param_names:
-        plgpu.barrier_wait(par_bar)
-      q_inv = pl.run_scoped(functools.partial(stage_q, p_smem=par_smem),
-                            plgpu.SMEM((ROWS, D), q_ref.dtype))
+    q_inv = staged_query(par_smem, par_bar) if q_first else None
     ring_dtype = k_ref.dtype if staged else cdt
     k_tf, v_tf = _tiled(cdt, D), _tiled(cdt, Dv)
     if ring_tiled:
