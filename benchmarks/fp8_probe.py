@@ -1,7 +1,8 @@
 """GPU probe for the CUDA FP8 kernels (csrc/, jattn.ffi): JIT build time and cache, then
 timings next to cuDNN bf16 in one process.
 
-  PYTHONPATH=. python3 -m benchmarks.fp8_probe [--out DIR]     timings
+  PYTHONPATH=. python3 -m benchmarks.fp8_probe [--out DIR] [--only prefill|decode]
+      [--rounds N]     timings (decode rows interleaved over N rounds, median)
   PYTHONPATH=. python3 -m benchmarks.fp8_probe --build-check   first build in an empty
       cache (seconds), then a second process on that cache (its compile count)
   PYTHONPATH=. python3 -m benchmarks.fp8_probe --sanitize CASE one small call, for
@@ -63,8 +64,12 @@ def build_check() -> dict:
 
 # Kernel variants timed next to the defaults: extra (macro, value) build parameters.
 PREFILL_VARIANTS = ()
-DECODE_VARIANTS = ((("DECODE_KPERM", 1),), (("DECODE_L2_PREFETCH", 1),),
-                   (("DECODE_KPERM", 1), ("DECODE_L2_PREFETCH", 1)))
+DECODE_VARIANTS = ((("DECODE_L2_PREFETCH", 1),), (("DECODE_L2_PREFETCH", 2),),
+                   (("DECODE_L2_PREFETCH", 4),), (("DECODE_KPERM", 1),),
+                   (("DECODE_KPERM", 1), ("DECODE_L2_PREFETCH", 2)),
+                   (("DECODE_WARPS", 8),), (("DECODE_WARPS", 8), ("DECODE_L2_PREFETCH", 2)),
+                   (("DECODE_PREFETCH", 0), ("DECODE_WARPS", 16)),
+                   (("DECODE_L2_PREFETCH", 2), ("DECODE_PREFETCH", 0), ("DECODE_WARPS", 16)))
 
 
 def variant(kernel: build.Kernel, extra) -> build.Kernel:
@@ -135,7 +140,7 @@ def prefill_bench(B=4, T=4096, H=32, D=128) -> dict:
   return res
 
 
-def decode_bench(B=32, S=4096, Hq=32, Hkv=8, D=128, page=16) -> dict:
+def decode_bench(B=32, S=4096, Hq=32, Hkv=8, D=128, page=16, rounds=1) -> dict:
   key = jax.random.key(1)
   kq, kk, kv = jax.random.split(key, 3)
   q = jax.random.normal(kq, (B, Hq, D), jnp.float32).astype(jnp.bfloat16)
@@ -168,6 +173,9 @@ def decode_bench(B=32, S=4096, Hq=32, Hkv=8, D=128, page=16) -> dict:
     return jax.jit(lambda q, c, t, l: call(q, c.k_pages, c.v_pages, c.k_scale, c.v_scale, t, l,
                                            sm_scale=np.float32(D ** -0.5), splits=np.int64(splits),
                                            split_tokens=np.int64(per))[0])
+  arch = fp8.device_arch()  # build every variant up front, in parallel
+  build.build_many([(variant(build.decode_kernel(D, Hq // Hkv), ex), arch)
+                    for ex in ((),) + DECODE_VARIANTS])
   cands = {
       "cudnn_bf16_dense": (jax.jit(lambda q, k, v: jax.nn.dot_product_attention(
           q[:, None], k, v, implementation="cudnn")[:, 0]), [(q, kb, vb)], 2 * bytes8),
@@ -179,18 +187,23 @@ def decode_bench(B=32, S=4096, Hq=32, Hkv=8, D=128, page=16) -> dict:
       "jattn_bf16_pallas_paged": (jax.jit(lambda q, c, t, l: jattn.decode(
           q, c, t, l, implementation="pallas")), [(q, cbf, table, lens)], 2 * bytes8),
   }
-  outs = {}
-  for name, (fn, args, nbytes) in cands.items():
-    try:
-      t = bench(fn, args)
-      outs[name] = t.out
-      res[name] = dict(us=t.median_s * 1e6, gbps=nbytes / t.median_s / 1e9,
-                       tokens_per_s=B / t.median_s, spread=t.spread)
-      log(f"decode  {name:24s} {t.median_s * 1e6:8.1f} us {nbytes / t.median_s / 1e9:7.0f} GB/s "
-          f"(spread {t.spread:.2f})")
-    except Exception as e:  # noqa: BLE001
-      res[name] = dict(error=f"{type(e).__name__}: {str(e)[:300]}")
-      log(f"decode {name} failed: {res[name]['error']}")
+  outs, times = {}, {}
+  for rnd in range(rounds):  # interleaved: every candidate once per round
+    for name, (fn, args, nbytes) in cands.items():
+      if name in res and "error" in res[name]:
+        continue
+      try:
+        t = bench(fn, args)
+        outs[name] = t.out
+        times.setdefault(name, []).append(t.median_s)
+        med = float(np.median(times[name]))
+        res[name] = dict(us=med * 1e6, gbps=nbytes / med / 1e9, tokens_per_s=B / med,
+                         spread=t.spread, rounds_us=[x * 1e6 for x in times[name]])
+        log(f"decode r{rnd} {name:24s} {t.median_s * 1e6:8.1f} us "
+            f"{nbytes / t.median_s / 1e9:7.0f} GB/s (spread {t.spread:.2f})")
+      except Exception as e:  # noqa: BLE001
+        res[name] = dict(error=f"{type(e).__name__}: {str(e)[:300]}")
+        log(f"decode {name} failed: {res[name]['error']}")
   for name in outs:
     if "fp8" in name and "cudnn_bf16_dense" in outs:
       res[f"rel_err_{name}_vs_cudnn_bf16"] = rel_err(outs[name], outs["cudnn_bf16_dense"])
@@ -262,6 +275,8 @@ def main():
                   help=f"one small call, CASE in 0..{len(SANITIZE_PREFILL) + len(SANITIZE_DECODE) - 1}")
   ap.add_argument("--build-check", action="store_true")
   ap.add_argument("--ncu", choices=("prefill", "decode"), default=None)
+  ap.add_argument("--only", choices=("prefill", "decode"), default=None)
+  ap.add_argument("--rounds", type=int, default=1, help="interleaved rounds of the decode rows")
   args = ap.parse_args()
   dev = jax.devices()[0]
   log("device", dev.device_kind, getattr(dev, "compute_capability", "?"))
@@ -277,8 +292,8 @@ def main():
   res = dict(device=dev.device_kind)
   res["ceilings"] = ceilings()
   log("ceilings", res["ceilings"])
-  res["prefill"] = prefill_bench()
-  res["decode"] = decode_bench()
+  res["prefill"] = prefill_bench() if args.only != "decode" else {}
+  res["decode"] = decode_bench(rounds=args.rounds) if args.only != "prefill" else {}
   with open(os.path.join(args.out, "fp8_probe.json"), "w") as f:
     json.dump(res, f, indent=1, default=str)
   p, d = res["prefill"], res["decode"]

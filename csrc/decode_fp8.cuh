@@ -45,11 +45,26 @@ struct DecodeParams {
   float sm_scale;
 };
 
-constexpr int kDecodeWarps = 4;
+// Warps per CTA: they take interleaved 32-token chunks and merge through shared memory.
+#ifndef JATTN_DECODE_WARPS
+#define JATTN_DECODE_WARPS 4
+#endif
+constexpr int kDecodeWarps = JATTN_DECODE_WARPS;
+// Register prefetch of the next chunk (-1: where the load registers fit, D * HT <= 128;
+// 0: never). Bytes in flight per SM are (warps per SM) x (8 KB chunk) x (1 + prefetch).
+#ifndef JATTN_DECODE_PREFETCH
+#define JATTN_DECODE_PREFETCH -1
+#endif
+// CTAs per SM that __launch_bounds__ asks ptxas to fit (it caps the registers).
+#ifndef JATTN_DECODE_MIN_CTAS
+#define JATTN_DECODE_MIN_CTAS 1
+#endif
 
-// Knobs, off by default (benchmarks/fp8_probe.py times them as variants; not measured yet):
-// JATTN_DECODE_L2_PREFETCH=1: prefetch.global.L2 of the chunk after the next (one line per
-// lane and tensor; run 3 measured the cp.async.bulk.prefetch.L2 form 6 % slower).
+// Knobs, off by default (benchmarks/fp8_probe.py times them as variants):
+// JATTN_DECODE_L2_PREFETCH=A > 0: prefetch.global.L2 of the chunk A strides after the one
+// being loaded (each lane its token's K and V rows; the page ids come one iteration
+// earlier), so DRAM requests run ahead without holding registers. Run 3 measured the
+// cp.async.bulk.prefetch.L2 form of A = 1 6 % slower.
 // JATTN_DECODE_KPERM=1: the D/4 bytes of K a thread multiplies are taken as 16-byte pieces
 // 64 bytes apart (each load instruction covers whole 64-byte spans of a row) instead of
 // D/4 contiguous bytes (each 16-byte load used half of each sector).
@@ -86,11 +101,12 @@ __device__ __forceinline__ void load_words(uint32_t (&dst)[N], const uint8_t* sr
 }
 
 template <int D, int HT>  // HT: 8-head tiles of the group (1: G <= 8, 2: G <= 16)
-__global__ void __launch_bounds__(kDecodeWarps * 32) decode_fp8_kernel(const DecodeParams prm) {
+__global__ void __launch_bounds__(kDecodeWarps * 32, JATTN_DECODE_MIN_CTAS)
+    decode_fp8_kernel(const DecodeParams prm) {
   constexpr int KW = D / 16;  // K words per thread per token (D/4 bytes)
   constexpr int VW = D / 32;  // V words per thread per token (D/8 bytes)
   // Prefetching the next chunk doubles the load registers: only where they fit.
-  constexpr bool kPrefetch = D * HT <= 128;
+  constexpr bool kPrefetch = JATTN_DECODE_PREFETCH != 0 && D * HT <= 128;
   const int split = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
   const int G = prm.Nq / prm.Nkv;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -173,12 +189,14 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_fp8_kernel(const Dec
         for (int w = 0; w < VW; ++w) vd[s][w] = 0;  // p is 0 there, but junk may be NaN
     }
   };
-  // Optionally (JATTN_DECODE_L2_PREFETCH) the chunk after the next is prefetched into L2.
-  auto prefetch_chunk = [&](int rows) {
-    if (rows >= 0) {
-      prefetch_l2(prm.k_pages + size_t(rows) * D);
-      prefetch_l2(prm.v_pages + size_t(rows) * D);
-    }
+  constexpr int kL2Ahead = JATTN_DECODE_L2_PREFETCH;
+  auto prefetch_chunk = [&](int rows) {  // (128-byte lines)
+    if (rows >= 0)
+#pragma unroll
+      for (int i = 0; i < (D + 127) / 128; ++i) {
+        prefetch_l2(prm.k_pages + size_t(rows) * D + 128 * i);
+        prefetch_l2(prm.v_pages + size_t(rows) * D + 128 * i);
+      }
   };
 
   const int stride = 32 * kDecodeWarps;
@@ -187,6 +205,8 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_fp8_kernel(const Dec
   // register prefetch, the following one with it), r_b = rows of the chunk after r_a's,
   // pid_c = page ids of the chunk after r_b's.
   int r_a = 0, r_b = 0, pid_c = 0;
+  int pid_l2 = 0;  // page ids of the chunk kL2Ahead strides after the next one loaded
+  if (kL2Ahead > 0 && base < end) pid_l2 = page_id(base + (kL2Ahead + (kPrefetch ? 1 : 0)) * stride);
   if (base < end) {
     r_a = row_of(base, page_id(base));
     r_b = row_of(base + stride, page_id(base + stride));
@@ -205,7 +225,11 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_fp8_kernel(const Dec
     } else {
       load_chunk(r_a, kc, vc);
     }
-    if (JATTN_DECODE_L2_PREFETCH && next + stride < end) prefetch_chunk(r_b);
+    if constexpr (kL2Ahead > 0) {
+      const int far = next + kL2Ahead * stride;
+      if (far < end) prefetch_chunk(row_of(far, pid_l2));
+      pid_l2 = page_id(far + stride);
+    }
     r_a = r_b;
     r_b = row_of(next + 2 * stride, pid_c);
     pid_c = page_id(next + 3 * stride);
