@@ -64,12 +64,8 @@ def build_check() -> dict:
 
 # Kernel variants timed next to the defaults: extra (macro, value) build parameters.
 PREFILL_VARIANTS = ()
-DECODE_VARIANTS = ((("DECODE_L2_PREFETCH", 1),), (("DECODE_L2_PREFETCH", 2),),
-                   (("DECODE_L2_PREFETCH", 4),), (("DECODE_KPERM", 1),),
-                   (("DECODE_KPERM", 1), ("DECODE_L2_PREFETCH", 2)),
-                   (("DECODE_WARPS", 8),), (("DECODE_WARPS", 8), ("DECODE_L2_PREFETCH", 2)),
-                   (("DECODE_PREFETCH", 0), ("DECODE_WARPS", 16)),
-                   (("DECODE_L2_PREFETCH", 2), ("DECODE_PREFETCH", 0), ("DECODE_WARPS", 16)))
+DECODE_VARIANTS = ((("DECODE_L2_PREFETCH", 0),), (("DECODE_KPERM", 1),),
+                   (("DECODE_L2_PREFETCH", 2),))
 
 
 def variant(kernel: build.Kernel, extra) -> build.Kernel:
@@ -277,6 +273,7 @@ def main():
   ap.add_argument("--ncu", choices=("prefill", "decode"), default=None)
   ap.add_argument("--only", choices=("prefill", "decode"), default=None)
   ap.add_argument("--rounds", type=int, default=1, help="interleaved rounds of the decode rows")
+  ap.add_argument("--decode-dims", default="128", help="head dims of the decode rows, e.g. 64,128,256")
   args = ap.parse_args()
   dev = jax.devices()[0]
   log("device", dev.device_kind, getattr(dev, "compute_capability", "?"))
@@ -293,7 +290,11 @@ def main():
   res["ceilings"] = ceilings()
   log("ceilings", res["ceilings"])
   res["prefill"] = prefill_bench() if args.only != "decode" else {}
-  res["decode"] = decode_bench(rounds=args.rounds) if args.only != "prefill" else {}
+  dims = [int(d) for d in args.decode_dims.split(",")]
+  res["decode"] = decode_bench(rounds=args.rounds) if args.only != "prefill" and 128 in dims else {}
+  for d in dims:
+    if d != 128 and args.only != "prefill":
+      res[f"decode_d{d}"] = decode_bench(D=d, rounds=args.rounds)
   with open(os.path.join(args.out, "fp8_probe.json"), "w") as f:
     json.dump(res, f, indent=1, default=str)
   p, d = res["prefill"], res["decode"]

@@ -45,31 +45,21 @@ struct DecodeParams {
   float sm_scale;
 };
 
-// Warps per CTA: they take interleaved 32-token chunks and merge through shared memory.
-#ifndef JATTN_DECODE_WARPS
-#define JATTN_DECODE_WARPS 4
-#endif
-constexpr int kDecodeWarps = JATTN_DECODE_WARPS;
-// Register prefetch of the next chunk (-1: where the load registers fit, D * HT <= 128;
-// 0: never). Bytes in flight per SM are (warps per SM) x (8 KB chunk) x (1 + prefetch).
-#ifndef JATTN_DECODE_PREFETCH
-#define JATTN_DECODE_PREFETCH -1
-#endif
-// CTAs per SM that __launch_bounds__ asks ptxas to fit (it caps the registers).
-#ifndef JATTN_DECODE_MIN_CTAS
-#define JATTN_DECODE_MIN_CTAS 1
-#endif
+// Warps per CTA (interleaved 32-token chunks, merged through shared memory). 8 or 16
+// warps measured slower (fp8 probe run 4: 122 / 157 us against 116 for 4).
+constexpr int kDecodeWarps = 4;
 
-// Knobs, off by default (benchmarks/fp8_probe.py times them as variants):
-// JATTN_DECODE_L2_PREFETCH=A > 0: prefetch.global.L2 of the chunk A strides after the one
-// being loaded (each lane its token's K and V rows; the page ids come one iteration
-// earlier), so DRAM requests run ahead without holding registers. Run 3 measured the
-// cp.async.bulk.prefetch.L2 form of A = 1 6 % slower.
+// Knobs (benchmarks/fp8_probe.py times them as variants):
+// JATTN_DECODE_L2_PREFETCH=A > 0 (default 1): prefetch.global.L2 of the chunk A strides
+// after the one being loaded (each lane its token's K and V rows; the page ids come one
+// iteration earlier), so DRAM requests run ahead without holding registers. H100, B32
+// S4096 D128 (fp8 probe run 4): A = 0 / 1 / 2 / 4: 116 / 107 / 116 / 168 us. Run 3
+// measured the cp.async.bulk.prefetch.L2 form of A = 1 6 % slower.
 // JATTN_DECODE_KPERM=1: the D/4 bytes of K a thread multiplies are taken as 16-byte pieces
 // 64 bytes apart (each load instruction covers whole 64-byte spans of a row) instead of
 // D/4 contiguous bytes (each 16-byte load used half of each sector).
 #ifndef JATTN_DECODE_L2_PREFETCH
-#define JATTN_DECODE_L2_PREFETCH 0
+#define JATTN_DECODE_L2_PREFETCH 1
 #endif
 #ifndef JATTN_DECODE_KPERM
 #define JATTN_DECODE_KPERM 0
@@ -101,12 +91,11 @@ __device__ __forceinline__ void load_words(uint32_t (&dst)[N], const uint8_t* sr
 }
 
 template <int D, int HT>  // HT: 8-head tiles of the group (1: G <= 8, 2: G <= 16)
-__global__ void __launch_bounds__(kDecodeWarps * 32, JATTN_DECODE_MIN_CTAS)
-    decode_fp8_kernel(const DecodeParams prm) {
+__global__ void __launch_bounds__(kDecodeWarps * 32) decode_fp8_kernel(const DecodeParams prm) {
   constexpr int KW = D / 16;  // K words per thread per token (D/4 bytes)
   constexpr int VW = D / 32;  // V words per thread per token (D/8 bytes)
   // Prefetching the next chunk doubles the load registers: only where they fit.
-  constexpr bool kPrefetch = JATTN_DECODE_PREFETCH != 0 && D * HT <= 128;
+  constexpr bool kPrefetch = D * HT <= 128;
   const int split = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
   const int G = prm.Nq / prm.Nkv;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
