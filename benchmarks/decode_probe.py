@@ -113,9 +113,6 @@ def check_cases():
       ("fp8_q_during_loads", dict(kv=jnp.float8_e4m3fn, plan="skewed",
                                   cfg=pd.DecodeConfig(q_first=False))),
       ("bf16_q_first_alibi", dict(var=V.alibi(slopes), cfg=pd.DecodeConfig(q_first=True))),
-      ("l2_prefetch_skewed", dict(B=8, S=4000, plan="skewed", cfg=pd.DecodeConfig(l2_prefetch=True))),
-      ("l2_prefetch_fp8_p128", dict(kv=jnp.float8_e4m3fn, ps=128,
-                                    cfg=pd.DecodeConfig(l2_prefetch=True))),
   ]
   return [(n, {**base, **c}) for n, c in cases]
 
@@ -233,8 +230,6 @@ def time_workload(w, key, reps, configs, rounds=1, keep=("*",)):
   q_first = not jattn.cache.is_float8(kvdt)   # the other order than the default
   add(f"jattn.pallas[q_first={q_first}]", jd(pd.DecodeConfig(q_first=q_first)),
       [(q, cache, table, lens, plan)], "host plan; the other Q staging order")
-  add("jattn.pallas[l2_prefetch]", jd(pd.DecodeConfig(l2_prefetch=True)),
-      [(q, cache, table, lens, plan)], "host plan; the tile after the ring prefetched to L2")
   add("jattn.pallas[plan=None]", jd(), [(q, cache, table, lens, None)],
       "plan made inside the jit from device lengths")
   if w["name"] == "decode_gqa32x8_b32_s4096_d128_p16":

@@ -64,7 +64,7 @@ def build_check() -> dict:
 
 # Kernel variants timed next to the defaults: extra (macro, value) build parameters.
 PREFILL_VARIANTS = ()
-DECODE_VARIANTS = ((("DECODE_L2_PREFETCH", 0),), (("DECODE_KPERM", 1),),
+DECODE_VARIANTS = ((("DECODE_L2_PREFETCH", 0),), (("DECODE_KPERM", 0),),
                    (("DECODE_L2_PREFETCH", 2),))
 
 

@@ -49,21 +49,27 @@ struct DecodeParams {
 // warps measured slower (fp8 probe run 4: 122 / 157 us against 116 for 4).
 constexpr int kDecodeWarps = 4;
 
-// Knobs (benchmarks/fp8_probe.py times them as variants):
-// JATTN_DECODE_L2_PREFETCH=A > 0 (default 1): prefetch.global.L2 of the chunk A strides
-// after the one being loaded (each lane its token's K and V rows; the page ids come one
-// iteration earlier), so DRAM requests run ahead without holding registers. H100, B32
-// S4096 D128 (fp8 probe run 4): A = 0 / 1 / 2 / 4: 116 / 107 / 116 / 168 us. Run 3
-// measured the cp.async.bulk.prefetch.L2 form of A = 1 6 % slower.
+// Knobs (benchmarks/fp8_probe.py times them as variants; -1 = the default for D, which
+// fp8 probe runs 4-5 chose on an H100 at B32 S4096 Hq32 Hkv8, pages of 16):
+// JATTN_DECODE_L2_PREFETCH=A > 0: prefetch.global.L2 of the chunk A strides after the one
+// being loaded (each lane its token's K and V rows; the page ids come one iteration
+// earlier), so DRAM requests run ahead without holding registers. Default: A = 1 for
+// D <= 128 (D128: A = 0 / 1 / 2 / 4 took 123 / 108 / 117 / 168 us; D64 82 / 72 / 70),
+// 0 for D256 (224 us without, 257 with A = 1; it spills and has no register prefetch).
 // JATTN_DECODE_KPERM=1: the D/4 bytes of K a thread multiplies are taken as 16-byte pieces
 // 64 bytes apart (each load instruction covers whole 64-byte spans of a row) instead of
-// D/4 contiguous bytes (each 16-byte load used half of each sector).
+// D/4 contiguous bytes (each 16-byte load used half of each sector). Default: on for
+// D <= 128 (D64 69 vs 72 us, D128 108 vs 108), off for D256 (it spills more).
 #ifndef JATTN_DECODE_L2_PREFETCH
-#define JATTN_DECODE_L2_PREFETCH 1
+#define JATTN_DECODE_L2_PREFETCH -1
 #endif
 #ifndef JATTN_DECODE_KPERM
-#define JATTN_DECODE_KPERM 0
+#define JATTN_DECODE_KPERM -1
 #endif
+template <int D>
+constexpr int kL2AheadFor = JATTN_DECODE_L2_PREFETCH >= 0 ? JATTN_DECODE_L2_PREFETCH : (D <= 128 ? 1 : 0);
+template <int D>
+constexpr bool kKPerm = JATTN_DECODE_KPERM >= 0 ? JATTN_DECODE_KPERM != 0 : D <= 128;
 
 __device__ __forceinline__ void prefetch_l2(const void* p) {
   asm volatile("prefetch.global.L2 [%0];" ::"l"(p) : "memory");
@@ -72,7 +78,7 @@ __device__ __forceinline__ void prefetch_l2(const void* p) {
 // d of byte e of K word c held by quad lane t (the same order is used for q).
 template <int D>
 __device__ __forceinline__ int k_dim(int t, int c) {
-  return JATTN_DECODE_KPERM ? (c / 4) * 64 + t * 16 + 4 * (c % 4) : t * (D / 4) + 4 * c;
+  return kKPerm<D> && D >= 64 ? (c / 4) * 64 + t * 16 + 4 * (c % 4) : t * (D / 4) + 4 * c;
 }
 
 template <int N>
@@ -159,7 +165,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_fp8_kernel(const Dec
     for (int n = 0; n < 4; ++n) {
       const int r = __shfl_sync(0xffffffff, rows, 8 * n + g);
       const uint8_t* row = prm.k_pages + size_t(max(r, 0)) * D;  // (masked later)
-      if constexpr (JATTN_DECODE_KPERM && KW >= 4) {
+      if constexpr (kKPerm<D> && KW >= 4) {
 #pragma unroll
         for (int i = 0; i < KW / 4; ++i) {
           uint4 v = __ldg(reinterpret_cast<const uint4*>(row + i * 64 + t * 16));
@@ -178,7 +184,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_fp8_kernel(const Dec
         for (int w = 0; w < VW; ++w) vd[s][w] = 0;  // p is 0 there, but junk may be NaN
     }
   };
-  constexpr int kL2Ahead = JATTN_DECODE_L2_PREFETCH;
+  constexpr int kL2Ahead = kL2AheadFor<D>;
   auto prefetch_chunk = [&](int rows) {  // (128-byte lines)
     if (rows >= 0)
 #pragma unroll

@@ -102,7 +102,6 @@ class DecodeConfig:
   float8_qk: Optional[bool] = None     # False: convert float8 K to f16 as V (A/B runs)
   q_first: Optional[bool] = None       # stage Q before the ring is allocated (None:
                                        # for float8 pages with e4m3 Q·Kᵀ, see _q_first)
-  l2_prefetch: Optional[bool] = None   # TMA-prefetch the tile after the ring into L2
 
 
 def _smem_bytes(stages, bk, d, dv, q_dtype, kv_dtype, staged, qk8=False,
@@ -204,17 +203,13 @@ def _iota(shape, dim):
 def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
                    params_ref, o_ref, lse_ref, q_smem, q_bar, *,
                    G, bk, stages, sm_scale, variant, param_names, param_dtypes,
-                   staged, ring_tiled, qk8, final, fold_k_scale, fold_v_scale, q_first,
-                   l2_prefetch):
+                   staged, ring_tiled, qk8, final, fold_k_scale, fold_v_scale, q_first):
   """One (kv head, unit): attention of the unit's keys for the kv head's G query heads.
   `final`: the unit is its whole sequence, write o / lse; else write a partial.
   `q_first`: stage Q before the ring is allocated (less shared memory, the first tiles
   load after Q instead of during it).
   `qk8`: float8 K is read by the tensor cores straight from the ring; q_smem is then the
-  pair (hi, lo) of e4m3 tiles of the scaled query (see `stage_q`).
-  `l2_prefetch`: with each refill, the tile after it is TMA-prefetched from HBM into L2
-  (its page ids are the ones loaded for the next refill), so one more tile of DRAM reads
-  is in flight without shared memory."""
+  pair (hi, lo) of e4m3 tiles of the scaled query (see `stage_q`)."""
   P, ps, Nkv = k_ref.shape[:3]
   M = pt_ref.shape[1]
   D, Dv = q_ref.shape[1], v_ref.shape[3]   # q_ref: the queries as rows [B * Nq, D]
@@ -259,13 +254,6 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
       def _(j):
         key0 = t * bk + j * rows
         one(j, jnp.clip(pt_ref[b, jnp.minimum(key0 // ps, M - 1)], 0, P - 1))
-
-  def prefetch_l2(t, pages):
-    """HBM -> L2 prefetch of tile t's pages (no shared memory, no barrier)."""
-    r0 = (t * bk) % ps if ps > bk else 0
-    for page in pages:
-      plgpu.async_prefetch(k_ref.at[page, pl.ds(r0, rows), kvh])
-      plgpu.async_prefetch(v_ref.at[page, pl.ds(r0, rows), kvh])
 
   def head_params(p_smem, shape):
     return {name: lax.broadcast_in_dim(
@@ -336,18 +324,6 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
       refill = i + stages < n
       # Page ids for the refill of the next iteration: loaded now, used one tile later.
       next_pages = page_ids(t + stages + 1) if prefetch else ()
-
-      def refill_slot():
-        """Tile t + stages into this slot; with l2_prefetch, the next one into L2."""
-        @pl.when(refill)
-        def _():
-          issue(t + stages, slot, k_ring, v_ring, k_bar, v_bar, pages or None)
-
-        if l2_prefetch and prefetch:
-          @pl.when(i + stages + 1 < n)
-          def _():
-            prefetch_l2(t + stages + 1, next_pages)
-
       plgpu.barrier_wait(k_bar.at[slot])
       plgpu.barrier_wait(v_bar.at[slot])
       if qk8:      # K stays float8 in the ring; V: ring -> registers (to f16) -> tile
@@ -368,7 +344,10 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
         k_view[...] = k
         v_view[...] = v
         plgpu.commit_smem()   # also: every thread is done reading the ring slot
-        refill_slot()
+
+        @pl.when(refill)
+        def _():
+          issue(t + stages, slot, k_ring, v_ring, k_bar, v_bar, pages or None)
       else:
         k_view, v_view = k_ring.at[slot], v_ring.at[slot]
 
@@ -397,7 +376,9 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
       plgpu.commit_smem()   # qk8: also the V tile, and every thread is done with the slot
 
       if qk8:
-        refill_slot()
+        @pl.when(refill)
+        def _():
+          issue(t + stages, slot, k_ring, v_ring, k_bar, v_bar, pages or None)
 
       def pv(acc_ref):
         plgpu.wgmma(acc_ref, p_smem, v_view)
@@ -406,7 +387,9 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
              + pl.run_scoped(pv, plgpu.ACC(acc.shape, jnp.float32)))
 
       if not staged:
-        refill_slot()
+        @pl.when(refill)
+        def _():
+          issue(t + stages, slot, k_ring, v_ring, k_bar, v_bar, pages or None)
       return acc, m_new, l_i, next_pages
 
     acc = plgpu.layout_cast(jnp.zeros((ROWS, Dv), jnp.float32), plgpu.Layout.WGMMA)
@@ -617,8 +600,7 @@ def decode(q, cache, page_table, kv_lens, *, sm_scale: float, variant: Variant,
       variant=variant, param_names=names, param_dtypes=dtypes, staged=staged,
       ring_tiled=_ring_tiled(cache.dtype, ps, D, Dv, variant), qk8=qk8, final=not plan.split,
       fold_k_scale=f8 and variant.key_transform is None,
-      fold_v_scale=f8, q_first=q_first,
-      l2_prefetch=bool(config is not None and config.l2_prefetch))
+      fold_v_scale=f8, q_first=q_first)
   o, lse = plgpu.kernel(
       kernel,
       out_type=(final_types if not plan.split else
