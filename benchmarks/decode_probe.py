@@ -113,18 +113,6 @@ def check_cases():
       ("fp8_q_during_loads", dict(kv=jnp.float8_e4m3fn, plan="skewed",
                                   cfg=pd.DecodeConfig(q_first=False))),
       ("bf16_q_first_alibi", dict(var=V.alibi(slopes), cfg=pd.DecodeConfig(q_first=True))),
-      ("q_regs_plain", dict(cfg=pd.DecodeConfig(q_regs=True))),
-      ("q_regs_d64_p64", dict(D=64, ps=64, cfg=pd.DecodeConfig(q_regs=True))),
-      ("q_regs_d256", dict(D=256, cfg=pd.DecodeConfig(q_regs=True))),
-      ("q_regs_dv64_fp16", dict(Dv=64, dtype=jnp.float16, cfg=pd.DecodeConfig(q_regs=True))),
-      ("q_regs_p1", dict(ps=1, S=300, cfg=pd.DecodeConfig(q_regs=True))),
-      ("q_regs_fp8_f16", dict(kv=jnp.float8_e4m3fn, cfg=pd.DecodeConfig(q_regs=True,
-                                                                        float8_qk=False))),
-      ("q_regs_mha_alibi", dict(Nq=8, var=V.alibi(V.alibi_slopes(8)),
-                                cfg=pd.DecodeConfig(q_regs=True))),
-      ("q_regs_qk_transform", dict(var=V.Variant(query_transform=qt, key_transform=kt),
-                                   cfg=pd.DecodeConfig(q_regs=True))),
-      ("q_regs_skewed", dict(B=8, S=4000, plan="skewed", cfg=pd.DecodeConfig(q_regs=True))),
   ]
   return [(n, {**base, **c}) for n, c in cases]
 
@@ -242,11 +230,6 @@ def time_workload(w, key, reps, configs, rounds=1, keep=("*",)):
   q_first = not jattn.cache.is_float8(kvdt)   # the other order than the default
   add(f"jattn.pallas[q_first={q_first}]", jd(pd.DecodeConfig(q_first=q_first)),
       [(q, cache, table, lens, plan)], "host plan; the other Q staging order")
-  if not jattn.cache.is_float8(kvdt):
-    add("jattn.pallas[q_regs]", jd(pd.DecodeConfig(q_regs=True)),
-        [(q, cache, table, lens, plan)], "host plan; Q in registers, ring as deep as fits")
-    add("jattn.pallas[q_regs,stages=2]", jd(pd.DecodeConfig(q_regs=True, stages=2)),
-        [(q, cache, table, lens, plan)], "host plan; Q in registers, 2-deep ring")
   add("jattn.pallas[plan=None]", jd(), [(q, cache, table, lens, None)],
       "plan made inside the jit from device lengths")
   if w["name"] == "decode_gqa32x8_b32_s4096_d128_p16":

@@ -189,10 +189,8 @@ def _decode_valid(config: dict, spec) -> Optional[str]:
   staged = mod._staged(spec.kv_dtype, spec.dtype, spec.page_size, variant)
   qk8 = mod._qk8(spec.kv_dtype, spec.page_size, spec.head_dim, spec.v_head_dim, variant)
   q_first = config.get("q_first", mod._q_first(None, qk8))
-  q_regs = mod._q_regs(mod.DecodeConfig(q_regs=config.get("q_regs")), qk8)
   need = mod._smem_bytes(config["stages"], mod.block_kv(spec.page_size), spec.head_dim,
-                         spec.v_head_dim, spec.dtype, spec.kv_dtype, staged, qk8, q_first,
-                         q_regs)
+                         spec.v_head_dim, spec.dtype, spec.kv_dtype, staged, qk8, q_first)
   if need > SMEM_LIMIT:
     return f"needs {need // 1024} KiB of shared memory"
   return None

@@ -102,19 +102,15 @@ class DecodeConfig:
   float8_qk: Optional[bool] = None     # False: convert float8 K to f16 as V (A/B runs)
   q_first: Optional[bool] = None       # stage Q before the ring is allocated (None:
                                        # for float8 pages with e4m3 Q·Kᵀ, see _q_first)
-  q_regs: Optional[bool] = None        # Q·Kᵀ takes Q from registers, not shared memory
-                                       # (not with e4m3 Q·Kᵀ; implies q_first; see _q_regs)
 
 
 def _smem_bytes(stages, bk, d, dv, q_dtype, kv_dtype, staged, qk8=False,
-                q_first=False, q_regs=False) -> int:
+                q_first=False) -> int:
   """Shared memory of one decode CTA. The Q staging buffer lives while the ring does
   (the first tiles load while Q is staged), or before it (q_first: 16 KiB less at D128).
-  qk8: Q is two e4m3 tiles (as many bytes as one f16 tile) and only V is tiled.
-  q_regs: no Q tile (Q·Kᵀ reads Q from registers; Q is staged first)."""
+  qk8: Q is two e4m3 tiles (as many bytes as one f16 tile) and only V is tiled."""
   qb, kb = compute_dtype(q_dtype, kv_dtype).itemsize, jnp.dtype(kv_dtype).itemsize
-  q_first = q_first or q_regs
-  q_tile = 0 if q_regs else ROWS * d * qb
+  q_tile = ROWS * d * qb
   ring = stages * bk * (d + dv) * (kb if staged else qb)
   tiled = (bk * ((0 if qk8 else d) + dv) * qb if staged else 0) + ROWS * bk * qb
   q_raw = ROWS * d * jnp.dtype(q_dtype).itemsize
@@ -133,26 +129,17 @@ def _q_first(cfg, qk8) -> bool:
   return qk8
 
 
-def _q_regs(cfg, qk8) -> bool:
-  """Keep the staged Q in registers as wgmma's A operand (16-bit operands only). The
-  Q tile's shared memory then goes to the ring (bf16 D128: 3 stages instead of 2)."""
-  if qk8:
-    return False
-  return bool(cfg is not None and cfg.q_regs)
-
-
 def _stages(cfg, bk, d, dv, q_dtype, kv_dtype, staged, qk8=False) -> int:
   """The deepest ring (up to 4) that leaves room for two CTAs per SM; at least 2. The
   e4m3 Q·Kᵀ kernel with Q staged first takes 2 (the depth measured in decode probe run 8;
   deeper rings with Q first were not timed)."""
   if cfg is not None and cfg.stages is not None:
     return cfg.stages
-  q_first, q_regs = _q_first(cfg, qk8), _q_regs(cfg, qk8)
+  q_first = _q_first(cfg, qk8)
   if qk8 and q_first:
     return 2
   for s in (4, 3):
-    if _smem_bytes(s, bk, d, dv, q_dtype, kv_dtype, staged, qk8, q_first,
-                   q_regs) <= SMEM_BUDGET:
+    if _smem_bytes(s, bk, d, dv, q_dtype, kv_dtype, staged, qk8, q_first) <= SMEM_BUDGET:
       return s
   return 2
 
@@ -216,20 +203,18 @@ def _iota(shape, dim):
 def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
                    params_ref, o_ref, lse_ref, q_smem, q_bar, *,
                    G, bk, stages, sm_scale, variant, param_names, param_dtypes,
-                   staged, ring_tiled, qk8, final, fold_k_scale, fold_v_scale, q_first,
-                   q_regs):
+                   staged, ring_tiled, qk8, final, fold_k_scale, fold_v_scale, q_first):
   """One (kv head, unit): attention of the unit's keys for the kv head's G query heads.
   `final`: the unit is its whole sequence, write o / lse; else write a partial.
   `q_first`: stage Q before the ring is allocated (less shared memory, the first tiles
   load after Q instead of during it).
   `qk8`: float8 K is read by the tensor cores straight from the ring; q_smem is then the
-  pair (hi, lo) of e4m3 tiles of the scaled query (see `stage_q`).
-  `q_regs`: Q stays in registers (q_smem is unused) and Q is staged first."""
+  pair (hi, lo) of e4m3 tiles of the scaled query (see `stage_q`)."""
   P, ps, Nkv = k_ref.shape[:3]
   M = pt_ref.shape[1]
   D, Dv = q_ref.shape[1], v_ref.shape[3]   # q_ref: the queries as rows [B * Nq, D]
   Nq = G * Nkv
-  cdt = compute_dtype(q_ref.dtype, k_ref.dtype)   # operand dtype of P V (and Q·Kᵀ)
+  cdt = (jnp.dtype(jnp.float16) if qk8 else q_smem.dtype)   # operand dtype of P V
   w = lax.axis_index("cta")             # position in dispatch order (plan.work)
   kvh = units_ref[w, 4]
   active = units_ref[w, 0] >= 0         # a real unit: it writes even if it skips
@@ -279,8 +264,7 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
     """Q rows 0..G-1 of a zeroed 64-row tile, transformed, into the wgmma layout.
     qk8: row r is scaled by c_r = QMAX / max|q_r| and split as c_r q_r = hi + lo, two
     e4m3 tiles (lo holds hi's rounding error, so hi + lo keeps ~8 bits like bf16);
-    returns 1 / c [ROWS]. q_regs: returns the Q tile itself (registers, wgmma layout);
-    else None."""
+    returns 1 / c [ROWS], else None."""
     q_raw[...] = jnp.zeros((ROWS, D), q_raw.dtype)
     plgpu.commit_smem()
     plgpu.copy_gmem_to_smem(q_ref.at[pl.ds(b * Nq + kvh * G, G)], q_raw.at[pl.ds(0, G)],
@@ -293,8 +277,6 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
                     head=jnp.minimum(kvh * G + _iota(shape, 0), Nq - 1),
                     batch=_full(shape, b), params=head_params(p_smem, shape))
       q = variant.query_transform(q, ctx)
-    if q_regs:
-      return plgpu.layout_cast(q.astype(cdt), plgpu.Layout.WGMMA)
     if not qk8:
       q_smem[...] = q.astype(cdt)
       plgpu.commit_smem()
@@ -310,25 +292,25 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
 
   def staged_query(par_smem, par_bar):
     """`stage_q` in its own SMEM scope, once the params (a query transform may read
-    them) have arrived; returns what it returns."""
+    them) have arrived; returns its 1 / c."""
     if param_names:
       plgpu.barrier_wait(par_bar)
     return pl.run_scoped(functools.partial(stage_q, p_smem=par_smem),
                          plgpu.SMEM((ROWS, D), q_ref.dtype))
 
   def main(k_ring, v_ring, p_smem, k_tiled, v_tiled, k_bar, v_bar, par_smem, par_bar,
-           q_staged):
+           q_inv):
     @pl.loop(0, jnp.minimum(n, stages))
     def _(s):
       issue(t_lo + s, s, k_ring, v_ring, k_bar, v_bar)
 
     if not q_first:   # Q is staged while the first tiles load
-      q_staged = staged_query(par_smem, par_bar)
+      q_inv = staged_query(par_smem, par_bar)
 
     scale = sm_scale * (scale_ref[0, kvh] if fold_k_scale else 1.0)
     shape = (ROWS, bk)
     if qk8:   # the logits of row r carry the factor c_r of its query
-      scale = lax.broadcast_in_dim(q_staged * scale, shape, [0])
+      scale = lax.broadcast_in_dim(q_inv * scale, shape, [0])
     cols = _iota(shape, 1)
     head = jnp.minimum(kvh * G + _iota(shape, 0), Nq - 1)
     params = head_params(par_smem, shape)
@@ -377,7 +359,7 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
           v = plgpu.load(v_ring.at[slot], layout=to_regs, optimized=True)
           v_tiled[...] = _to(v, cdt)
         else:
-          plgpu.wgmma(acc_ref, q_staged if q_regs else q_smem, k_view.transpose((1, 0)))
+          plgpu.wgmma(acc_ref, q_smem, k_view.transpose((1, 0)))
         return acc_ref[...]
       s = pl.run_scoped(qk, plgpu.ACC(shape, jnp.float32)) * scale
       kv_pos = t * bk + cols
@@ -440,7 +422,7 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
     ring and the key loop (`main`), then the epilogue, each in its own SMEM scope."""
     if param_names:
       plgpu.copy_gmem_to_smem(params_ref.at[kvh], par_smem, par_bar)
-    q_staged = staged_query(par_smem, par_bar) if q_first else None
+    q_inv = staged_query(par_smem, par_bar) if q_first else None
     ring_dtype = k_ref.dtype if staged else cdt
     k_tf, v_tf = _tiled(cdt, D), _tiled(cdt, Dv)
     if ring_tiled:
@@ -450,7 +432,7 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
     tiled = ((plgpu.SMEM((bk, D), cdt, transforms=k_tf) if not qk8 else None,
               plgpu.SMEM((bk, Dv), cdt, transforms=v_tf)) if staged else (None, None))
     acc, m_i, l_i = pl.run_scoped(
-        functools.partial(main, par_smem=par_smem, par_bar=par_bar, q_staged=q_staged),
+        functools.partial(main, par_smem=par_smem, par_bar=par_bar, q_inv=q_inv),
         plgpu.SMEM((stages, bk, D), ring_dtype, transforms=ring_tf[0]),
         plgpu.SMEM((stages, bk, Dv), ring_dtype, transforms=ring_tf[1]),
         plgpu.SMEM((ROWS, bk), cdt, transforms=v_tf),   # wgmma: A and B share a swizzle
@@ -574,8 +556,6 @@ def decode(q, cache, page_table, kv_lens, *, sm_scale: float, variant: Variant,
         num_q_heads=Nq, num_kv_heads=Nkv, batch=B, q_len=1, kv_len=page_table.shape[1] * ps,
         page_size=ps, variant=variant))
     config = DecodeConfig(**found) if found is not None else None
-  if interpret:   # the GPU interpreter has no wgmma with a register operand
-    config = dataclasses.replace(config or DecodeConfig(), q_regs=False)
   if plan is None:   # made here from the device lengths (a few small XLA ops)
     grid = dict(num_sms=config.num_sms if config and config.num_sms else None)
     for knob in ("waves", "min_unit_keys"):
@@ -596,8 +576,7 @@ def decode(q, cache, page_table, kv_lens, *, sm_scale: float, variant: Variant,
   cdt = compute_dtype(q.dtype, cache.dtype)
   qk8 = _qk8(cache.dtype, ps, D, Dv, variant) and not (config and config.float8_qk is False)
   stages = _stages(config, bk, D, Dv, q.dtype, cache.dtype, staged, qk8)
-  q_regs = _q_regs(config, qk8)
-  q_first = _q_first(config, qk8) or q_regs
+  q_first = _q_first(config, qk8)
   scales = (jnp.stack([cache.k_scale, cache.v_scale]).astype(jnp.float32) if f8
             else jnp.ones((2, Nkv), jnp.float32))
   names, dtypes, params = _variant_params(variant, Nkv, G)
@@ -611,9 +590,7 @@ def decode(q, cache, page_table, kv_lens, *, sm_scale: float, variant: Variant,
   final_types = (jax.ShapeDtypeStruct((B, Nq, Dv), q.dtype),
                  jax.ShapeDtypeStruct((B, Nkv, GL), jnp.float32))
 
-  if q_regs:
-    q_tiles = ()
-  elif qk8:
+  if qk8:
     q_tiles = tuple(plgpu.SMEM((ROWS, D), cache.dtype, transforms=_tiled(cache.dtype, D))
                     for _ in range(2))
   else:
@@ -623,7 +600,7 @@ def decode(q, cache, page_table, kv_lens, *, sm_scale: float, variant: Variant,
       variant=variant, param_names=names, param_dtypes=dtypes, staged=staged,
       ring_tiled=_ring_tiled(cache.dtype, ps, D, Dv, variant), qk8=qk8, final=not plan.split,
       fold_k_scale=f8 and variant.key_transform is None,
-      fold_v_scale=f8, q_first=q_first, q_regs=q_regs)
+      fold_v_scale=f8, q_first=q_first)
   o, lse = plgpu.kernel(
       kernel,
       out_type=(final_types if not plan.split else
