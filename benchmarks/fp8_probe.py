@@ -64,8 +64,8 @@ def build_check() -> dict:
 
 # Kernel variants timed next to the defaults: extra (macro, value) build parameters.
 PREFILL_VARIANTS = ()
-DECODE_VARIANTS = ((("DECODE_L2_PREFETCH", 0),), (("DECODE_KPERM", 0),),
-                   (("DECODE_L2_PREFETCH", 2),))
+DECODE_VARIANTS = ((("DECODE_TMA", 0),), (("DECODE_TMA_STAGES", 2),),
+                   (("DECODE_TMA_STAGES", 4),))
 
 
 def variant(kernel: build.Kernel, extra) -> build.Kernel:

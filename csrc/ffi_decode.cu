@@ -1,10 +1,13 @@
-// XLA FFI handler of the FP8-KV paged decode kernel (decode_fp8.cuh), one instantiation
+// XLA FFI handler of the FP8-KV paged decode kernels (decode_fp8.cuh), one instantiation
 // per shared object: the JIT build (jattn/ffi/build.py) defines
 //   JATTN_HEAD_DIM (64 | 128 | 256), JATTN_HEAD_TILES (1: G <= 8, 2: G <= 16).
 // Exported symbol: JattnFp8Decode. Shape problems and CUDA errors come back as ffi::Error.
+// D128 with pages of 8-128 tokens and splits of whole TMA stages runs the TMA kernel,
+// everything else the direct one.
 #include <string>
 
 #include "decode_fp8.cuh"
+#include "tma_host.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -77,13 +80,38 @@ ffi::Error Decode(cudaStream_t stream, ffi::Buffer<ffi::BF16> q, ffi::AnyBuffer 
   prm.split_tokens = int(split_tokens);
   prm.sm_scale = sm_scale;
 
-  auto kernel = jattn::decode_fp8_kernel<kD, kHT>;
-  const int smem = jattn::kDecodeWarps * 8 * kHT * kD * sizeof(float);
-  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-  if (e == cudaSuccess) {
-    kernel<<<dim3(unsigned(splits), unsigned(Nkv), unsigned(B)), jattn::kDecodeWarps * 32, smem,
-             stream>>>(prm);
-    e = cudaGetLastError();
+  const dim3 grid{unsigned(splits), unsigned(Nkv), unsigned(B)};
+  cudaError_t e = cudaSuccess;
+  bool launched = false;
+  if constexpr (kD == 128 && JATTN_DECODE_TMA) {
+    if (jattn::tma_page_size_ok(int(ps)) && split_tokens % jattn::kStageTokens == 0) {
+      CUtensorMap k_map, v_map;
+      std::string err;
+      if (!jattn::make_map_4d(&k_map, k_pages.untyped_data(),
+                              {uint64_t(kD), uint64_t(Nkv), uint64_t(ps), uint64_t(P)},
+                              {uint32_t(kD), 1u, uint32_t(ps), 1u}, 128, &err) ||
+          !jattn::make_map_4d(&v_map, v_pages.untyped_data(),
+                              {uint64_t(kD), uint64_t(Nkv), uint64_t(ps), uint64_t(P)},
+                              {uint32_t(kD), 1u, uint32_t(ps), 1u}, 128, &err))
+        return ffi::Error::Internal("jattn fp8 decode: " + err);
+      auto kernel = jattn::decode_fp8_tma_kernel<kD, kHT>;
+      const int smem = jattn::tma_smem_bytes<kD>();
+      e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+      if (e == cudaSuccess) {
+        kernel<<<grid, (jattn::kDecodeWarps + 1) * 32, smem, stream>>>(k_map, v_map, prm);
+        e = cudaGetLastError();
+      }
+      launched = true;
+    }
+  }
+  if (!launched) {
+    auto kernel = jattn::decode_fp8_kernel<kD, kHT>;
+    const int smem = jattn::kDecodeWarps * 8 * kHT * kD * sizeof(float);
+    e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (e == cudaSuccess) {
+      kernel<<<grid, jattn::kDecodeWarps * 32, smem, stream>>>(prm);
+      e = cudaGetLastError();
+    }
   }
   if (e == cudaSuccess && splits > 1) {
     jattn::decode_combine_kernel<kD><<<unsigned(B * Nq), kD, 0, stream>>>(prm);

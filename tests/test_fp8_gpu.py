@@ -83,7 +83,8 @@ def test_fp8_prefill_portable_mma_path(rng, monkeypatch):
 @pytest.mark.parametrize("D,G,page_size,S", [(128, 4, 16, 700), (128, 16, 8, 2100),
                                              (64, 1, 16, 300), (256, 8, 32, 520),
                                              (128, 8, 1, 90),
-                                             (128, 4, 24, 500)])  # page size not 2^k
+                                             (128, 4, 24, 500),   # page size not 2^k
+                                             (128, 4, 128, 1000)])  # one page per stage
 def test_fp8_decode(rng, D, G, page_size, S):
   B, Nkv = 3, 2
   Nq = G * Nkv

@@ -186,12 +186,12 @@ def supports_decode(spec) -> Optional[str]:
 def decode_splits(batch: int, kv_heads: int, max_len: int, sms: int = 132,
                   ctas_per_sm: int = 2):
   """(splits, tokens per split) minimizing waves x tokens per CTA (flash-decoding split
-  of the keys; a split costs a combine pass, so a tie keeps fewer). Splits hold at least
-  128 tokens (one chunk per warp) and a multiple of 32."""
+  of the keys; a split costs a combine pass, so a tie keeps fewer). Splits hold a
+  multiple of 128 tokens: one chunk per warp, and whole stages of the TMA kernel."""
   slots = max(1, sms * ctas_per_sm)
   best = None
   for splits in range(1, max(1, max_len // 128) + 1):
-    per = -(-(-(-max_len // splits)) // 32) * 32
+    per = -(-(-(-max_len // splits)) // 128) * 128
     cost = -(-batch * kv_heads * splits // slots) * per * (1.0 if splits == 1 else 1.05)
     if best is None or cost < best[0]:
       best = (cost, splits, per)
