@@ -23,7 +23,8 @@
 //   * tma (D128, pages of 8-128 tokens): a fifth warp copies each stage of 128 tokens
 //     (one TMA per page and tensor, 128-byte swizzle) into a ring in shared memory; the
 //     compute warps read their fragments from there (the swizzle makes those reads
-//     conflict-free).
+//     conflict-free). B32 S4096 (fp8 probe runs 6-8): as fast as the direct path on an
+//     H100 (~108 us, 85 % of copy), 8 % faster on an H200 (87 vs 94 us, 95 % of copy).
 //   * direct (any page size and D): the compute warps load their fragments from global
 //     memory, the next chunk's loads in flight in registers, the chunk after it
 //     prefetched into L2.
