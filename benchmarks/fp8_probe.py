@@ -274,6 +274,8 @@ def main():
   ap.add_argument("--only", choices=("prefill", "decode"), default=None)
   ap.add_argument("--rounds", type=int, default=1, help="interleaved rounds of the decode rows")
   ap.add_argument("--decode-dims", default="128", help="head dims of the decode rows, e.g. 64,128,256")
+  ap.add_argument("--decode-shapes", default="",
+                  help="more D128 decode shapes B:S:Hq:Hkv, comma-separated (e.g. 256:4096:4:1)")
   args = ap.parse_args()
   dev = jax.devices()[0]
   log("device", dev.device_kind, getattr(dev, "compute_capability", "?"))
@@ -295,6 +297,10 @@ def main():
   for d in dims:
     if d != 128 and args.only != "prefill":
       res[f"decode_d{d}"] = decode_bench(D=d, rounds=args.rounds)
+  for shape in filter(None, args.decode_shapes.split(",")):
+    B, S, Hq, Hkv = (int(x) for x in shape.split(":"))
+    res[f"decode_b{B}_s{S}_hq{Hq}_hkv{Hkv}"] = decode_bench(B=B, S=S, Hq=Hq, Hkv=Hkv,
+                                                          rounds=args.rounds)
   with open(os.path.join(args.out, "fp8_probe.json"), "w") as f:
     json.dump(res, f, indent=1, default=str)
   p, d = res["prefill"], res["decode"]
