@@ -70,6 +70,7 @@ constexpr int kStageTokens = 32 * kDecodeWarps;  // tokens per TMA ring stage
 // instead of D/4 contiguous bytes. Default: on for D <= 128 (D64 69 vs 72 us, D128 108 vs
 // 108), off for D256 (it spills more).
 // JATTN_DECODE_TMA=0: never take the TMA path. JATTN_DECODE_TMA_STAGES: its ring depth.
+// JATTN_DECODE_TMA_PROMOTION: the L2 promotion of its tensor maps (bytes: 0, 64, 128, 256).
 #ifndef JATTN_DECODE_L2_PREFETCH
 #define JATTN_DECODE_L2_PREFETCH -1
 #endif
@@ -81,6 +82,9 @@ constexpr int kStageTokens = 32 * kDecodeWarps;  // tokens per TMA ring stage
 #endif
 #ifndef JATTN_DECODE_TMA_STAGES
 #define JATTN_DECODE_TMA_STAGES 3
+#endif
+#ifndef JATTN_DECODE_TMA_PROMOTION
+#define JATTN_DECODE_TMA_PROMOTION 256
 #endif
 template <int D>
 constexpr int kL2AheadFor = JATTN_DECODE_L2_PREFETCH >= 0 ? JATTN_DECODE_L2_PREFETCH : (D <= 128 ? 1 : 0);
@@ -445,7 +449,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_fp8_kernel(const Dec
 // chunk c of row r sits at chunk c ^ (r % 8)). The host takes this path only when
 // split_tokens is a multiple of kStageTokens (stages start on page boundaries).
 template <int D, int HT>
-__global__ void __launch_bounds__((kDecodeWarps + 1) * 32, 2)
+__global__ void __launch_bounds__((kDecodeWarps + 1) * 32, 2)  // two CTAs per SM
     decode_fp8_tma_kernel(const __grid_constant__ CUtensorMap k_map,
                           const __grid_constant__ CUtensorMap v_map, const DecodeParams prm) {
   static_assert(D == 128, "the 128-byte swizzle holds one 128-byte row per token");

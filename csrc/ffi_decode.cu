@@ -89,10 +89,12 @@ ffi::Error Decode(cudaStream_t stream, ffi::Buffer<ffi::BF16> q, ffi::AnyBuffer 
       std::string err;
       if (!jattn::make_map_4d(&k_map, k_pages.untyped_data(),
                               {uint64_t(kD), uint64_t(Nkv), uint64_t(ps), uint64_t(P)},
-                              {uint32_t(kD), 1u, uint32_t(ps), 1u}, 128, &err) ||
+                              {uint32_t(kD), 1u, uint32_t(ps), 1u}, 128, &err,
+                              JATTN_DECODE_TMA_PROMOTION) ||
           !jattn::make_map_4d(&v_map, v_pages.untyped_data(),
                               {uint64_t(kD), uint64_t(Nkv), uint64_t(ps), uint64_t(P)},
-                              {uint32_t(kD), 1u, uint32_t(ps), 1u}, 128, &err))
+                              {uint32_t(kD), 1u, uint32_t(ps), 1u}, 128, &err,
+                              JATTN_DECODE_TMA_PROMOTION))
         return ffi::Error::Internal("jattn fp8 decode: " + err);
       auto kernel = jattn::decode_fp8_tma_kernel<kD, kHT>;
       const int smem = jattn::tma_smem_bytes<kD>();

@@ -30,8 +30,10 @@ inline PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder(std::string* err) {
 
 // A 4-d uint8 tensor, dims innermost first, densely packed; box of `box` elements; the
 // innermost box extent is `swizzle` bytes (64 or 128) and is swizzled accordingly.
+// l2_promotion: bytes the L2 fetches per request (0, 64, 128 or 256).
 inline bool make_map_4d(CUtensorMap* map, const void* ptr, std::array<uint64_t, 4> dims,
-                        std::array<uint32_t, 4> box, int swizzle, std::string* err) {
+                        std::array<uint32_t, 4> box, int swizzle, std::string* err,
+                        int l2_promotion = 256) {
   auto encode = tensor_map_encoder(err);
   if (!encode) return false;
   cuuint64_t gdim[4] = {dims[0], dims[1], dims[2], dims[3]};
@@ -41,7 +43,11 @@ inline bool make_map_4d(CUtensorMap* map, const void* ptr, std::array<uint64_t, 
   CUresult r = encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 4, const_cast<void*>(ptr), gdim,
                       gstride, bdim, estride, CU_TENSOR_MAP_INTERLEAVE_NONE,
                       swizzle == 128 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B,
-                      CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+                      l2_promotion == 256   ? CU_TENSOR_MAP_L2_PROMOTION_L2_256B
+                      : l2_promotion == 128 ? CU_TENSOR_MAP_L2_PROMOTION_L2_128B
+                      : l2_promotion == 64  ? CU_TENSOR_MAP_L2_PROMOTION_L2_64B
+                                            : CU_TENSOR_MAP_L2_PROMOTION_NONE,
+                      CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   if (r != CUDA_SUCCESS) {
     *err = "cuTensorMapEncodeTiled failed (CUresult " + std::to_string(int(r)) + ")";
     return false;
