@@ -6,14 +6,17 @@
                            (bf16 o [B,Nq,D], float32 lse [B,Nq]).
 
 `supports_attention(spec)` / `supports_decode(spec)` give the reason a call cannot be
-served (the dispatcher then passes over to the XLA path and logs why). Each call compiles
+served (the dispatcher then passes over to the next implementation, the Pallas decode or
+the XLA attention, and logs why). Each call compiles
 (once, cached on disk: `jattn.ffi.build`) the exact instantiation for the device's arch
 (sm_90a on Hopper, sm_100a on Blackwell), loads it, registers its handler with
 `jax.ffi.register_ffi_target(..., platform="CUDA")` and calls it with
 `jax.ffi.ffi_call`; shapes are checked here at trace time and again in C++.
 
 Prefill takes V transposed ([B, Nkv, D, S] with keys permuted inside groups of 32, see
-`transpose_v`): XLA materializes it before the kernel (one extra pass over V).
+`transpose_v`): XLA materializes it before the kernel (one extra pass over V). Decode
+streams the pages through a TMA ring at head_dim 128 with pages of 8-128 tokens, and
+loads them straight into registers otherwise (`csrc/decode_fp8.cuh`).
 """
 
 from __future__ import annotations
