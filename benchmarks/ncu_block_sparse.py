@@ -10,8 +10,7 @@ Both settings matter. Without them ncu profiled every small XLA kernel of the se
 with JAX's preallocated pool, saved and restored most of the GPU memory for every replay
 pass (~25 s per kernel): the first try ran out its 500 s before the attention kernels
 (`results/ncu_block_sparse_h100_timeout.log`). NAME: the Mosaic GPU kernel's name, which
-that try did not reach (list the names first with `ncu --list-sets`-free dry run:
-`nsys` or `ncu --print-summary per-kernel -c 0`).
+that try did not reach; `nsys profile --stats=true` lists the kernel names of a run.
 """
 
 from __future__ import annotations
