@@ -176,6 +176,10 @@ def test_cuda_checks_give_reasons():
 
 
 def test_decode_splits_cover_the_cache():
-  for B, N, L in [(32, 8, 4096), (1, 1, 100), (128, 8, 2048), (2, 4, 33)]:
+  """Splits cover the cache without an empty one, in whole TMA stages (128 tokens, so
+  the decode's TMA path can take them), and a small batch is split to fill the GPU."""
+  for B, N, L in [(32, 8, 4096), (1, 1, 100), (128, 8, 2048), (2, 4, 33), (3, 2, 2100)]:
     splits, st = fp8.decode_splits(B, N, L)
-    assert st % 32 == 0 and splits * st >= L and (splits - 1) * st < L
+    assert st % 128 == 0 and splits * st >= L and (splits - 1) * st < L
+  assert fp8.decode_splits(32, 8, 4096)[0] == 1
+  assert fp8.decode_splits(1, 1, 8192)[0] > 1
