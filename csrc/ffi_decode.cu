@@ -85,16 +85,16 @@ ffi::Error Decode(cudaStream_t stream, ffi::Buffer<ffi::BF16> q, ffi::AnyBuffer 
   bool launched = false;
   if constexpr (kD == 128 && JATTN_DECODE_TMA) {
     if (jattn::tma_page_size_ok(int(ps)) && split_tokens % jattn::kStageTokens == 0) {
+      // Pages [P, ps, Nkv, D] as uint8, one box per page and kv head: [1, ps, 1, D].
       CUtensorMap k_map, v_map;
       std::string err;
-      if (!jattn::make_map_4d(&k_map, k_pages.untyped_data(),
-                              {uint64_t(kD), uint64_t(Nkv), uint64_t(ps), uint64_t(P)},
-                              {uint32_t(kD), 1u, uint32_t(ps), 1u}, 128, &err,
-                              JATTN_DECODE_TMA_PROMOTION) ||
-          !jattn::make_map_4d(&v_map, v_pages.untyped_data(),
-                              {uint64_t(kD), uint64_t(Nkv), uint64_t(ps), uint64_t(P)},
-                              {uint32_t(kD), 1u, uint32_t(ps), 1u}, 128, &err,
-                              JATTN_DECODE_TMA_PROMOTION))
+      auto page_map = [&](CUtensorMap* map, const void* pages) {
+        return jattn::make_map_4d(map, pages, {uint64_t(kD), uint64_t(Nkv), uint64_t(ps),
+                                               uint64_t(P)},
+                                  {uint32_t(kD), 1u, uint32_t(ps), 1u}, 128, &err,
+                                  JATTN_DECODE_TMA_PROMOTION);
+      };
+      if (!page_map(&k_map, k_pages.untyped_data()) || !page_map(&v_map, v_pages.untyped_data()))
         return ffi::Error::Internal("jattn fp8 decode: " + err);
       auto kernel = jattn::decode_fp8_tma_kernel<kD, kHT>;
       const int smem = jattn::tma_smem_bytes<kD>();
