@@ -30,7 +30,7 @@ import jattn
 from jattn import reference, variants as V
 from jattn.pallas import decode as pd
 from jattn.pallas import merge as pm
-from benchmarks.timing import bench
+from benchmarks.timing import bench, more_rounds
 from jattn.bench.definitions import rel_err
 from benchmarks.workloads import skewed_lengths
 
@@ -284,13 +284,10 @@ def time_workload(w, key, reps, configs, rounds=1, keep=("*",)):
 
 
 def _rounds(rows, timed, rounds, reps, nbytes, lens_np):
-  """The remaining interleaved rounds; then ms = median of the rounds, and GB/s."""
-  for _ in range(rounds - 1):
-    for row, fn, args in timed:
-      row["ms_rounds"].append(bench(fn, args, reps=reps, max_calls=10,
-                                    budget_s=0.6).median_s * 1e3)
+  """The remaining interleaved rounds (`more_rounds`), then GB/s and tokens/s."""
+  more_rounds(timed, rounds, lambda fn, args: bench(fn, args, reps=reps, max_calls=10,
+                                                    budget_s=0.6).median_s * 1e3)
   for row, _, _ in timed:
-    row["ms"] = float(np.median(row["ms_rounds"]))
     row["gbps"] = nbytes / row["ms"] / 1e6
     row["tokens_per_s"] = float(lens_np.sum()) / row["ms"] * 1e3
   return rows

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jattn
-from benchmarks.timing import bench, ceilings, log
+from benchmarks.timing import bench, ceilings, log, more_rounds
 from jattn.bench.definitions import rel_err
 from jattn import reference, variants as V
 from jattn.ffi import build, fp8
@@ -169,37 +169,40 @@ def decode_bench(B=32, S=4096, Hq=32, Hkv=8, D=128, page=16, rounds=1) -> dict:
     return jax.jit(lambda q, c, t, l: call(q, c.k_pages, c.v_pages, c.k_scale, c.v_scale, t, l,
                                            sm_scale=np.float32(D ** -0.5), splits=np.int64(splits),
                                            split_tokens=np.int64(per))[0])
-  arch = fp8.device_arch()  # build every variant up front, in parallel
-  build.build_many([(variant(build.decode_kernel(D, Hq // Hkv), ex), arch)
-                    for ex in ((),) + DECODE_VARIANTS])
+  base = build.decode_kernel(D, Hq // Hkv)
+  kernels = [variant(base, ex) for ex in DECODE_VARIANTS]
+  build.build_many([(k, fp8.device_arch()) for k in [base] + kernels])  # up front, in parallel
   cands = {
       "cudnn_bf16_dense": (jax.jit(lambda q, k, v: jax.nn.dot_product_attention(
           q[:, None], k, v, implementation="cudnn")[:, 0]), [(q, kb, vb)], 2 * bytes8),
       "jattn_fp8_cuda_paged": (jax.jit(lambda q, c, t, l: jattn.decode(
           q, c, t, l, implementation="cuda")), [(q, c8, table, lens)], bytes8),
-      **{"fp8_" + variant(build.decode_kernel(D, Hq // Hkv), ex).tag(): (
-          decode_variant(variant(build.decode_kernel(D, Hq // Hkv), ex)),
-          [(q, c8, table, lens)], bytes8) for ex in DECODE_VARIANTS},
+      **{"fp8_" + k.tag(): (decode_variant(k), [(q, c8, table, lens)], bytes8)
+         for k in kernels},
       "jattn_bf16_pallas_paged": (jax.jit(lambda q, c, t, l: jattn.decode(
           q, c, t, l, implementation="pallas")), [(q, cbf, table, lens)], 2 * bytes8),
   }
-  outs, times = {}, {}
-  for rnd in range(rounds):  # interleaved: every candidate once per round
-    for name, (fn, args, nbytes) in cands.items():
-      if name in res and "error" in res[name]:
-        continue
-      try:
-        t = bench(fn, args)
-        outs[name] = t.out
-        times.setdefault(name, []).append(t.median_s)
-        med = float(np.median(times[name]))
-        res[name] = dict(us=med * 1e6, gbps=nbytes / med / 1e9, tokens_per_s=B / med,
-                         spread=t.spread, rounds_us=[x * 1e6 for x in times[name]])
-        log(f"decode r{rnd} {name:24s} {t.median_s * 1e6:8.1f} us "
-            f"{nbytes / t.median_s / 1e9:7.0f} GB/s (spread {t.spread:.2f})")
-      except Exception as e:  # noqa: BLE001
-        res[name] = dict(error=f"{type(e).__name__}: {str(e)[:300]}")
-        log(f"decode {name} failed: {res[name]['error']}")
+  outs, timed = {}, []
+  for name, (fn, args, nbytes) in cands.items():
+    try:
+      t = bench(fn, args)
+    except Exception as e:  # noqa: BLE001
+      res[name] = dict(error=f"{type(e).__name__}: {str(e)[:300]}")
+      log(f"decode {name} failed: {res[name]['error']}")
+      continue
+    outs[name] = t.out
+    res[name] = dict(ms_rounds=[t.median_s * 1e3], spread=t.spread)
+    timed.append((res[name], fn, args))
+    log(f"decode r0 {name:24s} {t.median_s * 1e6:8.1f} us "
+        f"{nbytes / t.median_s / 1e9:7.0f} GB/s (spread {t.spread:.2f})")
+  more_rounds(timed, rounds, lambda fn, args: bench(fn, args).median_s * 1e3)
+  for name, (_, _, nbytes) in cands.items():   # interleaved rounds -> medians
+    r = res.get(name, {})
+    if "ms" in r:
+      med = r.pop("ms") / 1e3
+      r.update(us=med * 1e6, gbps=nbytes / med / 1e9, tokens_per_s=B / med,
+               rounds_us=[x * 1e3 for x in r.pop("ms_rounds")])
+      log(f"decode {name:24s} {med * 1e6:8.1f} us (median of {len(r['rounds_us'])})")
   for name in outs:
     if "fp8" in name and "cudnn_bf16_dense" in outs:
       res[f"rel_err_{name}_vs_cudnn_bf16"] = rel_err(outs[name], outs["cudnn_bf16_dense"])

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jattn
-from benchmarks.timing import log, probe_results, write_probe
+from benchmarks.timing import log, more_rounds, probe_results, write_probe
 from jattn import reference, variants as V
 from jattn.bench.definitions import rel_err
 from jattn.pallas import prefill as P
@@ -221,7 +221,6 @@ def timing_rows():
       return ours(var, change(cfg))(q, k, v)
     return f
 
-  light = lambda cfg: dataclasses.replace(cfg, persistent=True, heavy_first=False)
   one_cta = lambda cfg: dataclasses.replace(cfg, persistent=False, heavy_first=True)
 
   def cudnn(causal, window=None):
@@ -402,12 +401,9 @@ def run_timing(results, only, deadline, rounds=1, shapes=""):
       row["error"] = f"{type(e).__name__}: {str(e)[:600]}"
     log("time", row)
     results["timing"].append(row)
-  for _ in range(rounds - 1):
-    for row, fn, args, _ in made:
-      if time.time() - T0 < deadline:
-        row["ms_rounds"].append(bench(fn, args) * 1e3)
+  more_rounds([m[:3] for m in made], rounds, lambda fn, args: bench(fn, args) * 1e3,
+              keep_going=lambda: time.time() - T0 < deadline)
   for row, _, _, flops in made:
-    row["ms"] = statistics.median(row["ms_rounds"])
     row["tflops"] = flops / row["ms"] / 1e9 if flops else None
     if rounds > 1:
       log("median", row)

@@ -18,6 +18,7 @@ cuBLASLt's float8 GEMM takes, bf16 out): the ceiling of the float8 workloads.
 from __future__ import annotations
 
 import json
+import statistics
 import time
 
 import jax
@@ -31,6 +32,20 @@ _T0 = time.time()
 def log(*a):
   """A progress line with the seconds since the run started (the probes' logs)."""
   print(f"[{time.time() - _T0:6.1f}s]", *a, flush=True)
+
+
+def more_rounds(timed, rounds: int, time_ms, keep_going=lambda: True) -> None:
+  """Rounds 2..`rounds` of a probe's interleaved A/B timing. `timed` holds (row, fn,
+  args) of the rows already timed once, each row a dict with `ms_rounds` = [first ms].
+  Every round times every row once, in order (A B C A B C ...), so clock drift over the
+  run falls on all rows alike (`time_ms(fn, args)` -> ms; no new round is started once
+  `keep_going()` is false). Then row["ms"] is the median of the row's rounds."""
+  for _ in range(rounds - 1):
+    for row, fn, args in timed:
+      if keep_going():
+        row["ms_rounds"].append(time_ms(fn, args))
+  for row, _, _ in timed:
+    row["ms"] = float(statistics.median(row["ms_rounds"]))
 
 
 def probe_results() -> dict:

@@ -174,3 +174,23 @@ def test_merge_keeps_one_run_per_workload(tmp_path):
   assert {got[("w2", i)]["run_id"] for i in ("jattn.x", "cudnn")} == {"A"}   # w2: kept
   assert got[("w2", "jattn.x")]["vs_best_peer"] == pytest.approx(6.0 / 5.0)
   assert [m["run_id"] for m in res["runs"]] == ["A", "B"]
+
+
+def test_probe_rounds_interleave_and_take_the_median():
+  """`more_rounds`: rounds 2..N time the rows in turn (A B A B), a stopped run starts no
+  new round, and each row's ms is the median of its rounds."""
+  from benchmarks.timing import more_rounds
+  order, times = [], {"a": iter([5.0, 1.0]), "b": iter([7.0, 9.0])}
+
+  def time_ms(fn, args):
+    order.append(fn)
+    return next(times[fn])
+
+  rows = {"a": dict(ms_rounds=[3.0]), "b": dict(ms_rounds=[8.0])}
+  more_rounds([(rows[k], k, ()) for k in "ab"], 3, time_ms)
+  assert order == ["a", "b", "a", "b"]
+  assert rows["a"]["ms_rounds"] == [3.0, 5.0, 1.0] and rows["a"]["ms"] == 3.0
+  assert rows["b"]["ms"] == 8.0
+  stopped = dict(ms_rounds=[2.0])
+  more_rounds([(stopped, "a", ())], 4, time_ms, keep_going=lambda: False)
+  assert stopped == dict(ms_rounds=[2.0], ms=2.0)
