@@ -13,7 +13,8 @@ per-call tile-list build (jnp, `tile_lists`) is inside the timed call; it is als
 alone, and calls with a plan made once (`jattn.plan_block_sparse`) time the kernel alone,
 also with one CTA per item (`Config(persistent=False)`; the default grid is persistent). Dense FLOPs = 4 B N T S D;
 a block-sparse row's FLOPs are that times its real density (x 3.5 for fwd+bwd).
-Timing: `benchmarks.timing.bench` (median of 7 repetitions of <= 20 calls).
+Timing: `benchmarks.timing.bench` (median of 7 repetitions of <= 20 calls), the median
+of `--rounds` interleaved rounds.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jattn
-from benchmarks.timing import bench, log, probe_results, write_probe
+from benchmarks.timing import bench, log, more_rounds, probe_results, write_probe
 from jattn.bench.definitions import rel_err
 from jattn import block_sparse as bs, reference, variants as V
 from jattn.pallas import block_sparse as PB, prefill as P
@@ -87,7 +88,9 @@ def run_checks(results):
     results["checks"].append(row)
 
 
-def run_timing(results, deadline, only=None):
+def run_timing(results, deadline, only=None, rounds=1):
+  """Time the selected rows; with rounds > 1, in interleaved rounds (A B C A B C ...:
+  `benchmarks.timing.more_rounds`), each row's ms the median of its rounds."""
   B, T, Nq, D = 1, 8192, 32, 128
   ks = jax.random.split(jax.random.key(0), 3)
   q, k, v = (rand(kk, (B, T, Nq, D)) for kk in ks)
@@ -106,6 +109,12 @@ def run_timing(results, deadline, only=None):
                lambda: (dense(P.Config(block_kv=64)), (q, k, v), 1.0)))
   rows.append(("dense pallas persistent", None,
                lambda: (dense(P.Config(persistent=True)), (q, k, v), 1.0)))
+  rows.append(("dense pallas persistent no ping-pong", None,
+               lambda: (dense(P.Config(persistent=True, pingpong=False)), (q, k, v), 1.0)))
+  rows.append(("dense pallas persistent block_kv=64", None,
+               lambda: (dense(P.Config(block_kv=64, persistent=True)), (q, k, v), 1.0)))
+  rows.append(("dense pallas persistent block_kv=64 no ping-pong", None, lambda: (
+      dense(P.Config(block_kv=64, persistent=True, pingpong=False)), (q, k, v), 1.0)))
   per_call = jax.jit(lambda q, k, v, lay: jattn.block_sparse_attention(q, k, v, lay))
   planned = jax.jit(lambda q, k, v, lay, plan: jattn.block_sparse_attention(
       q, k, v, lay, plan=plan))
@@ -125,6 +134,12 @@ def run_timing(results, deadline, only=None):
     rows.append((f"block_sparse density{d} plan one CTA per item", d,
                  lambda lay=lay, plan=plan, real=real: (
                      kernel(PB.Config(persistent=False)), (q, k, v, lay, plan), real)))
+    rows.append((f"block_sparse density{d} plan no sharing", d,
+                 lambda lay=lay, plan=plan, real=real: (
+                     kernel(PB.Config(share=False)), (q, k, v, lay, plan), real)))
+    rows.append((f"block_sparse density{d} plan no ping-pong", d,
+                 lambda lay=lay, plan=plan, real=real: (
+                     kernel(PB.Config(pingpong=False)), (q, k, v, lay, plan), real)))
   lay = bs.random_layout(Nq, T, T, 64, 0.1, seed=0)
   rows.append(("tile_lists alone (density0.1)", 0.1, lambda: (
       jax.jit(lambda lay: PB.tile_lists(lay, T, T, V.Variant())[0]), (lay,), None)))
@@ -138,6 +153,7 @@ def run_timing(results, deadline, only=None):
       (q, k, v, lay, jattn.plan_block_sparse(lay, T, T)),
       3.5 * float(np.asarray(lay.block_mask).mean()))))
 
+  made = []
   for label, d, make in rows:
     if only and not any(fnmatch.fnmatch(label, pat) for pat in only.split(",")):
       continue
@@ -150,13 +166,17 @@ def run_timing(results, deadline, only=None):
       real = None if d is None else float(np.asarray(
           bs.random_layout(Nq, T, T, 64, d, seed=0).block_mask).mean())
       row = dict(impl=label, density=d, ms=t.median_s * 1e3, spread=t.spread,
-                 compile_s=t.compile_s, real_density=real,
-                 tflops=flops * frac / t.median_s / 1e12 if frac else None)
+                 compile_s=t.compile_s, real_density=real, ms_rounds=[t.median_s * 1e3])
+      made.append((row, fn, [args], frac))
     except Exception as e:  # noqa: BLE001
       traceback.print_exc()
       row = dict(impl=label, error=f"{type(e).__name__}: {str(e)[:600]}")
     log("time", row)
     results["timing"].append(row)
+  more_rounds([m[:3] for m in made], rounds, lambda fn, a: bench(fn, a).median_s * 1e3,
+              keep_going=lambda: time.time() - T0 < deadline)
+  for row, _, _, frac in made:
+    row["tflops"] = flops * frac / row["ms"] / 1e9 if frac else None
   by = {r["impl"]: r for r in results["timing"] if "ms" in r}
   base = by.get("dense jattn.attention[pallas]")
   if base:
@@ -172,11 +192,12 @@ def main():
   ap.add_argument("--deadline", type=float, default=200.0)
   ap.add_argument("--no-checks", action="store_true")
   ap.add_argument("--rows", default=None, help="comma-separated fnmatch patterns of rows")
+  ap.add_argument("--rounds", type=int, default=1, help="interleaved timing rounds")
   args = ap.parse_args()
   results = probe_results()
   if not args.no_checks:
     run_checks(results)
-  run_timing(results, args.deadline, args.rows)
+  run_timing(results, args.deadline, args.rows, args.rounds)
   write_probe(results, os.path.join(args.out, "block_sparse_probe.json"), _timing_line)
 
 

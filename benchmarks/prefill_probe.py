@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fnmatch
 import functools
 import os
 import statistics
@@ -222,6 +223,7 @@ def timing_rows():
     return f
 
   one_cta = lambda cfg: dataclasses.replace(cfg, persistent=False, heavy_first=True)
+  no_pingpong = lambda cfg: dataclasses.replace(cfg, pingpong=False)
 
   def cudnn(causal, window=None):
     return lambda q, k, v: jax.nn.dot_product_attention(
@@ -238,6 +240,8 @@ def timing_rows():
 
   c = V.causal()
   main = (4, 4096, 32, 32, 128)
+  dense(main, "causal", "jattn", ours(c))
+  dense(main, "causal", "jattn no ping-pong", ours_with(c, no_pingpong))
   dense(main, "causal", "jattn persistent", ours(c, P.Config(persistent=True)))
   dense(main, "causal", "jattn 1 CTA/tile", ours(c, P.Config(persistent=False)))
   dense(main, "causal", "cudnn", cudnn(True))
@@ -371,6 +375,7 @@ def timing_rows():
   dense(t8, "window1024", "cudnn", cudnn(True, (1024, 0)))
   for shape in ((4, 4096, 32, 8, 128), (4, 4096, 32, 32, 64), (4, 4096, 16, 16, 256)):
     dense(shape, "causal", "jattn", ours(c))
+    dense(shape, "causal", "jattn no ping-pong", ours_with(c, no_pingpong))
     dense(shape, "causal", "jattn 1 CTA/tile", ours_with(c, one_cta))
     dense(shape, "causal", "cudnn", cudnn(True))
     dense(shape, "causal", "tokamax mosaic", tokamax(True))
@@ -384,7 +389,8 @@ def run_timing(results, only, deadline, rounds=1, shapes=""):
   falls on every row alike; a row's ms is the median of its rounds."""
   made = []
   for shape, group, label, make in timing_rows():
-    if only and not any(o in f"{group} {label}" for o in only.split(",")):
+    if only and not any(fnmatch.fnmatchcase(f"{group} {label}", o) if set(o) & set("*?[")
+                        else o in f"{group} {label}" for o in only.split(",")):
       continue
     if shapes and not any(o in shape for o in shapes.split(",")):
       continue
@@ -413,7 +419,8 @@ def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--out", default=os.environ.get("OUT", "."))
   ap.add_argument("--deadline", type=float, default=240.0)
-  ap.add_argument("--only", default="", help="comma-separated substrings of 'group impl'")
+  ap.add_argument("--only", default="", help="comma-separated substrings of 'group impl' "
+                  "(fnmatch patterns where they hold *, ? or [)")
   ap.add_argument("--no-checks", action="store_true")
   ap.add_argument("--rounds", type=int, default=1, help="interleaved timing rounds")
   ap.add_argument("--shapes", default="", help="comma-separated substrings of the shape label")

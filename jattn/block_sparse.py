@@ -104,9 +104,9 @@ class BlockSparsePlan:
   once by `plan` and reused by every call that passes it (FlashInfer's plan/run split:
   one plan per layout, every layer runs it). Without a plan each call builds its lists.
 
-  rows int32 [Hl, q_tiles, 2 + kv_tiles]: per 64-row q tile, [count, mask-free count,
-  kv tile ids...]; cols int32 [Hl, kv_tiles, 2 + q_tiles]: the transposed lists (the
-  backward's dK/dV). The static fields record what the lists were built for;
+  rows int32 [Hl, q_tiles, 3 + kv_tiles]: per 64-row q tile, [count, mask-free count,
+  count shared with the other q tile of its pair, kv tile ids...]; cols int32 [Hl,
+  kv_tiles, 3 + q_tiles]: the transposed lists (the backward's dK/dV; none shared). The static fields record what the lists were built for;
   `jattn.block_sparse_attention` refuses a plan whose fields differ from its call.
   `layout_digest` fingerprints the layout's tiles when they were known at plan time; a
   call whose layout is known too (not a jit argument) must match it. Implementations

@@ -201,7 +201,7 @@ def test_block_sparse_plan(impl, rng):
   B, T, S, Nq, Nkv, D = 1, 192, 256, 4, 2, 32
   q, k, v, lay = _bs64_inputs(rng, B, T, S, Nq, Nkv, D, Nq)
   plan = jax.jit(lambda l: jattn.plan_block_sparse(l, T, S, causal=True))(lay)
-  assert plan.rows.shape == (Nq, 4, 2 + 4) and plan.num_heads == Nq
+  assert plan.rows.shape == (Nq, 4, 3 + 4) and plan.num_heads == Nq
 
   @jax.jit
   def f(q, k, v, lay, plan):
@@ -258,3 +258,37 @@ def test_block_sparse_kernel_passes_over_small_blocks():
   for block in ((32, 64), None):
     spec = dataclasses.replace(spec, extra=(("block_size", block),))
     assert "64" in PB.supports(spec)
+
+
+def test_tile_lists_pair_sharing(rng):
+  """The forward's lists: each q tile lists exactly its kept tiles, its pair's common
+  whole tiles first (same order in both tiles of the pair), then its other whole tiles,
+  then its edge (masked) tiles, each run ascending; the transposed lists share nothing."""
+  from jattn.pallas import block_sparse as PB
+  T, S = 320, 448                                    # 5 q tiles (padded to 6), 7 kv tiles
+  blocks = rng.random((2, 5, 7)) < 0.6
+  blocks[:, :2, 0] = True                            # pair 0 shares at least kv tile 0
+  lay = bs.from_dense(blocks, (64, 64))
+  var = V.causal()
+  rows, cols = (np.asarray(x) for x in PB.tile_lists(lay, T, S, var))
+  H = PB.HEADER
+  assert rows.shape == (2, 6, H + 7) and cols.shape == (2, 8, H + 5)
+  assert np.all(cols[:, :, 2] == 0) and np.all(rows[:, :2, 2] >= 1)
+  m = np.asarray(lay.element_mask(T, S))
+  m = m & (np.arange(S)[None, :] <= np.arange(T)[:, None] + (S - T))[None]   # causal
+  tile = lambda h, r, c: m[h, r * 64:(r + 1) * 64, c * 64:(c + 1) * 64]
+  for h in range(2):
+    for r in range(6):
+      n, nw, ns = rows[h, r, :H]
+      ids = rows[h, r, H:H + n]
+      want = [c for c in range(7) if r < 5 and tile(h, r, c).any()]
+      assert sorted(ids) == want
+      assert all(tile(h, r, c).all() for c in ids[:nw])
+      assert not any(tile(h, r, c).all() for c in ids[nw:])
+      for run in (ids[:ns], ids[ns:nw], ids[nw:]):
+        assert list(run) == sorted(run)
+      mate = r ^ 1
+      assert rows[h, mate, 2] == ns
+      np.testing.assert_array_equal(rows[h, mate, H:H + ns], ids[:ns])
+      mate_whole = {c for c in range(7) if mate < 5 and tile(h, mate, c).all()}
+      assert set(ids[:ns]) == set(ids[:nw]) & mate_whole

@@ -10,12 +10,16 @@ variant keeps (q_pos, kv_pos) = (S - T + t, s). Rows that see no key give 0 and 
 Tile lists (`tile_lists`, jnp, in each call, or once per layout with
 `jattn.plan_block_sparse`): the layout's blocks are expanded to 64 x 64 kernel tiles (so
 fixed block sizes must be multiples of 64), cut to the variant's band, and each 64-row q
-tile gets the ascending list of its kv tiles, whole tiles first (no mask code: inside the
-band and below S) then edge tiles (mask evaluated elementwise: band edges, custom masks). Table int32 [Hl, rows, 2 + nkt]:
-[n, n_whole, tile ids...]; Hl = 1 (shared) or Nq (per head). The forward's CTA covers
-two q tiles (one per consumer warpgroup); both step through max(n_0, n_1) ring slots,
-each loading its own tile into its half of the slot. Empty tiles cost nothing; a q tile
-with an empty list writes zeros.
+tile gets the list of its kv tiles in three ascending runs: the whole tiles (no mask code:
+inside the band and below S) that the other q tile of its pair (2i, 2i + 1) also has
+whole, its other whole tiles, then its edge tiles (mask evaluated elementwise: band
+edges, custom masks). Table int32 [Hl, rows, HEADER + nkt]: [n, n_whole, n_shared, tile
+ids...]; Hl = 1 (one layout for all heads) or Nq (per head). The forward's CTA covers a
+pair (one q tile per consumer warpgroup); both step through max(n_0, n_1) ring slots.
+The first n_shared steps load one K and V tile that both consumers read (the pair's
+common tiles: half the bytes of two 64-key tiles); later steps load each consumer's own
+tile into its half of the slot. Empty tiles cost nothing; a q tile with an empty list
+writes zeros.
 
 Backward (`jax.custom_vjp`): dQ iterates the same lists; dK/dV iterate the transposed
 lists (per kv tile, the q tiles that list it, for every head of the GQA group).
@@ -36,7 +40,8 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 from jattn.pallas import prefill as P
 from jattn.variants import Variant
 
-TILE = 64   # kernel tile (rows and keys); layouts' blocks must be multiples of it
+TILE = 64     # kernel tile (rows and keys); layouts' blocks must be multiples of it
+HEADER = 3    # a list's [count, whole count, shared count] before its tile ids
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,10 +50,14 @@ class Config:
   grid: persistent (one CTA per SM walking the items, the producer loading the next
   item's Q and K/V while the consumers finish the current one) by default. A CTA of the
   sparse kernel runs few steps (13 at density 0.1, T=8192), so hiding its start and end
-  matters: 0.254 vs 0.287 ms with one CTA per item on an H200 (block-sparse probe run 2)."""
+  matters: 0.254 vs 0.287 ms with one CTA per item on an H200 (block-sparse probe run 2).
+  share: the two consumers read one copy of their pair's common tiles (else each loads
+  its own). pingpong: `jattn.pallas.prefill.Config.pingpong`."""
 
   num_stages: int = 2
   persistent: bool = True
+  share: bool = True
+  pingpong: bool = True
 
 
 # ----------------------------------------------------------------------------- capability
@@ -86,26 +95,26 @@ def _expand(layout, T, S):
   return m[:, :-(-T // TILE), :-(-S // TILE)]
 
 
-def _sorted_lists(keep, whole, n_rows):
-  """Per row of keep/whole [Hl, r, n]: [count, whole count, ids (whole, then edge, then
-  the rest, each ascending)], rows padded with empty lists to n_rows."""
+def _sorted_lists(keep, whole, shared):
+  """Per row of shared <= whole <= keep [Hl, r, n]: [count, whole count, shared count,
+  ids (shared, then the other whole, then edge, then the rest, each ascending)]."""
   # A stable partition by cumulative counts and one scatter (an argsort took 45 us on an
   # H100 at 32 x 128 x 128, a seventh of the density-0.1 call).
-  edge = keep & ~whole
-  n_whole = whole.sum(-1, dtype=jnp.int32, keepdims=True)
-  n = keep.sum(-1, dtype=jnp.int32, keepdims=True)
+  own, edge = whole & ~shared, keep & ~whole
+  count = lambda x: x.sum(-1, dtype=jnp.int32, keepdims=True)
+  n_shared, n_whole, n = count(shared), count(whole), count(keep)
   rank = lambda x: jnp.cumsum(x, -1, dtype=jnp.int32) - 1
-  pos = jnp.where(whole, rank(whole), jnp.where(edge, n_whole + rank(edge), n + rank(~keep)))
+  pos = jnp.where(shared, rank(shared), jnp.where(
+      own, n_shared + rank(own), jnp.where(edge, n_whole + rank(edge), n + rank(~keep))))
   j = jnp.broadcast_to(jnp.arange(keep.shape[-1], dtype=jnp.int32), keep.shape)
   ids = jnp.put_along_axis(jnp.zeros_like(j), pos, j, axis=-1, inplace=False)
-  table = jnp.concatenate([n, n_whole, ids], -1)
-  return jnp.pad(table, ((0, 0), (0, n_rows - table.shape[1]), (0, 0)))
+  return jnp.concatenate([n, n_whole, n_shared, ids], -1)
 
 
 def tile_lists(layout, T: int, S: int, variant: Variant):
-  """(rows int32 [Hl, rows_pad, 2 + nkt], cols int32 [Hl, cols_pad, 2 + nqt]): the
-  kv-tile list of each q tile and the q-tile list of each kv tile (see module doc), padded
-  with empty lists to whole CTAs (two tiles)."""
+  """(rows int32 [Hl, rows_pad, HEADER + nkt], cols int32 [Hl, cols_pad, HEADER + nqt]):
+  the kv-tile list of each q tile and the q-tile list of each kv tile (see module doc; the
+  cols lists share nothing), padded with empty lists to whole CTAs (two tiles)."""
   rows_pad, cols_pad = -(-T // (2 * TILE)) * 2, -(-S // (2 * TILE)) * 2
   tm = _expand(layout, T, S)
   nqt, nkt = tm.shape[1:]
@@ -119,24 +128,29 @@ def tile_lists(layout, T: int, S: int, variant: Variant):
   inside = lambda x, y: (j >= col(x)) & (j < col(y))
   keep = tm & inside(lo, hi)[None]
   whole = keep & inside(a, b)[None]
+  pad = lambda x, n: jnp.pad(x, ((0, 0), (0, n - x.shape[1]), (0, 0)))
+  kp, wp = pad(keep, rows_pad), pad(whole, rows_pad)
+  pair = wp.reshape(wp.shape[0], rows_pad // 2, 2, nkt).all(2)
+  shared = wp & jnp.repeat(pair, 2, axis=1)
   # The transposed lists: a (q tile, kv tile) pair runs mask-free in the backward when it
   # does in the forward (the whole-tile test is per q tile; it holds per pair).
-  return (_sorted_lists(keep, whole, rows_pad),
-          _sorted_lists(jnp.swapaxes(keep, 1, 2), jnp.swapaxes(whole, 1, 2), cols_pad))
+  kt, wt = pad(jnp.swapaxes(keep, 1, 2), cols_pad), pad(jnp.swapaxes(whole, 1, 2), cols_pad)
+  return _sorted_lists(kp, wp, shared), _sorted_lists(kt, wt, jnp.zeros_like(wt))
 
 
 # ----------------------------------------------------------------------------- geometry
 
 class Sparse(P.Dense):
   """Dense q/k/v/o/lse layouts (no lengths), work items of two TILE-row q tiles; the KV
-  steps come from extra[0] = the rows table of `tile_lists` (see the module doc)."""
+  steps come from extra[0] = the rows table of `tile_lists` (see the module doc). share:
+  the pair's common tiles are loaded once (else each consumer loads its own copy)."""
 
   sparse = True
   kv_copies = 2   # each ring slot holds one K (V) tile per consumer warpgroup
 
-  def __init__(self, B, Nq, num_q_tiles, T, S, per_head):
+  def __init__(self, B, Nq, num_q_tiles, T, S, per_head, share):
     super().__init__(B, Nq, num_q_tiles, T, S, False, False)
-    self.num_extra, self.per_head = 1, per_head
+    self.num_extra, self.per_head, self.share = 1, per_head, share
 
   def _row(self, h, r0):
     return (h if self.per_head else 0), lax.div(r0, TILE)
@@ -151,32 +165,39 @@ class Sparse(P.Dense):
     hl, r = self._row(h, r0)
     return refs.extra[0][hl, r + c, 1], refs.extra[0][hl, r + c, 0]
 
+  def shared(self, refs, h, r0):
+    """Steps [0, shared) load one tile, into half 0, for both consumers."""
+    hl, r = self._row(h, r0)
+    return refs.extra[0][hl, r, 2] if self.share else 0
+
   def kv_tile(self, refs, h, r0, c, g):
     hl, r = self._row(h, r0)
-    return refs.extra[0][hl, r + c, 2 + g]
+    return refs.extra[0][hl, r + c, HEADER + g]
 
   def kv_base(self, refs, b, h, r0):
     hl, r = self._row(h, r0)
     t = refs.extra[0]
-    return hl, r, (t[hl, r, 0], t[hl, r + 1, 0])
+    return hl, r, (self.shared(refs, h, r0), t[hl, r + 1, 0]), t[hl, r, 0]
 
   def kv_index(self, refs, base, g):
-    hl, r, _ = base
+    hl, r, _, _ = base
     t = refs.extra[0]
-    return g, (t[hl, r, 2 + g], t[hl, r + 1, 2 + g])
+    return g, (t[hl, r, HEADER + g], t[hl, r + 1, HEADER + g])
 
   def load_kv(self, refs, b, base, kvh, j, bkv, k_dst, v_dst, k_bar, v_bar):
-    """Step g: consumer c's g-th tile into half c (a plain arrival past its list)."""
+    """Step g: consumer c's g-th tile into half c, for c = 1 only from the first step
+    that is not shared (a plain arrival where nothing is loaded)."""
     g, tiles = j
-    counts = base[2]
+    (ns, n1), n0 = base[2], base[3]
+    loads = (g < n0, jnp.logical_and(g >= ns, g < n1))
     for src, dst, bar in ((refs.k, k_dst, k_bar), (refs.v, v_dst, v_bar)):
       for c in range(2):
-        @pl.when(g < counts[c])
+        @pl.when(loads[c])
         def _():
           rows = pl.ds(pl.multiple_of(tiles[c] * bkv, 8), bkv)
           plgpu.copy_gmem_to_smem(src.at[b, rows, kvh], dst.at[c], bar)
 
-        @pl.when(g >= counts[c])
+        @pl.when(jnp.logical_not(loads[c]))
         def _():
           plgpu.barrier_arrive(bar)
 
@@ -188,11 +209,11 @@ def _forward(q, k, v, rows, variant, *, sm_scale, cfg, per_head, interpret):
   B, T, Nq, D = q.shape
   _, S, Nkv, Dv = v.shape
   kcfg = P.Config(block_q=TILE, block_kv=TILE, num_stages=cfg.num_stages,
-                  heavy_first=False, persistent=cfg.persistent)
+                  heavy_first=False, persistent=cfg.persistent, pingpong=cfg.pingpong)
   qp = P._pad_to(q, 1, 2 * TILE)
   kp, vp = P._pad_to(k, 1, TILE), P._pad_to(v, 1, TILE)
   Tp = qp.shape[1]
-  geo = Sparse(B, Nq, Tp // (2 * TILE), T, S, per_head)
+  geo = Sparse(B, Nq, Tp // (2 * TILE), T, S, per_head, cfg.share)
   out_types = (jax.ShapeDtypeStruct((B, Tp, Nq, Dv), q.dtype),
                jax.ShapeDtypeStruct((B, Nq, Tp), jnp.float32))
   o, lse = P.run_forward(geo, qp, kp, vp, [rows], out_types, variant, sm_scale=sm_scale,
@@ -220,7 +241,8 @@ def _core_bwd(sm_scale, cfg, per_head, interpret, res, cts):
   do, dlse = cts
   dq, dk, dv = prefill_bwd.flash_backward(
       q, k, v, None, variant, o, lse, do, jnp.swapaxes(dlse, 1, 2), sm_scale=sm_scale,
-      interpret=interpret, sparse=prefill_bwd.SparseLists(rows, cols, per_head, TILE))
+      interpret=interpret,
+      sparse=prefill_bwd.SparseLists(rows, cols, per_head, TILE, HEADER))
   return dq, dk, dv, None, None, jax.tree.map(jnp.zeros_like, variant)
 
 

@@ -35,7 +35,8 @@ fold to a constant, and compiled so, some causal shapes hang on an H100 (cause i
 Mosaic GPU / ptxas unknown; `scripts/prefill_shape_probe.py` reproduces it), so `attention`
 passes their lengths as data.
   * Block-sparse (`jattn.pallas.block_sparse`, a compile-time `geo.sparse`): the KV tiles
-    come from per-(head, q tile) lists instead of the band, one list per consumer.
+    come from per-(head, q tile) lists instead of the band, one list per consumer; the
+    first `geo.shared` steps hold one tile that both consumers read.
 
 Variants: `logits_transform` and `logits_mask` are traced into the kernel with a `Context`
 built for the tile (q_pos/kv_pos int32 tiles, head/batch scalars, params gathered at the
@@ -94,6 +95,9 @@ class Config:
   # One CTA per SM looping over work items (snake order), prefetching the next item's Q
   # and K/V (else one CTA per item). `default_config` says where each is used.
   persistent: bool = False
+  # The two consumers take turns (one's softmax under the other's matmuls), else they
+  # run unordered.
+  pingpong: bool = True
 
   def __post_init__(self):
     if self.block_kv % 64 or self.block_q != 64:
@@ -466,9 +470,17 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
     hi = jnp.where(rows_end > r0, hi, lo)            # no valid row: visit nothing
     return w, b, h, q_len, kv_len, off, r0, lo, hi
 
+  def sched_arrive():   # (no ping-pong: the consumers run unordered)
+    if cfg.pingpong:
+      plgpu.barrier_arrive(sched)
+
+  def sched_wait():
+    if cfg.pingpong:
+      plgpu.barrier_wait(sched)
+
   def rendezvous():
-    plgpu.barrier_arrive(sched)
-    plgpu.barrier_wait(sched)
+    sched_arrive()
+    sched_wait()
 
   @pl.when(wg < 2)
   def _consumer():
@@ -489,14 +501,15 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
       params = {n: r[h] for n, r in zip(param_names, refs.extra[geo.num_extra:])}
       if geo.sparse:   # own list: [0, nf) whole tiles, [nf, n) masked, [n, hi) idle
         nf, n = geo.segment(refs, h, r0, wg)
+        ns = geo.shared(refs, h, r0)   # [0, ns): both consumers' tile, in half 0
         segments = ((lo, nf, False), (nf, n, True))
-        kv_at = lambda slot, ref: ref.at[slot, wg]
+        kv_at = lambda slot, j, ref: ref.at[slot, jnp.where(j < ns, 0, wg)]
         kv_start = lambda j: geo.kv_tile(refs, h, r0, wg, j) * bkv
       else:
         w_last = jnp.maximum(jnp.minimum(w0 + bq, q_len) - 1, w0)
         a, bb = full_tiles(variant, kv_len, off + w0, off + w_last, bkv, lo, hi)
         segments = ((lo, a, True), (a, bb, False), (bb, hi, True))
-        kv_at = lambda slot, ref: ref.at[slot]
+        kv_at = lambda slot, j, ref: ref.at[slot]
         kv_start = lambda j: j * bkv
 
       def slot_of(j):
@@ -530,13 +543,13 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
         slot = slot_of(j)
 
         def qk(acc_ref):
-          plgpu.wgmma(acc_ref, qs, kv_at(slot, k_smem).T)
-          plgpu.barrier_arrive(sched)
+          plgpu.wgmma(acc_ref, qs, kv_at(slot, j, k_smem).T)
+          sched_arrive()
           return acc_ref[...]
 
         s = pl.run_scoped(qk, plgpu.ACC((bq, bkv), jnp.float32))
         plgpu.barrier_arrive(k_free.at[slot])
-        plgpu.barrier_wait(sched)
+        sched_wait()
 
         t, c = logits(s, j, masked)
         row_max = t.max(axis=1)
@@ -552,12 +565,12 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
           l_i = l_i + p.sum(axis=1)
           acc, l_i, m_new, p16 = lax.optimization_barrier((acc, l_i, m_new, p16))
 
-        plgpu.barrier_arrive(sched)
+        sched_arrive()
         plgpu.barrier_wait(v_bar.at[slot])
-        plgpu.barrier_wait(sched)
+        sched_wait()
         if not sum_early:
           l_i = l_i + p.sum(axis=1)
-        acc = mma_acc(acc, p16, kv_at(slot, v_smem), interpret,
+        acc = mma_acc(acc, p16, kv_at(slot, j, v_smem), interpret,
                       then=functools.partial(wait_next_k, j))
         plgpu.barrier_arrive(v_free.at[slot])
         return acc, m_new, l_i
@@ -565,12 +578,12 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
       def idle_step(j, carry):
         """`step`'s barrier protocol without the math (sparse: past this list's end)."""
         slot = slot_of(j)
-        plgpu.barrier_arrive(sched)
+        sched_arrive()
         plgpu.barrier_arrive(k_free.at[slot])
-        plgpu.barrier_wait(sched)
-        plgpu.barrier_arrive(sched)
+        sched_wait()
+        sched_arrive()
         plgpu.barrier_wait(v_bar.at[slot])
-        plgpu.barrier_wait(sched)
+        sched_wait()
         wait_next_k(j)
         plgpu.barrier_arrive(v_free.at[slot])
         return carry

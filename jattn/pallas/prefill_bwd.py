@@ -151,7 +151,7 @@ def copy_or_arrive(active, src, dst, bar):
 def _dkv_body(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, lens_ref, param_refs,
               dk_ref, dv_ref, scratch, *, cfg, variant, sm_scale, group, param_names,
               interpret, static_lens, lists=None):
-  """lists: None (dense: the band's q tiles) or (cols table ref, per_head) for
+  """lists: None (dense: the band's q tiles) or (cols table ref, per_head, header) for
   block-sparse: consumer c walks, per head of the group, the q tiles that its kv tile's
   list names; ring slots hold one q/do/lse/delta tile per consumer (see SparseLists)."""
   bq, bkv, stages = cfg.block_q, cfg.block_kv, cfg.num_stages
@@ -230,7 +230,7 @@ def _dkv_body(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, lens_ref, param_r
         carry = lax.fori_loop(a, bb, functools.partial(step, j=j, masked=False), carry)
         return lax.fori_loop(bb, qhi, functools.partial(step, j=j, masked=True), carry)
     else:
-      table, per_head = lists
+      table, per_head, header = lists
       col = lax.div(k0, bkv)
 
       def head(j, carry):
@@ -242,7 +242,7 @@ def _dkv_body(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, lens_ref, param_r
         steps_j = jnp.maximum(table[hl, col, 0], table[hl, col + 1, 0])
 
         def step(i, carry, masked):
-          q0 = lambda: table[hl, col + wg, 2 + i] * bq
+          q0 = lambda: table[hl, col + wg, header + i] * bq
           return tile(carry, lax.rem(base + i, stages), hq, q0, masked, lambda r: r.at[wg])
 
         def idle(i, carry):
@@ -272,7 +272,7 @@ def _dkv_body(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, lens_ref, param_r
 
   def _sparse_producer():
     plgpu.set_max_registers(40, action="decrease")
-    table, per_head = lists
+    table, per_head, header = lists
     col = lax.div(k0, bkv)
 
     def head(j, base):
@@ -285,7 +285,7 @@ def _dkv_body(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, lens_ref, param_r
       def _(i):
         s = base + i
         slot = lax.rem(s, stages)
-        tiles = (table[hl, col, 2 + i], table[hl, col + 1, 2 + i])
+        tiles = (table[hl, col, header + i], table[hl, col + 1, header + i])
 
         @pl.when(s >= stages)
         def _():
@@ -346,7 +346,7 @@ def _dkv(q, k, v, do, lse2, delta, lens, variant, sm_scale, cfg, interpret, stat
   def entry(*refs):
     fr, lens_ref, param_refs, (dk_ref, dv_ref), _ = split_refs(
         refs, len(front), lens is not None, len(names), 2)
-    lists = None if sparse is None else (fr[6], sparse.per_head)
+    lists = None if sparse is None else (fr[6], sparse.per_head, sparse.header)
     st = cfg.num_stages
     ring = (st,) if sparse is None else (st, 2)    # sparse: one tile per consumer
     scratch = (
@@ -383,7 +383,7 @@ def _dkv(q, k, v, do, lse2, delta, lens, variant, sm_scale, cfg, interpret, stat
 def _dq_body(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, lens_ref, param_refs, dq_ref,
              scratch, *, cfg, variant, sm_scale, group, num_q_tiles, param_names, interpret,
              static_lens, lists=None):
-  """lists: None (dense: the band's kv tiles) or (rows table ref, per_head) for
+  """lists: None (dense: the band's kv tiles) or (rows table ref, per_head, header) for
   block-sparse: consumer c walks its q tile's kv-tile list, ring slots hold one K/V tile
   per consumer, both step to the longer list's end (see SparseLists)."""
   bq, bkv, stages = cfg.block_q, cfg.block_kv, cfg.num_stages
@@ -400,7 +400,7 @@ def _dq_body(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, lens_ref, param_re
   if lists is None:
     lo, hi = band_tiles(variant, kv_len, off + r0, off + rows_end - 1, bkv)
   else:
-    table, per_head = lists
+    table, per_head, header = lists
     hl, row = (h if per_head else 0), lax.div(r0, bq)
     counts = (table[hl, row, 0], table[hl, row + 1, 0])
     lo, hi = 0, jnp.maximum(*counts)
@@ -432,7 +432,7 @@ def _dq_body(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, lens_ref, param_re
       kv_start = lambda j: j * bkv
     else:
       kv_at = lambda slot, ref: ref.at[slot, wg]
-      kv_start = lambda j: table[hl, row + wg, 2 + j] * bkv
+      kv_start = lambda j: table[hl, row + wg, header + j] * bkv
 
     def step(j, dq, masked):
       slot = slot_of(j)
@@ -491,7 +491,7 @@ def _dq_body(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, lens_ref, param_re
     def load(j, slot):
       if lists is not None:
         for c in range(2):
-          rows = pl.ds(table[hl, row + c, 2 + j] * bkv, bkv)
+          rows = pl.ds(table[hl, row + c, header + j] * bkv, bkv)
           for src, dst in ((k_ref, k_smem), (v_ref, v_smem)):
             copy_or_arrive(j < counts[c], src.at[b, rows, kvh], dst.at[slot, c], k_bar.at[slot])
         return
@@ -525,7 +525,7 @@ def _dq(q, k, v, do, lse2, delta, lens, variant, sm_scale, cfg, interpret, stati
   def entry(*refs):
     fr, lens_ref, param_refs, (dq_ref,), _ = split_refs(
         refs, len(front), lens is not None, len(names), 1)
-    lists = None if sparse is None else (fr[6], sparse.per_head)
+    lists = None if sparse is None else (fr[6], sparse.per_head, sparse.header)
     st = cfg.num_stages
     ring = (st,) if sparse is None else (st, 2)    # sparse: one tile per consumer
     scratch = (
@@ -562,14 +562,15 @@ def _dq(q, k, v, do, lse2, delta, lens, variant, sm_scale, cfg, interpret, stati
 @dataclasses.dataclass(frozen=True)
 class SparseLists:
   """Block-sparse tile lists (`jattn.pallas.block_sparse.tile_lists`, tiles of
-  block_q = block_kv rows): rows int32 [Hl, Tp / bq, 2 + nkt] (each q tile's kv tiles)
-  and cols int32 [Hl, Sp / bkv, 2 + nqt] (each kv tile's q tiles), entries
-  [n, n_whole, ids...]; Hl = Nq when per_head, else 1."""
+  block_q = block_kv rows): rows int32 [Hl, Tp / bq, header + nkt] (each q tile's kv
+  tiles) and cols int32 [Hl, Sp / bkv, header + nqt] (each kv tile's q tiles), entries
+  [n, n_whole, ...] with the ids from column `header`; Hl = Nq when per_head, else 1."""
 
   rows: Any
   cols: Any
   per_head: bool
   tile: int
+  header: int
 
 
 def flash_backward(q, k, v, lens, variant: Variant, o, lse, do, dlse, *, sm_scale: float,
