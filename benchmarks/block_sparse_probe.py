@@ -109,12 +109,8 @@ def run_timing(results, deadline, only=None, rounds=1):
                lambda: (dense(P.Config(block_kv=64)), (q, k, v), 1.0)))
   rows.append(("dense pallas persistent", None,
                lambda: (dense(P.Config(persistent=True)), (q, k, v), 1.0)))
-  rows.append(("dense pallas persistent no ping-pong", None,
-               lambda: (dense(P.Config(persistent=True, pingpong=False)), (q, k, v), 1.0)))
   rows.append(("dense pallas persistent block_kv=64", None,
                lambda: (dense(P.Config(block_kv=64, persistent=True)), (q, k, v), 1.0)))
-  rows.append(("dense pallas persistent block_kv=64 no ping-pong", None, lambda: (
-      dense(P.Config(block_kv=64, persistent=True, pingpong=False)), (q, k, v), 1.0)))
   per_call = jax.jit(lambda q, k, v, lay: jattn.block_sparse_attention(q, k, v, lay))
   planned = jax.jit(lambda q, k, v, lay, plan: jattn.block_sparse_attention(
       q, k, v, lay, plan=plan))
@@ -137,9 +133,6 @@ def run_timing(results, deadline, only=None, rounds=1):
     rows.append((f"block_sparse density{d} plan no sharing", d,
                  lambda lay=lay, plan=plan, real=real: (
                      kernel(PB.Config(share=False)), (q, k, v, lay, plan), real)))
-    rows.append((f"block_sparse density{d} plan no ping-pong", d,
-                 lambda lay=lay, plan=plan, real=real: (
-                     kernel(PB.Config(pingpong=False)), (q, k, v, lay, plan), real)))
   lay = bs.random_layout(Nq, T, T, 64, 0.1, seed=0)
   rows.append(("tile_lists alone (density0.1)", 0.1, lambda: (
       jax.jit(lambda lay: PB.tile_lists(lay, T, T, V.Variant())[0]), (lay,), None)))

@@ -223,7 +223,6 @@ def timing_rows():
     return f
 
   one_cta = lambda cfg: dataclasses.replace(cfg, persistent=False, heavy_first=True)
-  no_pingpong = lambda cfg: dataclasses.replace(cfg, pingpong=False)
 
   def cudnn(causal, window=None):
     return lambda q, k, v: jax.nn.dot_product_attention(
@@ -241,7 +240,6 @@ def timing_rows():
   c = V.causal()
   main = (4, 4096, 32, 32, 128)
   dense(main, "causal", "jattn", ours(c))
-  dense(main, "causal", "jattn no ping-pong", ours_with(c, no_pingpong))
   dense(main, "causal", "jattn persistent", ours(c, P.Config(persistent=True)))
   dense(main, "causal", "jattn 1 CTA/tile", ours(c, P.Config(persistent=False)))
   dense(main, "causal", "cudnn", cudnn(True))
@@ -375,7 +373,6 @@ def timing_rows():
   dense(t8, "window1024", "cudnn", cudnn(True, (1024, 0)))
   for shape in ((4, 4096, 32, 8, 128), (4, 4096, 32, 32, 64), (4, 4096, 16, 16, 256)):
     dense(shape, "causal", "jattn", ours(c))
-    dense(shape, "causal", "jattn no ping-pong", ours_with(c, no_pingpong))
     dense(shape, "causal", "jattn 1 CTA/tile", ours_with(c, one_cta))
     dense(shape, "causal", "cudnn", cudnn(True))
     dense(shape, "causal", "tokamax mosaic", tokamax(True))

@@ -113,14 +113,6 @@ def test_persistent_and_one_cta_per_tile_agree(rng):
   np.testing.assert_array_equal(a, b)
 
 
-def test_without_pingpong(rng):
-  """Consumers unordered (`Config.pingpong=False`): the same math, bit for bit."""
-  q, k, v = _dense(rng, 1, 256, 256, 2, 2, 64, 64)
-  a, _ = _check(q, k, v, V.causal(), config=P.Config(persistent=True, pingpong=False))
-  b, _ = _check(q, k, v, V.causal(), config=P.Config(persistent=True))
-  np.testing.assert_array_equal(a, b)
-
-
 def test_persistent_with_one_q_buffer(rng):
   """Head dim 256: two Q buffers do not fit beside the ring, so a persistent CTA loads
   each item's Q into its one buffer once the last item's O has been stored from it."""

@@ -52,12 +52,11 @@ class Config:
   sparse kernel runs few steps (13 at density 0.1, T=8192), so hiding its start and end
   matters: 0.254 vs 0.287 ms with one CTA per item on an H200 (block-sparse probe run 2).
   share: the two consumers read one copy of their pair's common tiles (else each loads
-  its own). pingpong: `jattn.pallas.prefill.Config.pingpong`."""
+  its own)."""
 
   num_stages: int = 2
   persistent: bool = True
   share: bool = True
-  pingpong: bool = True
 
 
 # ----------------------------------------------------------------------------- capability
@@ -209,7 +208,7 @@ def _forward(q, k, v, rows, variant, *, sm_scale, cfg, per_head, interpret):
   B, T, Nq, D = q.shape
   _, S, Nkv, Dv = v.shape
   kcfg = P.Config(block_q=TILE, block_kv=TILE, num_stages=cfg.num_stages,
-                  heavy_first=False, persistent=cfg.persistent, pingpong=cfg.pingpong)
+                  heavy_first=False, persistent=cfg.persistent)
   qp = P._pad_to(q, 1, 2 * TILE)
   kp, vp = P._pad_to(k, 1, TILE), P._pad_to(v, 1, TILE)
   Tp = qp.shape[1]

@@ -95,9 +95,6 @@ class Config:
   # One CTA per SM looping over work items (snake order), prefetching the next item's Q
   # and K/V (else one CTA per item). `default_config` says where each is used.
   persistent: bool = False
-  # The two consumers take turns (one's softmax under the other's matmuls), else they
-  # run unordered.
-  pingpong: bool = True
 
   def __post_init__(self):
     if self.block_kv % 64 or self.block_q != 64:
@@ -470,17 +467,9 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
     hi = jnp.where(rows_end > r0, hi, lo)            # no valid row: visit nothing
     return w, b, h, q_len, kv_len, off, r0, lo, hi
 
-  def sched_arrive():   # (no ping-pong: the consumers run unordered)
-    if cfg.pingpong:
-      plgpu.barrier_arrive(sched)
-
-  def sched_wait():
-    if cfg.pingpong:
-      plgpu.barrier_wait(sched)
-
   def rendezvous():
-    sched_arrive()
-    sched_wait()
+    plgpu.barrier_arrive(sched)
+    plgpu.barrier_wait(sched)
 
   @pl.when(wg < 2)
   def _consumer():
@@ -544,12 +533,12 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
 
         def qk(acc_ref):
           plgpu.wgmma(acc_ref, qs, kv_at(slot, j, k_smem).T)
-          sched_arrive()
+          plgpu.barrier_arrive(sched)
           return acc_ref[...]
 
         s = pl.run_scoped(qk, plgpu.ACC((bq, bkv), jnp.float32))
         plgpu.barrier_arrive(k_free.at[slot])
-        sched_wait()
+        plgpu.barrier_wait(sched)
 
         t, c = logits(s, j, masked)
         row_max = t.max(axis=1)
@@ -565,9 +554,9 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
           l_i = l_i + p.sum(axis=1)
           acc, l_i, m_new, p16 = lax.optimization_barrier((acc, l_i, m_new, p16))
 
-        sched_arrive()
+        plgpu.barrier_arrive(sched)
         plgpu.barrier_wait(v_bar.at[slot])
-        sched_wait()
+        plgpu.barrier_wait(sched)
         if not sum_early:
           l_i = l_i + p.sum(axis=1)
         acc = mma_acc(acc, p16, kv_at(slot, j, v_smem), interpret,
@@ -578,12 +567,12 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
       def idle_step(j, carry):
         """`step`'s barrier protocol without the math (sparse: past this list's end)."""
         slot = slot_of(j)
-        sched_arrive()
+        plgpu.barrier_arrive(sched)
         plgpu.barrier_arrive(k_free.at[slot])
-        sched_wait()
-        sched_arrive()
+        plgpu.barrier_wait(sched)
+        plgpu.barrier_arrive(sched)
         plgpu.barrier_wait(v_bar.at[slot])
-        sched_wait()
+        plgpu.barrier_wait(sched)
         wait_next_k(j)
         plgpu.barrier_arrive(v_free.at[slot])
         return carry
