@@ -194,3 +194,24 @@ def test_probe_rounds_interleave_and_take_the_median():
   stopped = dict(ms_rounds=[2.0])
   more_rounds([(stopped, "a", ())], 4, time_ms, keep_going=lambda: False)
   assert stopped == dict(ms_rounds=[2.0], ms=2.0)
+
+
+def test_kernel_trace_summary():
+  """benchmarks.kernel_trace: region lengths per consumer (cycles from the trace's ts,
+  which is (ns + cycles) / 1e3), the producer's trace ignored, gaps between items."""
+  from benchmarks import kernel_trace
+  ev = lambda name, ph, cyc, tid: dict(name=name, ph=ph, ts=cyc / 1e3, pid=1, tid=tid)
+  events = []
+  for tid in (1, 2, 3):                       # block 0: consumers 0 and 1, producer
+    t = 0
+    for _ in range(2):                        # two items
+      for name, length in (("item_start", 100), ("steps", 1000), ("item_end", 300)):
+        events += [ev(name, "B", t, tid), ev(name, "E", t + length, tid)]
+        t += length
+      t += 50                                 # the loop's own gap
+  out = kernel_trace.summarize(events, ghz=2.0)
+  assert set(out) == {"consumer0", "consumer1"}
+  c = out["consumer1"]
+  assert c["steps"]["median_cycles"] == 1000 and c["steps"]["count"] == 2
+  assert c["item_end"]["median_us"] == 300 / 2.0 / 1e3
+  assert c["gap"]["median_cycles"] == 50 and c["gap"]["count"] == 1

@@ -65,6 +65,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 from typing import Any, Optional
 
 import jax
@@ -580,43 +581,48 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
       acc = plgpu.layout_cast(jnp.zeros((bq, v_smem.shape[-1]), jnp.float32), _WGMMA)
       m_i = plgpu.layout_cast(jnp.full((bq,), -jnp.inf, jnp.float32), _ROW)
       l_i = plgpu.layout_cast(jnp.zeros((bq,), jnp.float32), _ROW)
-      plgpu.barrier_wait(q_bar.at[buf])
-      if release == "next":
-        @pl.when(k > 0)
-        def _():   # the last item's O (in its Q buffer) has been read out: free the buffer
-          plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-          plgpu.barrier_arrive(q_free.at[lax.rem(k - 1, q_bufs)])
+      # Named regions: events of Mosaic GPU's profiler when a trace is asked for
+      # (`JATTN_MOSAIC_PROFILE`, `benchmarks/kernel_trace.py`); no code otherwise.
+      with jax.named_scope("item_start"):
+        plgpu.barrier_wait(q_bar.at[buf])
+        if release == "next":
+          @pl.when(k > 0)
+          def _():   # the last item's O (in its Q buffer) has been read out: free the buffer
+            plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+            plgpu.barrier_arrive(q_free.at[lax.rem(k - 1, q_bufs)])
 
-      @pl.when(hi > lo)
-      def _():
-        plgpu.barrier_wait(k_bar.at[slot_of(lo)])
+        @pl.when(hi > lo)
+        def _():
+          plgpu.barrier_wait(k_bar.at[slot_of(lo)])
 
-      pl.when(wg == 1)(rendezvous)
-      carry = (acc, m_i, l_i)
-      for start, stop, masked in segments:
-        carry = lax.fori_loop(start, stop, functools.partial(step, masked=masked), carry)
-      if geo.sparse:
-        carry = lax.fori_loop(n, hi, idle_step, carry)
+        pl.when(wg == 1)(rendezvous)
+      with jax.named_scope("steps"):
+        carry = (acc, m_i, l_i)
+        for start, stop, masked in segments:
+          carry = lax.fori_loop(start, stop, functools.partial(step, masked=masked), carry)
+        if geo.sparse:
+          carry = lax.fori_loop(n, hi, idle_step, carry)
       acc, m_i, l_i = carry
-      pl.when(wg == 0)(rendezvous)
-      if release == "loop":   # Q is no longer read: the producer may refill its buffer
-        plgpu.barrier_arrive(q_free.at[buf])
+      with jax.named_scope("item_end"):
+        pl.when(wg == 0)(rendezvous)
+        if release == "loop":   # Q is no longer read: the producer may refill its buffer
+          plgpu.barrier_arrive(q_free.at[buf])
 
-      rows = w0 + plgpu.broadcasted_iota(jnp.int32, (bq,), 0, layout=_ROW)
-      valid = jnp.logical_and(rows < q_len, l_i > 0)
-      l_safe = jnp.where(valid, l_i, 1.0)
-      inv = jnp.where(valid, 1.0 / l_safe, 0.0)
-      lse = jnp.where(valid, m_i * LN2 + jnp.log(l_safe), -jnp.inf)
-      plgpu.wait_smem_to_gmem(0, wait_read_only=True)   # the last item's stores have read
-      os = o_smem.at[wg] if o_smem is not None else qs
-      os[...] = (acc * lax.broadcast_in_dim(inv, acc.shape, [0])).astype(dtype)
-      lse_smem.at[wg][...] = lse
-      plgpu.commit_smem()
-      plgpu.copy_smem_to_gmem(os, geo.o_rows(refs, w, b, h, w0, bq))
-      plgpu.copy_smem_to_gmem(lse_smem.at[wg], geo.lse_rows(refs, w, b, h, w0, bq))
-      if release == "store":   # O went out through the Q buffer: free it once read
-        plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-        plgpu.barrier_arrive(q_free.at[buf])
+        rows = w0 + plgpu.broadcasted_iota(jnp.int32, (bq,), 0, layout=_ROW)
+        valid = jnp.logical_and(rows < q_len, l_i > 0)
+        l_safe = jnp.where(valid, l_i, 1.0)
+        inv = jnp.where(valid, 1.0 / l_safe, 0.0)
+        lse = jnp.where(valid, m_i * LN2 + jnp.log(l_safe), -jnp.inf)
+        plgpu.wait_smem_to_gmem(0, wait_read_only=True)   # the last item's stores have read
+        os = o_smem.at[wg] if o_smem is not None else qs
+        os[...] = (acc * lax.broadcast_in_dim(inv, acc.shape, [0])).astype(dtype)
+        lse_smem.at[wg][...] = lse
+        plgpu.commit_smem()
+        plgpu.copy_smem_to_gmem(os, geo.o_rows(refs, w, b, h, w0, bq))
+        plgpu.copy_smem_to_gmem(lse_smem.at[wg], geo.lse_rows(refs, w, b, h, w0, bq))
+        if release == "store":   # O went out through the Q buffer: free it once read
+          plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+          plgpu.barrier_arrive(q_free.at[buf])
       return base + (hi - lo)
 
     lax.fori_loop(0, n_items, run_item, 0)
@@ -671,6 +677,21 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
     @pl.loop(jnp.maximum(n_items - q_bufs, 0), n_items)
     def _(k):
       plgpu.barrier_wait(q_free.at[lax.rem(k, q_bufs)])
+
+
+def compiler_params(interpret) -> plgpu.CompilerParams:
+  """approx_math; with JATTN_MOSAIC_PROFILE=DIR (compiled only) also Mosaic GPU's
+  profiler: each warpgroup's named regions (`item_start`, `steps`, `item_end`) are
+  timed with the SM clock and a trace per call is written to DIR
+  (`benchmarks/kernel_trace.py` reads it)."""
+  trace_dir = os.environ.get("JATTN_MOSAIC_PROFILE")
+  if not trace_dir or interpret:
+    return plgpu.CompilerParams(approx_math=True)
+  return plgpu.CompilerParams(approx_math=True, profile_space=PROFILE_RANGES,
+                              profile_dir=trace_dir, profile_bounds_check=True)
+
+
+PROFILE_RANGES = 128   # per warpgroup: 3 per item; 6 KiB of SMEM per CTA
 
 
 def _pad_to(x, axis, multiple):
@@ -733,7 +754,7 @@ def run_forward(geo, q, k, v, extra, out_types, variant: Variant, *, sm_scale: f
       grid_names=("cta",),
       num_threads=3,
       thread_name="wg",
-      compiler_params=plgpu.CompilerParams(approx_math=True),
+      compiler_params=compiler_params(interpret),
       interpret=interpret_params(interpret),
   )(q, k, v, *extra, *params)
 
