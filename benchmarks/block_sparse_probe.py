@@ -130,9 +130,6 @@ def run_timing(results, deadline, only=None, rounds=1):
     rows.append((f"block_sparse density{d} plan one CTA per item", d,
                  lambda lay=lay, plan=plan, real=real: (
                      kernel(PB.Config(persistent=False)), (q, k, v, lay, plan), real)))
-    rows.append((f"block_sparse density{d} plan no sharing", d,
-                 lambda lay=lay, plan=plan, real=real: (
-                     kernel(PB.Config(share=False)), (q, k, v, lay, plan), real)))
   lay = bs.random_layout(Nq, T, T, 64, 0.1, seed=0)
   rows.append(("tile_lists alone (density0.1)", 0.1, lambda: (
       jax.jit(lambda lay: PB.tile_lists(lay, T, T, V.Variant())[0]), (lay,), None)))

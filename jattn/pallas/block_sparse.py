@@ -50,13 +50,10 @@ class Config:
   grid: persistent (one CTA per SM walking the items, the producer loading the next
   item's Q and K/V while the consumers finish the current one) by default. A CTA of the
   sparse kernel runs few steps (13 at density 0.1, T=8192), so hiding its start and end
-  matters: 0.254 vs 0.287 ms with one CTA per item on an H200 (block-sparse probe run 2).
-  share: the two consumers read one copy of their pair's common tiles (else each loads
-  its own)."""
+  matters: 0.254 vs 0.287 ms with one CTA per item on an H200 (block-sparse probe run 2)."""
 
   num_stages: int = 2
   persistent: bool = True
-  share: bool = True
 
 
 # ----------------------------------------------------------------------------- capability
@@ -94,17 +91,21 @@ def _expand(layout, T, S):
   return m[:, :-(-T // TILE), :-(-S // TILE)]
 
 
-def _sorted_lists(keep, whole, shared):
+def _sorted_lists(keep, whole, shared=None):
   """Per row of shared <= whole <= keep [Hl, r, n]: [count, whole count, shared count,
-  ids (shared, then the other whole, then edge, then the rest, each ascending)]."""
+  ids (shared, then the other whole, then edge, then the rest, each ascending)]; no
+  shared tiles when `shared` is None."""
   # A stable partition by cumulative counts and one scatter (an argsort took 45 us on an
   # H100 at 32 x 128 x 128, a seventh of the density-0.1 call).
-  own, edge = whole & ~shared, keep & ~whole
+  edge = keep & ~whole
   count = lambda x: x.sum(-1, dtype=jnp.int32, keepdims=True)
-  n_shared, n_whole, n = count(shared), count(whole), count(keep)
+  n_whole, n = count(whole), count(keep)
   rank = lambda x: jnp.cumsum(x, -1, dtype=jnp.int32) - 1
-  pos = jnp.where(shared, rank(shared), jnp.where(
-      own, n_shared + rank(own), jnp.where(edge, n_whole + rank(edge), n + rank(~keep))))
+  pos_whole, n_shared = rank(whole), jnp.zeros_like(n)
+  if shared is not None:
+    own, n_shared = whole & ~shared, count(shared)
+    pos_whole = jnp.where(shared, rank(shared), n_shared + rank(own))
+  pos = jnp.where(whole, pos_whole, jnp.where(edge, n_whole + rank(edge), n + rank(~keep)))
   j = jnp.broadcast_to(jnp.arange(keep.shape[-1], dtype=jnp.int32), keep.shape)
   ids = jnp.put_along_axis(jnp.zeros_like(j), pos, j, axis=-1, inplace=False)
   return jnp.concatenate([n, n_whole, n_shared, ids], -1)
@@ -134,22 +135,21 @@ def tile_lists(layout, T: int, S: int, variant: Variant):
   # The transposed lists: a (q tile, kv tile) pair runs mask-free in the backward when it
   # does in the forward (the whole-tile test is per q tile; it holds per pair).
   kt, wt = pad(jnp.swapaxes(keep, 1, 2), cols_pad), pad(jnp.swapaxes(whole, 1, 2), cols_pad)
-  return _sorted_lists(kp, wp, shared), _sorted_lists(kt, wt, jnp.zeros_like(wt))
+  return _sorted_lists(kp, wp, shared), _sorted_lists(kt, wt)
 
 
 # ----------------------------------------------------------------------------- geometry
 
 class Sparse(P.Dense):
   """Dense q/k/v/o/lse layouts (no lengths), work items of two TILE-row q tiles; the KV
-  steps come from extra[0] = the rows table of `tile_lists` (see the module doc). share:
-  the pair's common tiles are loaded once (else each consumer loads its own copy)."""
+  steps come from extra[0] = the rows table of `tile_lists` (see the module doc)."""
 
   sparse = True
   kv_copies = 2   # each ring slot holds one K (V) tile per consumer warpgroup
 
-  def __init__(self, B, Nq, num_q_tiles, T, S, per_head, share):
+  def __init__(self, B, Nq, num_q_tiles, T, S, per_head):
     super().__init__(B, Nq, num_q_tiles, T, S, False, False)
-    self.num_extra, self.per_head, self.share = 1, per_head, share
+    self.num_extra, self.per_head = 1, per_head
 
   def _row(self, h, r0):
     return (h if self.per_head else 0), lax.div(r0, TILE)
@@ -167,7 +167,7 @@ class Sparse(P.Dense):
   def shared(self, refs, h, r0):
     """Steps [0, shared) load one tile, into half 0, for both consumers."""
     hl, r = self._row(h, r0)
-    return refs.extra[0][hl, r, 2] if self.share else 0
+    return refs.extra[0][hl, r, 2]
 
   def kv_tile(self, refs, h, r0, c, g):
     hl, r = self._row(h, r0)
@@ -176,7 +176,7 @@ class Sparse(P.Dense):
   def kv_base(self, refs, b, h, r0):
     hl, r = self._row(h, r0)
     t = refs.extra[0]
-    return hl, r, (self.shared(refs, h, r0), t[hl, r + 1, 0]), t[hl, r, 0]
+    return hl, r, (t[hl, r, 0], t[hl, r + 1, 0]), t[hl, r, 2]
 
   def kv_index(self, refs, base, g):
     hl, r, _, _ = base
@@ -187,7 +187,7 @@ class Sparse(P.Dense):
     """Step g: consumer c's g-th tile into half c, for c = 1 only from the first step
     that is not shared (a plain arrival where nothing is loaded)."""
     g, tiles = j
-    (ns, n1), n0 = base[2], base[3]
+    (n0, n1), ns = base[2], base[3]
     loads = (g < n0, jnp.logical_and(g >= ns, g < n1))
     for src, dst, bar in ((refs.k, k_dst, k_bar), (refs.v, v_dst, v_bar)):
       for c in range(2):
@@ -212,7 +212,7 @@ def _forward(q, k, v, rows, variant, *, sm_scale, cfg, per_head, interpret):
   qp = P._pad_to(q, 1, 2 * TILE)
   kp, vp = P._pad_to(k, 1, TILE), P._pad_to(v, 1, TILE)
   Tp = qp.shape[1]
-  geo = Sparse(B, Nq, Tp // (2 * TILE), T, S, per_head, cfg.share)
+  geo = Sparse(B, Nq, Tp // (2 * TILE), T, S, per_head)
   out_types = (jax.ShapeDtypeStruct((B, Tp, Nq, Dv), q.dtype),
                jax.ShapeDtypeStruct((B, Nq, Tp), jnp.float32))
   o, lse = P.run_forward(geo, qp, kp, vp, [rows], out_types, variant, sm_scale=sm_scale,

@@ -679,6 +679,9 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
       plgpu.barrier_wait(q_free.at[lax.rem(k, q_bufs)])
 
 
+PROFILE_RANGES = 128   # per warpgroup: 3 per item; 6 KiB of SMEM per CTA
+
+
 def compiler_params(interpret) -> plgpu.CompilerParams:
   """approx_math; with JATTN_MOSAIC_PROFILE=DIR (compiled only) also Mosaic GPU's
   profiler: each warpgroup's named regions (`item_start`, `steps`, `item_end`) are
@@ -689,9 +692,6 @@ def compiler_params(interpret) -> plgpu.CompilerParams:
     return plgpu.CompilerParams(approx_math=True)
   return plgpu.CompilerParams(approx_math=True, profile_space=PROFILE_RANGES,
                               profile_dir=trace_dir, profile_bounds_check=True)
-
-
-PROFILE_RANGES = 128   # per warpgroup: 3 per item; 6 KiB of SMEM per CTA
 
 
 def _pad_to(x, axis, multiple):
