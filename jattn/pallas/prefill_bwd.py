@@ -205,12 +205,12 @@ def _dkv_body(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, lens_ref, param_r
     def iota(d):
       return plgpu.broadcasted_iota(jnp.int32, (bkv, bq), d, layout=_WGMMA)
 
-    def dk_and_dq(dk, ds16, qs, hq, q0, par):
-      """dK += dS^T Q, and this warpgroup's half of the head dim of the q tile's dQ: dS K
-      summed over both warpgroups' keys (their dS^T meet in SMEM, buffer `par`), staged
-      and added to dq_ref by TMA."""
-      ds_smem, dq_stage, ds_ready = fused
-      half = dq_stage.shape[-1]
+    def dk_and_dq(dk, ds16, qs, s):
+      """dK += dS^T Q, and this warpgroup's half of the head dim of step s's dQ: dS K
+      summed over both warpgroups' keys (their dS^T meet in SMEM, buffer s % 2), staged
+      for the producer, which adds it to dq_ref."""
+      ds_smem, dq_stage, ds_ready, dq_full, dq_free = fused
+      half, par = dq_stage.shape[-1], lax.rem(s, 2)
       ds_smem.at[par, wg][...] = ds16
       plgpu.commit_smem()
       plgpu.barrier_arrive(ds_ready)
@@ -234,16 +234,15 @@ def _dkv_body(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, lens_ref, param_r
           dq_products(refs[1])
         zeros = plgpu.layout_cast(jnp.zeros((bq, half), jnp.float32), _WGMMA)
         dk, dq = pl.run_state(fn)((plgpu.ACC.init(dk), plgpu.ACC.init(zeros)))
-      plgpu.wait_smem_to_gmem(0, wait_read_only=True)   # the last add has read the stage
+      pl.when(s > 0)(lambda: plgpu.barrier_wait(dq_free.at[wg]))   # the last add read it
       dq_stage.at[wg][...] = dq
       plgpu.commit_smem()
-      dst = dq_ref.at[kt if interpret else 0, b, pl.ds(q0, bq), hq, cols]
-      plgpu.copy_smem_to_gmem(dq_stage.at[wg], dst, reduction_op=None if interpret else "add")
+      plgpu.barrier_arrive(dq_full.at[wg])
       return dk
 
-    def tile(carry, slot, hq, q0, masked, at, par=None):
-      """Query rows [q0(), q0() + bq) of head hq (ring slot `slot`, step parity `par`)
-      against this warpgroup's keys; `at(ref)` picks the warpgroup's tile of a ring slot."""
+    def tile(carry, slot, hq, q0, masked, at, s=None):
+      """Query rows [q0(), q0() + bq) of head hq (ring slot `slot`, step s of the dense
+      walk) against this warpgroup's keys; `at(ref)` picks the warpgroup's tile of a slot."""
       dk, dv = carry
       plgpu.barrier_wait(in_bar.at[slot])
       qs, dos = at(q_smem.at[slot]), at(do_smem.at[slot])
@@ -267,7 +266,7 @@ def _dkv_body(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, lens_ref, param_r
       if dq_ref is None:
         dk = mma_acc(dk, dsT.astype(dtype), qs, interpret)
       else:
-        dk = dk_and_dq(dk, dsT.astype(dtype), qs, hq, q0(), par)
+        dk = dk_and_dq(dk, dsT.astype(dtype), qs, s)
       plgpu.barrier_arrive(in_free.at[slot])
       return dk, dv
 
@@ -278,7 +277,7 @@ def _dkv_body(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, lens_ref, param_r
         """Query tile i of the group's j-th head against this warpgroup's keys."""
         s = j * n_tiles + (i - qlo)
         return tile(carry, lax.rem(s, stages), g * group + j, lambda: i * bq, masked,
-                    lambda r: r, par=lax.rem(s, 2))
+                    lambda r: r, s=s)
 
       def head(j, carry):
         carry = lax.fori_loop(qlo, a, functools.partial(step, j=j, masked=True), carry)
@@ -318,9 +317,10 @@ def _dkv_body(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, lens_ref, param_r
       dk, dv = lax.fori_loop(0, group, head, (dk, dv))
     else:
       dk, dv, _ = lax.fori_loop(0, group, head, (dk, dv, 0))
-    if dq_ref is not None:   # the other warpgroup's last dQ product has read this K tile
-      plgpu.barrier_arrive(fused[2])
+    if dq_ref is not None:   # the other warpgroup's last dQ product has read this K tile,
+      plgpu.barrier_arrive(fused[2])   # and the producer's last add has read the stage
       plgpu.barrier_wait(fused[2])
+      pl.when(steps > 0)(lambda: plgpu.barrier_wait(fused[4].at[wg]))
     k_smem[...] = (dk * sm_scale).astype(dtype)
     v_smem[...] = dv.astype(dtype)
     plgpu.commit_smem()
@@ -377,6 +377,19 @@ def _dkv_body(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, lens_ref, param_r
       plgpu.copy_gmem_to_smem(lse_ref.at[b, hq, rows], lse_smem.at[slot], bar)
       plgpu.copy_gmem_to_smem(delta_ref.at[b, hq, rows], delta_smem.at[slot], bar)
 
+    def add_dq(s):
+      """Step s's dQ halves, staged by the consumers, added into dq_ref (see _dkv_body)."""
+      _, dq_stage, _, dq_full, dq_free = fused
+      hq, i = coords(s)
+      half = dq_stage.shape[-1]
+      for c in range(2):
+        plgpu.barrier_wait(dq_full.at[c])
+        dst = dq_ref.at[kt if interpret else 0, b, pl.ds(i * bq, bq), hq, pl.ds(c * half, half)]
+        plgpu.copy_smem_to_gmem(dq_stage.at[c], dst, reduction_op=None if interpret else "add")
+      plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+      for c in range(2):
+        plgpu.barrier_arrive(dq_free.at[c])
+
     for i in range(stages):
       pl.when(i < steps)(functools.partial(load, i, i))
 
@@ -388,6 +401,9 @@ def _dkv_body(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, lens_ref, param_r
       @pl.when(s + stages < steps)
       def _():
         load(s + stages, slot)
+
+      if dq_ref is not None:
+        add_dq(s)
 
   pl.when(wg == 2)(_producer if lists is None else _sparse_producer)
 
@@ -420,10 +436,12 @@ def _dkv(q, k, v, do, lse2, delta, lens, variant, sm_scale, cfg, interpret, stat
         plgpu.Barrier(num_arrivals=4 * len(ring), num_barriers=st),
         plgpu.Barrier(num_arrivals=2, num_barriers=st),
     )
-    if dq_ref is not None:   # dS^T of both warpgroups (two steps), dQ stage, dS ready
-      scratch += (_tiled_smem((2, 2, cfg.block_kv, cfg.block_q), dtype),
+    if dq_ref is not None:   # dS^T of both warpgroups (two steps), dQ stage, dS ready,
+      scratch += (_tiled_smem((2, 2, cfg.block_kv, cfg.block_q), dtype),  # stage full/free
                   _tiled_smem((2, cfg.block_q, D // 2), jnp.float32),
-                  plgpu.Barrier(num_arrivals=2))
+                  plgpu.Barrier(num_arrivals=2),
+                  plgpu.Barrier(num_arrivals=1, num_barriers=2),
+                  plgpu.Barrier(num_arrivals=1, num_barriers=2))
     body = functools.partial(_dkv_body, *fr[:6], lens_ref, param_refs, dk_ref, dv_ref,
                              cfg=cfg, variant=variant, sm_scale=sm_scale, group=Nq // Nkv,
                              param_names=names, interpret=bool(interpret),

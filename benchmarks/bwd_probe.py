@@ -1,0 +1,73 @@
+"""Where the backward's time goes (B4 T4096 H32 D128 causal): its kernels alone (the dK/dV
+and dQ kernels of the two-kernel path, the dK/dV kernel that also sums dQ) and the XLA
+passes around the fused one. Interleaved rounds, one process.
+
+  PYTHONPATH=. python3 -m benchmarks.bwd_probe [--rounds 3] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+
+import jax
+import jax.numpy as jnp
+
+from benchmarks.prefill_probe import bench, rand
+from jattn import variants as V
+from jattn.pallas import prefill as P, prefill_bwd as PB
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--out", default=os.environ.get("OUT", "."))
+  ap.add_argument("--rounds", type=int, default=3)
+  ap.add_argument("--nkv", type=int, default=32)
+  ap.add_argument("--only", default="", help="substring of the row names to time")
+  args = ap.parse_args()
+  B, T, Nq, Nkv, D = 4, 4096, 32, args.nkv, 128
+  ks = jax.random.split(jax.random.key(0), 4)
+  q = rand(ks[0], (B, T, Nq, D), jnp.bfloat16)
+  k, v = (rand(kk, (B, T, Nkv, D), jnp.bfloat16) for kk in ks[1:3])
+  do = rand(ks[3], q.shape, q.dtype)
+  c, sc = V.causal(), D ** -0.5
+  o, lse = jax.jit(lambda q, k, v: P.flash_forward(q, k, v, None, c, sm_scale=sc))(q, k, v)
+  lse2 = (lse * P.LOG2E).astype(jnp.float32)
+  delta = jnp.einsum("btnd,btnd->bnt", do.astype(jnp.float32), o.astype(jnp.float32))
+  cfg = PB.BwdConfig()
+  base = (q, k, v, do, lse2, delta, None, c, sc, cfg, False, (T, T))
+
+  def fused_kernel(*a):
+    acc = jax.new_ref(jnp.zeros((1,) + q.shape, jnp.float32))
+    dk, dv = PB._dkv(*a, *base[6:], dq_acc=acc)
+    return dk, dv, acc[...]
+
+  rows = {
+      "two kernels: dK/dV kernel": lambda *a: PB._dkv(*a, *base[6:]),
+      "two kernels: dQ kernel": lambda *a: PB._dq(*a, *base[6:]),
+      "fused: zeros + kernel (no convert)": fused_kernel,
+      "XLA: zeros + convert": lambda *a: (jnp.zeros((1,) + q.shape, jnp.float32).sum(0)
+                                          * sc).astype(q.dtype),
+  }
+  made = {}
+  for name, f in rows.items():
+    if args.only not in name:
+      continue
+    fn = jax.jit(f)
+    made[name] = [fn, [bench(fn, base[:6]) * 1e3]]
+    print(name, made[name][1], flush=True)
+  for _ in range(args.rounds - 1):
+    for name, (fn, ts) in made.items():
+      ts.append(bench(fn, base[:6]) * 1e3)
+  res = {n: dict(ms=statistics.median(ts), rounds=ts) for n, (_, ts) in made.items()}
+  for n, r in res.items():
+    print(f"{n:50s} {r['ms']:.3f} ms  {r['rounds']}")
+  with open(os.path.join(args.out, f"bwd_probe_nkv{Nkv}.json"), "w") as fh:
+    json.dump(dict(device=str(jax.devices()[0].device_kind), jax=jax.__version__, rows=res),
+              fh, indent=1)
+
+
+if __name__ == "__main__":
+  main()
