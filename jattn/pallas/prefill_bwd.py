@@ -216,24 +216,16 @@ def _dkv_body(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, lens_ref, param_r
       plgpu.barrier_arrive(ds_ready)
       cols = pl.ds(wg * half, half)
 
+      # dK first, to its end: dS^T's registers are free before dQ's accumulator is live.
+      dk = mma_acc(dk, ds16, qs, interpret)
+
       def dq_products(acc_ref):
         plgpu.barrier_wait(ds_ready)   # the other warpgroup's dS^T is in SMEM
         for c in range(2):
           plgpu.wgmma(acc_ref, ds_smem.at[par, c].T, k_smem2.at[c, :, cols])
+        return acc_ref[...]
 
-      if interpret:
-        dk = mma_acc(dk, ds16, qs, interpret)
-
-        def run(acc_ref):
-          dq_products(acc_ref)
-          return acc_ref[...]
-        dq = pl.run_scoped(run, plgpu.ACC((bq, half), jnp.float32))
-      else:
-        def fn(refs):
-          plgpu.wgmma(refs[0], ds16, qs)
-          dq_products(refs[1])
-        zeros = plgpu.layout_cast(jnp.zeros((bq, half), jnp.float32), _WGMMA)
-        dk, dq = pl.run_state(fn)((plgpu.ACC.init(dk), plgpu.ACC.init(zeros)))
+      dq = pl.run_scoped(dq_products, plgpu.ACC((bq, half), jnp.float32))
       pl.when(s > 0)(lambda: plgpu.barrier_wait(dq_free.at[wg]))   # the last add read it
       dq_stage.at[wg][...] = dq
       plgpu.commit_smem()
