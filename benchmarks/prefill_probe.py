@@ -250,9 +250,9 @@ def timing_rows():
   dense(main, "fwd+bwd causal", "cudnn", cudnn(True), fwd_bwd=True)
   dense(main, "fwd+bwd causal", "tokamax mosaic", tokamax(True), fwd_bwd=True)
 
-  def bwd_only(shape, label, cfg):
-    """The backward kernels alone (flash_backward on a saved forward), causal; `cfg` a
-    prefill_bwd.BwdConfig. FLOPs 2.5x the causal forward's (5 products against 2)."""
+  def bwd_only(shape):
+    """The backward kernels alone (flash_backward on a saved forward), causal. FLOPs 2.5x
+    the causal forward's (5 products against 2; the dQ kernel recomputes two more)."""
     B, T, Nq, Nkv, D = shape
 
     def make():
@@ -262,13 +262,12 @@ def timing_rows():
       do = rand(jax.random.key(7), q.shape, q.dtype)
       dl = jnp.zeros_like(lse)
       fn = jax.jit(lambda q, k, v, o, lse, do: PB.flash_backward(
-          q, k, v, None, c, o, lse, do, dl, sm_scale=sc, config=cfg))
+          q, k, v, None, c, o, lse, do, dl, sm_scale=sc))
       return fn, (q, k, v, o, lse, do), 2.5 * 2 * B * Nq * T * T * D
-    rows.append((f"B{B} T{T} Hq{Nq} Hkv{Nkv} D{D}", "bwd causal", label, make))
+    rows.append((f"B{B} T{T} Hq{Nq} Hkv{Nkv} D{D}", "bwd causal", "jattn", make))
 
   for shape in (main, (4, 4096, 32, 8, 128)):
-    bwd_only(shape, "jattn fused dQ", PB.BwdConfig())
-    bwd_only(shape, "jattn dQ kernel", PB.BwdConfig(fuse_dq=False))
+    bwd_only(shape)
   B, Tq, S, Nq, Nkv, D = 8, 256, 4096, 32, 8, 128   # append_b8_q256_kv4096_gqa32x8
   append_flops = 4 * B * Nq * D * sum(S - Tq + t + 1 for t in range(Tq))
 
