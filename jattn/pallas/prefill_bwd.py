@@ -71,20 +71,9 @@ def split_refs(refs, n_front, has_lens, n_params, n_out):
 
 @dataclasses.dataclass(frozen=True)
 class BwdConfig:
-  """Tiles of the backward kernels. fuse_dq: where `fuses_dq` allows, dQ is summed inside
-  the dK/dV kernel (TMA reduce-adds into a float32 buffer) instead of by the dQ kernel."""
-
   block_q: int = 64
   block_kv: int = 64
   num_stages: int = 2
-  fuse_dq: bool = True
-
-
-def fuses_dq(cfg: BwdConfig, head_dim: int, sparse) -> bool:
-  """Whether the dK/dV kernel also sums dQ: dense tiles (both consumers see the same q
-  tile), and each consumer's half of the head dim is whole 128-byte swizzle tiles of the
-  K buffer, which is head_dim 128 (16-bit)."""
-  return cfg.fuse_dq and sparse is None and head_dim == 128
 
 
 def bwd_supports(head_dim: int, v_head_dim: int) -> Optional[str]:
@@ -161,16 +150,12 @@ def copy_or_arrive(active, src, dst, bar):
 
 def _dkv_body(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, lens_ref, param_refs,
               dk_ref, dv_ref, scratch, *, cfg, variant, sm_scale, group, param_names,
-              interpret, static_lens, lists=None, dq_ref=None):
+              interpret, static_lens, lists=None):
   """lists: None (dense: the band's q tiles) or (cols table ref, per_head, header) for
   block-sparse: consumer c walks, per head of the group, the q tiles that its kv tile's
-  list names; ring slots hold one q/do/lse/delta tile per consumer (see SparseLists).
-  dq_ref (dense only, `fuses_dq`): float32 [P, B, Tp, Nq, D] that each step's dS K is
-  added to (compiled: P = 1 and TMA reduce-adds; interpreted, which has no reduce-add:
-  P = kv CTAs and plain stores into this CTA's slice, each (q tile, head) once)."""
+  list names; ring slots hold one q/do/lse/delta tile per consumer (see SparseLists)."""
   bq, bkv, stages = cfg.block_q, cfg.block_kv, cfg.num_stages
-  (k_smem2, v_smem2, q_smem, do_smem, lse_smem, delta_smem, kv_bar, in_bar, in_free,
-   *fused) = scratch
+  (k_smem2, v_smem2, q_smem, do_smem, lse_smem, delta_smem, kv_bar, in_bar, in_free) = scratch
   dtype = k_ref.dtype
   b = lax.axis_index("b")
   g = lax.axis_index("g")
@@ -195,7 +180,7 @@ def _dkv_body(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, lens_ref, param_r
 
   @pl.when(wg < 2)
   def _consumer():
-    plgpu.set_max_registers(240, action="increase")
+    plgpu.set_max_registers(232, action="increase")
     w0 = k0 + wg * bkv
     k_smem, v_smem = k_smem2.at[wg], v_smem2.at[wg]
     plgpu.copy_gmem_to_smem(k_ref.at[b, pl.ds(w0, bkv), g], k_smem, kv_bar.at[wg])
@@ -205,58 +190,9 @@ def _dkv_body(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, lens_ref, param_r
     def iota(d):
       return plgpu.broadcasted_iota(jnp.int32, (bkv, bq), d, layout=_WGMMA)
 
-    if dq_ref is not None:
-      ds_smem, dq_stage, ds_ready, dq_full, dq_free = fused
-      half = dq_stage.shape[-1]
-      cols = pl.ds(wg * half, half)
-
-    def dq_products(acc_ref, s):
-      """Issue this warpgroup's half (columns) of step s-1's dQ: dS K over both warpgroups'
-      keys, their dS^T in SMEM buffer (s-1) % 2 (step -1: zeros)."""
-      plgpu.barrier_wait(ds_ready)   # both dS^T of step s-1 are in SMEM
-      for c in range(2):
-        plgpu.wgmma(acc_ref, ds_smem.at[lax.rem(s + 1, 2), c].T, k_smem2.at[c, :, cols])
-
-    def stage_dq(dq, s):
-      """Hand step s-1's dQ half to the producer (stage s % 2; step -1 it discards)."""
-      buf = lax.rem(s, 2)
-      pl.when(s >= 2)(lambda: plgpu.barrier_wait(dq_free.at[2 * buf + wg]))
-      dq_stage.at[buf, wg][...] = dq
-      plgpu.commit_smem()
-      plgpu.barrier_arrive(dq_full.at[2 * buf + wg])
-
-    def flush_dq(s):
-      """dQ of step s-1 on its own (after the last step)."""
-      def run(acc_ref):
-        dq_products(acc_ref, s)
-        return acc_ref[...]
-      stage_dq(pl.run_scoped(run, plgpu.ACC((bq, half), jnp.float32)), s)
-
-    def kq_behind_dq(qs, s):
-      """S^T of step s, issued behind step s-1's dQ products; that dQ is staged while S^T
-      is on the tensor cores."""
-      if interpret:   # (no wgmma_accumulator_load with a wait there: the same protocol, in order)
-        flush_dq(s)
-
-        def kq(acc_ref):
-          plgpu.wgmma(acc_ref, k_smem, qs.T)
-          return acc_ref[...]
-        return pl.run_scoped(kq, plgpu.ACC((bkv, bq), jnp.float32))
-
-      def fn(refs):
-        s_ref, dq_acc = refs
-        dq_products(dq_acc, s)
-        plgpu.wgmma(s_ref, k_smem, qs.T)
-        stage_dq(plgpu.wgmma_accumulator_load(dq_acc, wait_n=1), s)
-
-      zeros = lambda shape: plgpu.layout_cast(jnp.zeros(shape, jnp.float32), _WGMMA)
-      sT, _ = pl.run_state(fn)((plgpu.ACC.init(zeros((bkv, bq))),
-                                plgpu.ACC.init(zeros((bq, half)))))
-      return sT
-
-    def tile(carry, slot, hq, q0, masked, at, s=None):
-      """Query rows [q0(), q0() + bq) of head hq (ring slot `slot`, step s of the dense
-      walk) against this warpgroup's keys; `at(ref)` picks the warpgroup's tile of a slot."""
+    def tile(carry, slot, hq, q0, masked, at):
+      """Query rows [q0(), q0() + bq) of head hq (ring slot `slot`) against this
+      warpgroup's keys; `at(ref)` picks the warpgroup's tile of a ring slot."""
       dk, dv = carry
       plgpu.barrier_wait(in_bar.at[slot])
       qs, dos = at(q_smem.at[slot]), at(do_smem.at[slot])
@@ -265,10 +201,7 @@ def _dkv_body(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, lens_ref, param_r
         plgpu.wgmma(acc_ref, k_smem, qs.T)
         return acc_ref[...]
 
-      if dq_ref is None:
-        sT = pl.run_scoped(kq, plgpu.ACC((bkv, bq), jnp.float32))
-      else:
-        sT = kq_behind_dq(qs, s)
+      sT = pl.run_scoped(kq, plgpu.ACC((bkv, bq), jnp.float32))
       ctx = Context(q_pos=off + q0() + iota(1), kv_pos=w0 + iota(0), head=hq, batch=b,
                     params={n: r[hq] for n, r in zip(param_names, param_refs)})
       t, s_raw = _scaled_logits(variant, sm_scale, sT, ctx)
@@ -280,12 +213,7 @@ def _dkv_body(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, lens_ref, param_r
       delta = plgpu.load(at(delta_smem.at[slot]), layout=_COL)
       dsT = pT * (dpT - lax.broadcast_in_dim(delta, dpT.shape, [1]))
       dsT = _transform_grad(variant, ctx, s_raw, dsT)
-      ds16 = dsT.astype(dtype)
-      if dq_ref is not None:   # for the next step's dQ products (both warpgroups')
-        ds_smem.at[lax.rem(s, 2), wg][...] = ds16
-        plgpu.commit_smem()
-        plgpu.barrier_arrive(ds_ready)
-      dk = mma_acc(dk, ds16, qs, interpret)
+      dk = mma_acc(dk, dsT.astype(dtype), qs, interpret)
       plgpu.barrier_arrive(in_free.at[slot])
       return dk, dv
 
@@ -294,9 +222,8 @@ def _dkv_body(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, lens_ref, param_r
 
       def step(i, carry, j, masked):
         """Query tile i of the group's j-th head against this warpgroup's keys."""
-        s = j * n_tiles + (i - qlo)
-        return tile(carry, lax.rem(s, stages), g * group + j, lambda: i * bq, masked,
-                    lambda r: r, s=s)
+        slot = lax.rem(j * n_tiles + (i - qlo), stages)
+        return tile(carry, slot, g * group + j, lambda: i * bq, masked, lambda r: r)
 
       def head(j, carry):
         carry = lax.fori_loop(qlo, a, functools.partial(step, j=j, masked=True), carry)
@@ -332,26 +259,10 @@ def _dkv_body(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, lens_ref, param_r
     d, dvd = k_smem.shape[-1], v_smem.shape[-1]
     dk = plgpu.layout_cast(jnp.zeros((bkv, d), jnp.float32), _WGMMA)
     dv = plgpu.layout_cast(jnp.zeros((bkv, dvd), jnp.float32), _WGMMA)
-    if dq_ref is not None:
-      @pl.when(steps > 0)
-      def _():   # "step -1": zero dS^T, so that step 0's dQ products need no branch
-        ds_smem.at[1, wg][...] = plgpu.layout_cast(jnp.zeros((bkv, bq), dtype), _WGMMA)
-        plgpu.commit_smem()
-        plgpu.barrier_arrive(ds_ready)
-
     if lists is None:
       dk, dv = lax.fori_loop(0, group, head, (dk, dv))
     else:
       dk, dv, _ = lax.fori_loop(0, group, head, (dk, dv, 0))
-    if dq_ref is not None:
-      pl.when(steps > 0)(lambda: flush_dq(steps))
-      plgpu.barrier_arrive(ds_ready)   # the other warpgroup's last dQ products have read
-      plgpu.barrier_wait(ds_ready)     # this K tile; the producer's last adds the stages
-
-      @pl.when(steps > 0)
-      def _():
-        for buf in range(2):
-          plgpu.barrier_wait(dq_free.at[2 * buf + wg])
     k_smem[...] = (dk * sm_scale).astype(dtype)
     v_smem[...] = dv.astype(dtype)
     plgpu.commit_smem()
@@ -360,7 +271,7 @@ def _dkv_body(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, lens_ref, param_r
     plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
   def _sparse_producer():
-    plgpu.set_max_registers(24, action="decrease")
+    plgpu.set_max_registers(40, action="decrease")
     table, per_head, header = lists
     col = lax.div(k0, bkv)
 
@@ -397,7 +308,7 @@ def _dkv_body(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, lens_ref, param_r
       plgpu.barrier_wait(in_free.at[lax.rem(s, stages)])
 
   def _producer():
-    plgpu.set_max_registers(24, action="decrease")
+    plgpu.set_max_registers(40, action="decrease")
 
     def load(s, slot):
       hq, i = coords(s)
@@ -407,24 +318,6 @@ def _dkv_body(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, lens_ref, param_r
       plgpu.copy_gmem_to_smem(do_ref.at[b, rows, hq], do_smem.at[slot], bar)
       plgpu.copy_gmem_to_smem(lse_ref.at[b, hq, rows], lse_smem.at[slot], bar)
       plgpu.copy_gmem_to_smem(delta_ref.at[b, hq, rows], delta_smem.at[slot], bar)
-
-    def add_dq(s):
-      """Stage s % 2 (step s-1's dQ halves; s = 0 holds zeros) added into dq_ref."""
-      _, dq_stage, _, dq_full, dq_free = fused
-      hq, i = coords(s - 1)
-      half, buf = dq_stage.shape[-1], lax.rem(s, 2)
-      for c in range(2):
-        plgpu.barrier_wait(dq_full.at[2 * buf + c])
-
-        @pl.when(s > 0)
-        def _():
-          dst = dq_ref.at[kt if interpret else 0, b, pl.ds(i * bq, bq), hq,
-                          pl.ds(c * half, half)]
-          plgpu.copy_smem_to_gmem(dq_stage.at[buf, c], dst,
-                                  reduction_op=None if interpret else "add")
-      plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-      for c in range(2):
-        plgpu.barrier_arrive(dq_free.at[2 * buf + c])
 
     for i in range(stages):
       pl.when(i < steps)(functools.partial(load, i, i))
@@ -438,30 +331,22 @@ def _dkv_body(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, lens_ref, param_r
       def _():
         load(s + stages, slot)
 
-      if dq_ref is not None:
-        add_dq(s)
-
-    if dq_ref is not None:
-      pl.when(steps > 0)(lambda: add_dq(steps))
-
   pl.when(wg == 2)(_producer if lists is None else _sparse_producer)
 
 
 def _dkv(q, k, v, do, lse2, delta, lens, variant, sm_scale, cfg, interpret, static_lens,
-         sparse=None, dq_acc=None):
+         sparse=None):
   B, Tp, Nq, D = q.shape
   _, Sp, Nkv, Dv = v.shape
   names = tuple(sorted(variant.params))
   params = tuple(jnp.asarray(variant.params[n]) for n in names)
   dtype = k.dtype
   front = (q, k, v, do, lse2, delta) + (() if sparse is None else (sparse.cols,))
-  front += () if dq_acc is None else (dq_acc,)
 
   def entry(*refs):
     fr, lens_ref, param_refs, (dk_ref, dv_ref), _ = split_refs(
         refs, len(front), lens is not None, len(names), 2)
     lists = None if sparse is None else (fr[6], sparse.per_head, sparse.header)
-    dq_ref = None if dq_acc is None else fr[6]
     st = cfg.num_stages
     ring = (st,) if sparse is None else (st, 2)    # sparse: one tile per consumer
     scratch = (
@@ -475,16 +360,10 @@ def _dkv(q, k, v, do, lse2, delta, lens, variant, sm_scale, cfg, interpret, stat
         plgpu.Barrier(num_arrivals=4 * len(ring), num_barriers=st),
         plgpu.Barrier(num_arrivals=2, num_barriers=st),
     )
-    if dq_ref is not None:   # dS^T of both warpgroups (two steps), dQ stage, dS ready,
-      scratch += (_tiled_smem((2, 2, cfg.block_kv, cfg.block_q), dtype),  # (two stages),
-                  _tiled_smem((2, 2, cfg.block_q, D // 2), jnp.float32),   # stage full/free
-                  plgpu.Barrier(num_arrivals=2),
-                  plgpu.Barrier(num_arrivals=1, num_barriers=4),
-                  plgpu.Barrier(num_arrivals=1, num_barriers=4))
     body = functools.partial(_dkv_body, *fr[:6], lens_ref, param_refs, dk_ref, dv_ref,
                              cfg=cfg, variant=variant, sm_scale=sm_scale, group=Nq // Nkv,
                              param_names=names, interpret=bool(interpret),
-                             static_lens=static_lens, lists=lists, dq_ref=dq_ref)
+                             static_lens=static_lens, lists=lists)
     pl.run_scoped(lambda *s: body(s), *scratch, collective_axes="wg")
 
   return plgpu.kernel(
@@ -724,12 +603,6 @@ def flash_backward(q, k, v, lens, variant: Variant, o, lse, do, dlse, *, sm_scal
   delta = _pad_to(delta, 2, rows)
   kp, vp = _pad_to(k, 1, rows), _pad_to(v, 1, rows)
   args = (qp, kp, vp, dop, lse2, delta, lens, variant, sm_scale, cfg, interpret, (T, S))
-  if not fuses_dq(cfg, D, sparse):
-    dk, dv = _dkv(*args, sparse=sparse)
-    dq = _dq(*args, sparse=sparse)
-    return dq[:, :T], dk[:, :S], dv[:, :S]
-  parts = kp.shape[1] // (2 * cfg.block_kv) if interpret else 1   # see _dkv_body's dq_ref
-  dq_acc = jax.new_ref(jnp.zeros((parts,) + qp.shape, jnp.float32))
-  dk, dv = _dkv(*args, dq_acc=dq_acc)
-  dq = (dq_acc[...].sum(axis=0) * sm_scale).astype(q.dtype)
+  dk, dv = _dkv(*args, sparse=sparse)
+  dq = _dq(*args, sparse=sparse)
   return dq[:, :T], dk[:, :S], dv[:, :S]
