@@ -472,9 +472,14 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
     plgpu.barrier_arrive(sched)
     plgpu.barrier_wait(sched)
 
+  # Registers per thread, consumer / producer (of 512 across the three warpgroups). ptxas
+  # spills at neither split; 240 / 24 ran head dim 64 3.8-5.6 % faster on an H100 and
+  # head dim 256 and T 8192 ~2 % slower (benchmarks/NOTES.md, session 9), hence by width.
+  regs = (240, 24) if max(q_smem.shape[-1], v_smem.shape[-1]) <= 64 else (232, 40)
+
   @pl.when(wg < 2)
   def _consumer():
-    plgpu.set_max_registers(232, action="increase")
+    plgpu.set_max_registers(regs[0], action="increase")
     # Where the row sum goes relative to the barriers changes the schedule ptxas emits;
     # before them is faster for Dv <= 128 and after them for wider heads (as in JAX's
     # attention_mgpu and tokamax).
@@ -634,7 +639,7 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
 
   @pl.when(wg == 2)
   def _producer():
-    plgpu.set_max_registers(40, action="decrease")
+    plgpu.set_max_registers(regs[1], action="decrease")
 
     def load_item(k, base):
       w, b, h, q_len, kv_len, off, r0, lo, hi = work(k)
