@@ -2,7 +2,7 @@
 and dQ), against the whole `flash_backward` (with its XLA pre-pass). Interleaved rounds,
 one process.
 
-  PYTHONPATH=. python3 -m benchmarks.bwd_probe [--rounds 3] [--out DIR]
+  PYTHONPATH=. python3 -m benchmarks.bwd_probe [--rounds 3] [--nkv 8] [--only S] [--out DIR]
 """
 
 from __future__ import annotations

@@ -24,9 +24,12 @@ and below kv_len skip the mask, edge tiles (every tile with a custom mask) evalu
 dV and dP^T are issued as one wgmma group (one wait for both).
 
 Measured (H100, B4 T4096 H32 D128 causal, benchmarks/NOTES.md): forward + backward
-4.57 ms against cuDNN's 4.36 ms. Not yet done: ping-pong scheduling of the two consumer
-warpgroups, and dQ accumulated inside the dK/dV kernel (the separate dQ kernel recomputes
-S and dP: 7 matmuls per tile pair instead of 5).
+4.4-4.6 ms against cuDNN's 4.3-4.4 ms; the dK/dV kernel ~1.9 ms, the dQ kernel ~1.45 ms
+(`benchmarks/bwd_probe.py`). The dQ kernel recomputes S and dP (7 products per tile pair
+instead of 5). Summing dQ inside the dK/dV kernel instead (dS^T exchanged in SMEM, TMA
+reduce-adds into float32) was built and measured in session 9: 3-5 % faster on MHA,
+10-13 % slower on GQA 32/8, so not kept (NOTES, "Session 9"; code in the history). Not
+tried: ping-pong scheduling of the two consumer warpgroups.
 
 Limits: head_dim and v_head_dim <= 128 (dK and dV accumulators of both must fit in one
 warpgroup's registers); wider heads fall back to `jax.vjp` of the XLA reference, which
