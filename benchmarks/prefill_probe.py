@@ -29,7 +29,7 @@ import jattn
 from benchmarks.timing import log, more_rounds, probe_results, write_probe
 from jattn import reference, variants as V
 from jattn.bench.definitions import rel_err
-from jattn.pallas import prefill as P, prefill_bwd as PB
+from jattn.pallas import prefill as P
 
 T0 = time.time()
 
@@ -249,25 +249,6 @@ def timing_rows():
   dense(main, "fwd+bwd causal", "jattn", ours(c), fwd_bwd=True)
   dense(main, "fwd+bwd causal", "cudnn", cudnn(True), fwd_bwd=True)
   dense(main, "fwd+bwd causal", "tokamax mosaic", tokamax(True), fwd_bwd=True)
-
-  def bwd_only(shape):
-    """The backward kernels alone (flash_backward on a saved forward), causal. FLOPs 2.5x
-    the causal forward's (5 products against 2; the dQ kernel recomputes two more)."""
-    B, T, Nq, Nkv, D = shape
-
-    def make():
-      q, k, v = dense_data(*shape)
-      sc = D ** -0.5
-      o, lse = jax.jit(lambda q, k, v: P.flash_forward(q, k, v, None, c, sm_scale=sc))(q, k, v)
-      do = rand(jax.random.key(7), q.shape, q.dtype)
-      dl = jnp.zeros_like(lse)
-      fn = jax.jit(lambda q, k, v, o, lse, do: PB.flash_backward(
-          q, k, v, None, c, o, lse, do, dl, sm_scale=sc))
-      return fn, (q, k, v, o, lse, do), 2.5 * 2 * B * Nq * T * T * D
-    rows.append((f"B{B} T{T} Hq{Nq} Hkv{Nkv} D{D}", "bwd causal", "jattn", make))
-
-  for shape in (main, (4, 4096, 32, 8, 128)):
-    bwd_only(shape)
   B, Tq, S, Nq, Nkv, D = 8, 256, 4096, 32, 8, 128   # append_b8_q256_kv4096_gqa32x8
   append_flops = 4 * B * Nq * D * sum(S - Tq + t + 1 for t in range(Tq))
 
