@@ -15,7 +15,6 @@ or the helpers `local_global`, `strided`, `topk`, `from_mask_fn`, `random_layout
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import hashlib
 from typing import Any, Callable, Optional
@@ -24,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jattn.memo import IdentityMemo
 from jattn.variants import Context, Variant
 
 
@@ -135,29 +135,25 @@ class BlockSparsePlan:
     return "; ".join(diff) or None
 
 
-_DIGESTS: collections.OrderedDict = collections.OrderedDict()   # id(block_mask) -> (it, digest)
+_DIGESTS = IdentityMemo(16)
 
 
 def layout_digest(layout: BlockSparseLayout) -> Optional[str]:
   """A fingerprint of the layout's tiles, or None when they are traced (unknown). The
-  last few are kept by identity of the mask, so an eager call copies a mask to the host
-  once."""
-  m = layout.block_mask
-  hit = _DIGESTS.get(id(m))
-  if hit is not None and hit[0] is m:
-    return hit[1]
-  try:
-    host = np.asarray(m, bool)
-  except Exception:  # noqa: BLE001  (a tracer: the tiles are not known at trace time)
-    return None
-  h = hashlib.sha1(repr((layout.block_size, host.shape)).encode())
-  h.update(np.packbits(host).tobytes())
-  for off in (layout.row_offsets, layout.col_offsets):
-    h.update(np.asarray(off, np.int32).tobytes())
-  _DIGESTS[id(m)] = (m, h.hexdigest()[:16])
-  while len(_DIGESTS) > 16:
-    _DIGESTS.popitem(last=False)
-  return _DIGESTS[id(m)][1]
+  last few are kept by identity of the mask and offset arrays, so an eager call copies
+  a layout to the host once."""
+  arrays = (layout.block_mask, layout.row_offsets, layout.col_offsets)
+  if any(isinstance(a, jax.core.Tracer) for a in arrays):
+    return None   # the tiles are not known at trace time
+
+  def digest():
+    h = hashlib.sha1(repr((layout.block_size, np.shape(layout.block_mask))).encode())
+    h.update(np.packbits(np.asarray(layout.block_mask, bool)).tobytes())
+    for off in arrays[1:]:
+      h.update(np.asarray(off, np.int32).tobytes())
+    return h.hexdigest()[:16]
+
+  return _DIGESTS.get(arrays, layout.block_size, digest)
 
 
 def plan(layout: BlockSparseLayout, q_len: int, kv_len: int, *, causal: bool = False,

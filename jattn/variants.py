@@ -42,6 +42,8 @@ from typing import Any, Callable, Mapping, Optional
 import jax
 import jax.numpy as jnp
 
+from jattn.memo import IdentityMemo
+
 __all__ = ["Context", "Variant", "compose", "causal", "sliding_window", "soft_cap", "alibi"]
 
 Band = Optional[tuple[Optional[int], Optional[int]]]
@@ -103,7 +105,7 @@ class Variant:
 
 
 TRACE_TILE = (64, 64)   # the logits tile the kernel check traces a variant on
-_TRACED: dict = {}      # (id(fn), function name, head_dim, params) -> (fn, reason)
+_TRACED = IdentityMemo(64)   # (fn; function name, head_dim, params) -> reason
 
 
 def _kernel_safe(f):
@@ -131,17 +133,11 @@ def kernel_trace_reason(variant: Optional["Variant"], head_dim: int) -> Optional
     fn = getattr(variant, name)
     if fn is None or getattr(fn, "_kernel_safe", False):
       continue
-    key = (id(fn), name, head_dim, tuple(sorted((k, str(jnp.asarray(p).dtype))
-                                                for k, p in variant.params.items())))
-    hit = _TRACED.get(key)
-    if hit is not None and hit[0] is fn:
-      why = hit[1]
-    else:
-      why = _trace_reason(variant.name, name, fn, x_shape, shape, has_q, has_kv,
-                          variant.params if has_params else {})
-      _TRACED[key] = (fn, why)
-      while len(_TRACED) > 64:
-        del _TRACED[next(iter(_TRACED))]
+    key = (name, head_dim, tuple(sorted((k, str(jnp.asarray(p).dtype))
+                                        for k, p in variant.params.items())))
+    why = _TRACED.get((fn,), key, lambda: _trace_reason(
+        variant.name, name, fn, x_shape, shape, has_q, has_kv,
+        variant.params if has_params else {}))
     if why is not None:
       return why
   return None

@@ -249,6 +249,35 @@ def test_block_sparse_plan_errors(rng):
   assert plan.mismatch(same, 128, 128, V.Variant()) is None
 
 
+def test_layout_digest_sees_offsets_of_a_shared_mask():
+  """Layouts on one mask array with other block sizes are other tiles, and so get other
+  digests (the digest is remembered per array identity: all three arrays count); equal
+  tiles in new arrays get the same digest."""
+  m = jnp.asarray(np.eye(4, dtype=bool)[None])
+  sizes = ([[64, 64, 128, 128]], [[128, 128, 64, 64]])
+  a, b = (bs.variable(m, r, r) for r in sizes)
+  c, d = bs.from_dense(m, (64, 64)), bs.from_dense(m, (128, 128))
+  assert a.block_mask is b.block_mask and c.block_mask is d.block_mask
+  assert bs.layout_digest(a) != bs.layout_digest(b)
+  assert bs.layout_digest(c) != bs.layout_digest(d)
+  assert bs.layout_digest(a) == bs.layout_digest(bs.variable(np.eye(4, dtype=bool),
+                                                             sizes[0], sizes[0]))
+  assert jax.jit(lambda l: bs.layout_digest(l) is None)(c)   # traced: unknown
+
+
+def test_identity_memo_keeps_objects_and_evicts_oldest():
+  from jattn.memo import IdentityMemo
+  memo, calls = IdentityMemo(2), []
+  f = lambda x: (calls.append(x), x)[1]
+  a, b, c = object(), object(), object()
+  assert memo.get((a,), "k", lambda: f(1)) == 1
+  assert memo.get((a,), "k", lambda: f(2)) == 1          # hit: same object, same key
+  assert memo.get((a,), "other", lambda: f(3)) == 3      # the key counts
+  assert memo.get((b,), "k", lambda: f(4)) == 4          # evicts (a, "k"), the oldest
+  assert memo.get((a,), "k", lambda: f(5)) == 5
+  assert memo.get((c,), "k", lambda: f(6)) == 6 and calls == [1, 3, 4, 5, 6]
+
+
 def test_block_sparse_kernel_passes_over_small_blocks():
   from jattn.pallas import block_sparse as PB
   spec = jattn.dispatch.Spec(op="block_sparse_attention", platform="gpu", dtype=jnp.bfloat16,
