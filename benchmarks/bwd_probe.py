@@ -8,14 +8,13 @@ one process.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
 
 import jax
 import jax.numpy as jnp
 
 from benchmarks.prefill_probe import bench, rand
+from benchmarks.timing import log, more_rounds, probe_results, write_probe
 from jattn import variants as V
 from jattn.pallas import prefill as P, prefill_bwd as PB
 
@@ -36,8 +35,7 @@ def main():
   o, lse = jax.jit(lambda q, k, v: P.flash_forward(q, k, v, None, c, sm_scale=sc))(q, k, v)
   lse2 = (lse * P.LOG2E).astype(jnp.float32)
   delta = jnp.einsum("btnd,btnd->bnt", do.astype(jnp.float32), o.astype(jnp.float32))
-  cfg = PB.BwdConfig()
-  base = (q, k, v, do, lse2, delta, None, c, sc, cfg, False, (T, T))
+  base = (q, k, v, do, lse2, delta, None, c, sc, PB.BwdConfig(), False, (T, T))
 
   rows = {   # name -> (function, its arguments)
       "dK/dV kernel": (lambda *a: PB._dkv(*a, *base[6:]), base[:6]),
@@ -47,22 +45,20 @@ def main():
               q, k, v, None, c, o, lse, do, jnp.zeros_like(lse), sm_scale=sc),
           (q, k, v, o, lse, do)),
   }
-  made = {}
+  results, timed = probe_results(), []
+  time_ms = lambda fn, fargs: bench(fn, fargs) * 1e3
   for name, (f, fargs) in rows.items():
     if args.only not in name:
       continue
     fn = jax.jit(f)
-    made[name] = [fn, fargs, [bench(fn, fargs) * 1e3]]
-    print(name, made[name][2], flush=True)
-  for _ in range(args.rounds - 1):
-    for name, (fn, fargs, ts) in made.items():
-      ts.append(bench(fn, fargs) * 1e3)
-  res = {n: dict(ms=statistics.median(ts), rounds=ts) for n, (_, _, ts) in made.items()}
-  for n, r in res.items():
-    print(f"{n:50s} {r['ms']:.3f} ms  {r['rounds']}")
-  with open(os.path.join(args.out, f"bwd_probe_nkv{Nkv}.json"), "w") as fh:
-    json.dump(dict(device=str(jax.devices()[0].device_kind), jax=jax.__version__, rows=res),
-              fh, indent=1)
+    row = dict(shape=f"B{B} T{T} Hq{Nq} Hkv{Nkv} D{D}", impl=name,
+               ms_rounds=[time_ms(fn, fargs)])
+    log("time", row)
+    results["timing"].append(row)
+    timed.append((row, fn, fargs))
+  more_rounds(timed, args.rounds, time_ms)
+  write_probe(results, os.path.join(args.out, f"bwd_probe_nkv{Nkv}.json"),
+              lambda r: f"{r['shape']:26s} {r['impl']:40s} {r['ms']:8.3f} ms  {r['ms_rounds']}")
 
 
 if __name__ == "__main__":
