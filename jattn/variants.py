@@ -41,6 +41,7 @@ from typing import Any, Callable, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jattn.memo import IdentityMemo
 
@@ -115,6 +116,11 @@ def _kernel_safe(f):
   return f
 
 
+def _dtype_name(x) -> str:
+  """x's dtype without copying it to the device (arrays, tracers, numpy and Python scalars)."""
+  return str(x.dtype if hasattr(x, "dtype") else np.result_type(x))
+
+
 def kernel_trace_reason(variant: Optional["Variant"], head_dim: int) -> Optional[str]:
   """None if every function of `variant` traces on a kernel tile without closing over an
   array (kernels can capture scalars only); else why not. Each function is traced on
@@ -133,7 +139,7 @@ def kernel_trace_reason(variant: Optional["Variant"], head_dim: int) -> Optional
     fn = getattr(variant, name)
     if fn is None or getattr(fn, "_kernel_safe", False):
       continue
-    key = (name, head_dim, tuple(sorted((k, str(jnp.asarray(p).dtype))
+    key = (name, head_dim, tuple(sorted((k, _dtype_name(p))
                                         for k, p in variant.params.items())))
     why = _TRACED.get((fn,), key, lambda: _trace_reason(
         variant.name, name, fn, x_shape, shape, has_q, has_kv,
