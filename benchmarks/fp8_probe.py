@@ -63,7 +63,8 @@ def build_check() -> dict:
 
 
 # Kernel variants timed next to the defaults: extra (macro, value) build parameters.
-PREFILL_VARIANTS = ()
+PREFILL_VARIANTS = ((("SKIP_RESCALE", 1),), (("EXP2_POLY", 4),), (("EXP2_POLY", 2),),
+                    (("EXP2_POLY", 4), ("SKIP_RESCALE", 1)))
 DECODE_VARIANTS = ((("DECODE_TMA", 0),), (("DECODE_TMA_PROMOTION", 128),),
                    (("DECODE_TMA_PROMOTION", 0),))
 

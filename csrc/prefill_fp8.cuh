@@ -34,6 +34,16 @@
 #include "wgmma_fp8.cuh"
 #endif
 
+// Probe knobs (off by default): JATTN_SKIP_RESCALE=1 skips O's rescale when no row maximum
+// of the warp moved; JATTN_EXP2_POLY=k computes every k-th n8 block's exponentials with
+// exp2_poly (FMA pipe) instead of MUFU.
+#ifndef JATTN_SKIP_RESCALE
+#define JATTN_SKIP_RESCALE 0
+#endif
+#ifndef JATTN_EXP2_POLY
+#define JATTN_EXP2_POLY 0
+#endif
+
 namespace jattn {
 
 // Within a group of 32 keys, P's register slot k (the k index of the A fragment) holds
@@ -299,7 +309,9 @@ __global__ void __launch_bounds__(384, 1)
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
             const int i = nt * 4 + 2 * h + e;
-            s[i] = exp2_approx(fmaf(s[i], scale_log2, bias));
+            const float x = fmaf(s[i], scale_log2, bias);
+            s[i] = (JATTN_EXP2_POLY > 0 && nt % JATTN_EXP2_POLY == JATTN_EXP2_POLY - 1)
+                       ? exp2_poly(x) : exp2_approx(x);
             sum4[2 * (nt % 2) + e] += s[i];
           }
         l[h] = l[h] * alpha[h] + ((sum4[0] + sum4[1]) + (sum4[2] + sum4[3]));
@@ -354,7 +366,8 @@ __global__ void __launch_bounds__(384, 1)
       commit_and_wait<C>(s, o);
       release(prev);
       softmax(n_blocks - 1 - it, mask, alpha, p);
-      rescale_o(alpha);
+      if (!JATTN_SKIP_RESCALE || __any_sync(0xffffffff, alpha[0] != 1.f || alpha[1] != 1.f))
+        rescale_o(alpha);
     };
     int it = 1;
     for (; it < n_masked; ++it) step(it, true);
