@@ -60,18 +60,6 @@ __device__ __forceinline__ float exp2_approx(float x) {
   return r;
 }
 
-// 2^x on the FMA and integer pipes instead of MUFU (x <= 127; below -125 it returns
-// ~2^-125, not 0): x = n + f with n = rint(x), f in [-0.5, 0.5]; 2^f by a cubic fitted
-// on that interval (relative error < 1e-4), 2^n added to the exponent bits.
-__device__ __forceinline__ float exp2_poly(float x) {
-  constexpr float kRound = 12582912.f;  // 1.5 * 2^23: x + kRound holds rint(x) in its low bits
-  x = fmaxf(x, -125.f);
-  const float t = x + kRound;
-  const float f = x - (t - kRound);
-  const float p = fmaf(fmaf(fmaf(0.05517212f, f, 0.24261123f), f, 0.6932609f), f, 0.99992806f);
-  return __int_as_float(__float_as_int(p) + (__float_as_int(t) << 23));
-}
-
 // ---------------------------------------------------------------- mma.sync (sm_89+)
 
 // D[16x8] += A[16x32] (row) * B[32x8] (col), e4m3 in, f32 accumulate. Fragments: a0 row g

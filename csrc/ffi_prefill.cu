@@ -1,8 +1,11 @@
 // XLA FFI handler of the FP8 prefill kernel (prefill_fp8.cuh), one instantiation per
 // shared object: the JIT build (jattn/ffi/build.py) defines
-//   JATTN_HEAD_DIM (64 | 128 | 256), JATTN_CAUSAL (0 | 1), JATTN_WGMMA (0 | 1).
+//   JATTN_HEAD_DIM (64 | 128 | 256), JATTN_CAUSAL (0 | 1), JATTN_WGMMA (0 | 1);
+// probe knob JATTN_PERSISTENT (default 1; 0 launches one CTA per tile).
 // Exported symbol: JattnFp8Prefill. Every shape problem or CUDA error is returned as an
 // ffi::Error, which XLA raises as a Python exception.
+#include <algorithm>
+#include <optional>
 #include <string>
 
 #include "prefill_fp8.cuh"
@@ -10,6 +13,10 @@
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
+
+#ifndef JATTN_PERSISTENT
+#define JATTN_PERSISTENT 1
+#endif
 
 namespace {
 
@@ -28,7 +35,7 @@ ffi::Error bad(const std::string& what) {
                                      (kCausal ? ", causal" : "") + "): " + what);
 }
 
-ffi::Error Prefill(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer vt,
+ffi::Error Prefill(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer vt,
                    ffi::Buffer<ffi::F32> q_scale, ffi::Buffer<ffi::F32> k_scale,
                    ffi::Buffer<ffi::F32> v_scale, float sm_scale, bool causal,
                    ffi::ResultBuffer<ffi::BF16> o, ffi::ResultBuffer<ffi::F32> lse) {
@@ -47,7 +54,8 @@ ffi::Error Prefill(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuffer k, ffi:
                dims_str(qd) + " (vt is [B, Nkv, D, Sp])");
   if (Nkv <= 0 || Nq % Nkv) return bad("Nq must be a multiple of Nkv");
   if (T <= 0 || S <= 0 || Sp < S || Sp % 32) return bad("need T, S > 0 and Sp >= S, Sp % 32 == 0");
-  if (B > 65535 || Nq > 65535 || T > (int64_t(1) << 30) || S > (int64_t(1) << 30))
+  const int64_t m_blocks = (T + Cfg::BM - 1) / Cfg::BM, num_tiles = B * Nq * m_blocks;
+  if (T > (int64_t(1) << 30) || S > (int64_t(1) << 30) || num_tiles >= (int64_t(1) << 31))
     return bad("shape too large");
   if (q_scale.element_count() != size_t(Nq) || k_scale.element_count() != size_t(Nkv) ||
       v_scale.element_count() != size_t(Nkv))
@@ -81,16 +89,29 @@ ffi::Error Prefill(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuffer k, ffi:
   prm.S = int(S);
   prm.Nq = int(Nq);
   prm.Nkv = int(Nkv);
+  prm.m_blocks = int(m_blocks);
+  prm.num_tiles = int(num_tiles);
   prm.sm_scale = sm_scale;
+
+  // The tile counter: zeroed on the stream before the kernel (scratch memory is the
+  // call's own, so concurrent calls do not share it).
+  std::optional<void*> counter = scratch.Allocate(sizeof(int), sizeof(int));
+  if (!counter) return ffi::Error::Internal("jattn fp8 prefill: no scratch memory for the tile counter");
+  prm.tile_counter = static_cast<int*>(*counter);
+  int dev = 0, sms = 0;
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  if (e == cudaSuccess) e = cudaMemsetAsync(prm.tile_counter, 0, sizeof(int), stream);
+  if (e != cudaSuccess)
+    return ffi::Error::Internal(std::string("jattn fp8 prefill: ") + cudaGetErrorString(e));
 
   auto kernel = jattn::prefill_fp8_kernel<kD, kCausal>;
   // Per call: the attribute is per device, and setting it costs about a microsecond.
-  cudaError_t e =
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::SMEM);
+  e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::SMEM);
   if (e != cudaSuccess)
     return ffi::Error::Internal(std::string("jattn fp8 prefill: ") + cudaGetErrorString(e));
-  dim3 grid(unsigned((T + Cfg::BM - 1) / Cfg::BM), unsigned(Nq), unsigned(B));
-  kernel<<<grid, Cfg::THREADS, Cfg::SMEM, stream>>>(q_map, k_map, v_map, prm);
+  const int64_t ctas = JATTN_PERSISTENT ? std::min<int64_t>(num_tiles, sms) : num_tiles;
+  kernel<<<unsigned(ctas), Cfg::THREADS, Cfg::SMEM, stream>>>(q_map, k_map, v_map, prm);
   e = cudaGetLastError();
   if (e != cudaSuccess)
     return ffi::Error::Internal(std::string("jattn fp8 prefill launch: ") + cudaGetErrorString(e));
@@ -102,6 +123,7 @@ ffi::Error Prefill(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuffer k, ffi:
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JattnFp8Prefill, Prefill,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Ctx<ffi::ScratchAllocator>()
                                   .Arg<ffi::AnyBuffer>()  // q   float8_e4m3fn
                                   .Arg<ffi::AnyBuffer>()  // k   float8_e4m3fn
                                   .Arg<ffi::AnyBuffer>()  // vt  float8_e4m3fn

@@ -14,12 +14,18 @@
 // small values out of e4m3's subnormal range when it is cast to e4m3 for the P.V product;
 // l sums the unrounded p; o = v_scale * (P.V) / l, lse = (m + log2 l - 8) * ln 2.
 //
-// One CTA = 128 query rows of one (batch, head): warpgroup 0 is the producer (one thread
-// issues TMA loads of Q once and of K / V^T blocks into a STAGES-deep ring), warpgroups 1
-// and 2 each own 64 rows. Each consumer iteration issues S_j = Q K_j^T together with
+// A tile = 128 query rows of one (batch, head). The kernel is persistent: one CTA per SM
+// loops over tiles, handed out in head-major, longest-first order (the first by
+// blockIdx.x, the rest from an atomic counter), so a few heads' K/V stay in L2.
+// Warpgroup 0 is the producer: one thread fetches the next tile, publishes it in a
+// double-buffered Q slot and issues TMA loads of its Q and of the K / V^T blocks into a
+// STAGES-deep ring, running ahead of the consumers across tiles (the next tile's loads
+// overlap the current tile's last P.V and epilogue). Warpgroups 1 and 2 each own 64 rows
+// of a tile. Each consumer iteration issues S_j = Q K_j^T together with
 // O += P_{j-1} V_{j-1} as one group, then runs the softmax of S_j while the other
-// consumer's group uses the tensor cores (ping-pong through named barriers 1 and 2).
-// KV blocks are visited from the last (diagonal, masked) to the first.
+// consumer's group uses the tensor cores (ping-pong through named barriers 1 and 2; the
+// turns continue across tiles). KV blocks are visited from the last (diagonal, masked)
+// to the first.
 //
 // The GEMMs come in two flavours sharing everything else (the accumulator layouts agree):
 //   JATTN_WGMMA=1 (sm_90a): wgmma.m64nNk32 e4m3 (QGMMA), A = Q from shared memory for S,
@@ -32,16 +38,6 @@
 #include "common.cuh"
 #if JATTN_WGMMA
 #include "wgmma_fp8.cuh"
-#endif
-
-// Probe knobs (off by default): JATTN_SKIP_RESCALE=1 skips O's rescale when no row maximum
-// of the warp moved; JATTN_EXP2_POLY=k computes every k-th n8 block's exponentials with
-// exp2_poly (FMA pipe) instead of MUFU.
-#ifndef JATTN_SKIP_RESCALE
-#define JATTN_SKIP_RESCALE 0
-#endif
-#ifndef JATTN_EXP2_POLY
-#define JATTN_EXP2_POLY 0
 #endif
 
 namespace jattn {
@@ -64,8 +60,8 @@ template <int D_> struct PrefillConfig {
   static constexpr int K_BYTES = BN * D;
   static constexpr int V_BYTES = D * BN;
   static constexpr int THREADS = 384;
-  static constexpr int SMEM = Q_BYTES + STAGES * (K_BYTES + V_BYTES) + 1024 /*align*/ +
-                              64 * 8 /*barriers*/;
+  static constexpr int SMEM = 2 * Q_BYTES + STAGES * (K_BYTES + V_BYTES) + 1024 /*align*/ +
+                              64 * 8 /*barriers, tile slots*/;
 };
 
 struct PrefillParams {
@@ -74,9 +70,31 @@ struct PrefillParams {
   const float* q_scale;
   const float* k_scale;
   const float* v_scale;
+  int* tile_counter;  // zero at launch: tiles handed out after each CTA's first
   int B, T, S, Nq, Nkv;
+  int m_blocks, num_tiles;  // m_blocks = ceil(T / BM); num_tiles = B * Nq * m_blocks
   float sm_scale;
 };
+
+// Tile t: (b, hq) = divmod(t / m_blocks, Nq), query rows from m0 = BM * (m_blocks - 1 -
+// t % m_blocks); n_blocks KV blocks of BN keys (causal: up to the diagonal).
+struct Tile {
+  int m0, hq, hk, b, n_blocks;
+};
+
+template <class C, bool CAUSAL>
+__device__ __forceinline__ Tile tile_of(int t, const PrefillParams& prm) {
+  Tile x;
+  const int hb = t / prm.m_blocks;
+  x.m0 = (prm.m_blocks - 1 - t % prm.m_blocks) * C::BM;
+  x.hq = hb % prm.Nq;
+  x.b = hb / prm.Nq;
+  x.hk = x.hq / (prm.Nq / prm.Nkv);
+  int kv_end = prm.S;
+  if (CAUSAL) kv_end = min(kv_end, max(0, x.m0 + C::BM + prm.S - prm.T));  // bottom-right
+  x.n_blocks = (kv_end + C::BN - 1) / C::BN;
+  return x;
+}
 
 // Byte offset of (row, col) in a tile of `rows` rows stored as column panels of `panel`
 // bytes with the TMA swizzle of that width (Swizzle<3,4,3> for 128, <2,4,3> for 64).
@@ -181,32 +199,26 @@ __global__ void __launch_bounds__(384, 1)
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) &
                                              ~uintptr_t(1023));
-  uint8_t* q_tile = smem;
-  uint8_t* k_tiles = q_tile + C::Q_BYTES;
+  uint8_t* q_tiles = smem;  // two Q buffers: tile n uses buffer n % 2
+  uint8_t* k_tiles = q_tiles + 2 * C::Q_BYTES;
   uint8_t* v_tiles = k_tiles + STAGES * C::K_BYTES;
   uint64_t* bars = reinterpret_cast<uint64_t*>(v_tiles + STAGES * C::V_BYTES);
-  uint64_t* q_full = bars;
-  uint64_t* k_full = bars + 1;
+  uint64_t* q_full = bars;        // [2] the slot's tile index (and its Q) are there
+  uint64_t* q_empty = bars + 2;   // [2] both consumers are done with the slot
+  uint64_t* k_full = bars + 4;    // [STAGES]
   uint64_t* v_full = k_full + STAGES;
   uint64_t* empty = v_full + STAGES;
-
-  const int m_blocks = (prm.T + BM - 1) / BM;
-  const int m_block = m_blocks - 1 - blockIdx.x;  // longest (causal) rows first
-  const int hq = blockIdx.y, b = blockIdx.z;
-  const int hk = hq / (prm.Nq / prm.Nkv);
-  const int m0 = m_block * BM;
-  const int offset = prm.S - prm.T;  // bottom-right alignment
-
-  int kv_end = prm.S;
-  if (CAUSAL) kv_end = min(kv_end, max(0, m0 + BM + offset));
-  const int n_blocks = (kv_end + BN - 1) / BN;
+  int* tile_slot = reinterpret_cast<int*>(empty + STAGES);  // [2] tile index, -1: no more
 
   const int wg = threadIdx.x / 128;
   if (threadIdx.x == 0) {
     prefetch_tensormap(&q_map);
     prefetch_tensormap(&k_map);
     prefetch_tensormap(&v_map);
-    mbar_init(q_full, 1);
+    for (int i = 0; i < 2; ++i) {
+      mbar_init(&q_full[i], 1);
+      mbar_init(&q_empty[i], 2);  // one arrival per consumer warpgroup
+    }
     for (int s = 0; s < STAGES; ++s) {
       mbar_init(&k_full[s], 1);
       mbar_init(&v_full[s], 1);
@@ -218,22 +230,41 @@ __global__ void __launch_bounds__(384, 1)
 
   if (wg == 0) {  // ------------------------------------------------------- producer
     setmaxnreg_dec<24>();
-    if (threadIdx.x == 0 && n_blocks > 0) {
-      mbar_expect_tx(q_full, C::Q_BYTES);
-#pragma unroll
-      for (int p = 0; p < D / C::QK_PANEL; ++p)
-        tma_load_4d(q_tile + p * BM * C::QK_PANEL, &q_map, q_full, p * C::QK_PANEL, hq, m0, b);
-      for (int it = 0; it < n_blocks; ++it) {
-        const int j = n_blocks - 1 - it, stage = it % STAGES;
-        if (it >= STAGES) mbar_wait(&empty[stage], ((it / STAGES) - 1) & 1);
-        uint8_t* kt = k_tiles + stage * C::K_BYTES;
-        mbar_expect_tx(&k_full[stage], C::K_BYTES);
+    if (threadIdx.x == 0) {
+      int it = 0;  // K/V blocks issued so far: ring position across tiles
+      for (int n = 0;; ++n) {
+        const int qs = n % 2;
+        if (n >= 2) mbar_wait(&q_empty[qs], ((n / 2) - 1) & 1);
+        const int t = n == 0 ? int(blockIdx.x) : int(gridDim.x) + atomicAdd(prm.tile_counter, 1);
+        tile_slot[qs] = t < prm.num_tiles ? t : -1;
+        if (t >= prm.num_tiles) {
+          mbar_arrive(&q_full[qs]);
+          break;
+        }
+        const Tile x = tile_of<C, CAUSAL>(t, prm);
+        if (x.n_blocks == 0) {  // no keys: the consumers only write the empty rows
+          mbar_arrive(&q_full[qs]);
+          continue;
+        }
+        uint8_t* qt = q_tiles + qs * C::Q_BYTES;
+        mbar_expect_tx(&q_full[qs], C::Q_BYTES);
 #pragma unroll
         for (int p = 0; p < D / C::QK_PANEL; ++p)
-          tma_load_4d(kt + p * BN * C::QK_PANEL, &k_map, &k_full[stage], p * C::QK_PANEL, hk,
-                      j * BN, b);
-        mbar_expect_tx(&v_full[stage], C::V_BYTES);
-        tma_load_4d(v_tiles + stage * C::V_BYTES, &v_map, &v_full[stage], j * BN, 0, hk, b);
+          tma_load_4d(qt + p * BM * C::QK_PANEL, &q_map, &q_full[qs], p * C::QK_PANEL, x.hq,
+                      x.m0, x.b);
+        for (int i = 0; i < x.n_blocks; ++i, ++it) {
+          const int j = x.n_blocks - 1 - i, stage = it % STAGES;
+          if (it >= STAGES) mbar_wait(&empty[stage], ((it / STAGES) - 1) & 1);
+          uint8_t* kt = k_tiles + stage * C::K_BYTES;
+          mbar_expect_tx(&k_full[stage], C::K_BYTES);
+#pragma unroll
+          for (int p = 0; p < D / C::QK_PANEL; ++p)
+            tma_load_4d(kt + p * BN * C::QK_PANEL, &k_map, &k_full[stage], p * C::QK_PANEL,
+                        x.hk, j * BN, x.b);
+          mbar_expect_tx(&v_full[stage], C::V_BYTES);
+          tma_load_4d(v_tiles + stage * C::V_BYTES, &v_map, &v_full[stage], j * BN, 0, x.hk,
+                      x.b);
+        }
       }
     }
     return;
@@ -241,165 +272,182 @@ __global__ void __launch_bounds__(384, 1)
 
   // ---------------------------------------------------------------------- consumers
   setmaxnreg_inc<240>();
-  const int cw = wg - 1;  // consumer index: rows [64 cw, 64 cw + 64)
+  const int cw = wg - 1;  // consumer index: rows [64 cw, 64 cw + 64) of each tile
   const int lane = threadIdx.x % 32, warp = (threadIdx.x / 32) % 4;
   const int g = lane / 4, t = lane % 4;
   const int row_in_cta = cw * 64 + warp * 16 + g;  // +8 for the second row
-  const float scale_log2 = prm.sm_scale * prm.q_scale[hq] * prm.k_scale[hk] * kLog2e;
+  const int offset = prm.S - prm.T;  // bottom-right alignment
+  auto sched_wait = [&] { named_sync(1 + cw, 256); };
+  auto sched_arrive = [&] { named_arrive(2 - cw, 256); };
+  auto release_q = [&](int qs) {
+    if (threadIdx.x % 128 == 0) mbar_arrive(&q_empty[qs]);
+  };
+  if (cw == 1) named_arrive(1, 256);  // consumer 0 issues first
 
-  float o[D / 2];
+  int it0 = 0;  // K/V blocks consumed before this tile: ring position across tiles
+  for (int n = 0;; ++n) {
+    const int qs = n % 2;
+    mbar_wait(&q_full[qs], (n / 2) & 1);
+    const int tile = tile_slot[qs];
+    if (tile < 0) break;
+    const Tile x = tile_of<C, CAUSAL>(tile, prm);
+    const int m0 = x.m0, n_blocks = x.n_blocks;
+    const uint8_t* q_tile = q_tiles + qs * C::Q_BYTES;
+    const float scale_log2 = prm.sm_scale * prm.q_scale[x.hq] * prm.k_scale[x.hk] * kLog2e;
+
+    float o[D / 2];
 #pragma unroll
-  for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+    for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
 
-  if (n_blocks > 0) {
-    float s[BN / 2];
+    if (n_blocks == 0) release_q(qs);
+    if (n_blocks > 0) {
+      float s[BN / 2];
 #pragma unroll
-    for (int i = 0; i < BN / 2; ++i) s[i] = 0.f;
-    uint32_t p[BN / 32][4];
-    auto sched_wait = [&] { named_sync(1 + cw, 256); };
-    auto sched_arrive = [&](bool last) {
-      if (!(cw == 1 && last)) named_arrive(2 - cw, 256);
-    };
-    if (cw == 1) named_arrive(1, 256);  // consumer 0 issues first
+      for (int i = 0; i < BN / 2; ++i) s[i] = 0.f;
+      uint32_t p[BN / 32][4];
 
-    // Blocks that need a mask (keys past S, or past the diagonal of the CTA's first row)
-    // are the highest ones, i.e. the first n_masked visited; the others run the softmax
-    // without any per-key test.
-    int first_masked = (prm.S / BN);
-    if (CAUSAL) first_masked = min(first_masked, max(0, m0 + offset + 1) / BN);
-    const int n_masked = n_blocks - min(first_masked, n_blocks);
+      // Blocks that need a mask (keys past S, or past the diagonal of the tile's first
+      // row) are the highest ones, i.e. the first n_masked visited; the others run the
+      // softmax without any per-key test.
+      int first_masked = (prm.S / BN);
+      if (CAUSAL) first_masked = min(first_masked, max(0, m0 + offset + 1) / BN);
+      const int n_masked = n_blocks - min(first_masked, n_blocks);
 
-    // Online softmax of block j held in s: masks if `mask`, updates m and l, writes e4m3
-    // probabilities to pd and the factors that rescale o to the new maximum to alpha.
-    // The row max and sum run as 4 independent chains each (one serial chain of 32
-    // dependent instructions per row was exposed: one warp per scheduler is in here).
-    // (Called with a constant mask: after inlining, each call site is specialized.)
-    auto softmax = [&](int j, bool mask, float (&alpha)[2], uint32_t (&pd)[BN / 32][4]) {
-      const int key0 = j * BN + 2 * t;
+      // Online softmax of block j held in s: masks if `mask`, updates m and l, writes e4m3
+      // probabilities to pd and the factors that rescale o to the new maximum to alpha.
+      // The row max and sum run as 4 independent chains each (one serial chain of 32
+      // dependent instructions per row was exposed: one warp per scheduler is in here).
+      // (Called with a constant mask: after inlining, each call site is specialized.)
+      auto softmax = [&](int j, bool mask, float (&alpha)[2], uint32_t (&pd)[BN / 32][4]) {
+        const int key0 = j * BN + 2 * t;
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        if (mask) {
-          const int last_key = CAUSAL ? m0 + row_in_cta + 8 * h + offset : prm.S - 1;
+        for (int h = 0; h < 2; ++h) {
+          if (mask) {
+            const int last_key = CAUSAL ? m0 + row_in_cta + 8 * h + offset : prm.S - 1;
+#pragma unroll
+            for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+              for (int e = 0; e < 2; ++e) {
+                const int key = key0 + nt * 8 + e;
+                if (key >= prm.S || key > last_key) s[nt * 4 + 2 * h + e] = -INFINITY;
+              }
+          }
+          float mx4[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};  // of the raw q.k
+#pragma unroll
+          for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+            for (int e = 0; e < 2; ++e)
+              mx4[2 * (nt % 2) + e] = fmaxf(mx4[2 * (nt % 2) + e], s[nt * 4 + 2 * h + e]);
+          float mx = fmaxf(fmaxf(mx4[0], mx4[1]), fmaxf(mx4[2], mx4[3]));
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
+          const float m_new = fmaxf(m[h], mx * scale_log2);  // m is kept in log2 units
+          const float m_use = m_new == -INFINITY ? 0.f : m_new;
+          alpha[h] = exp2_approx(m[h] - m_use);
+          m[h] = m_new;
+          const float bias = 8.f - m_use;
+          float sum4[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
           for (int nt = 0; nt < BN / 8; ++nt)
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
-              const int key = key0 + nt * 8 + e;
-              if (key >= prm.S || key > last_key) s[nt * 4 + 2 * h + e] = -INFINITY;
+              const int i = nt * 4 + 2 * h + e;
+              s[i] = exp2_approx(fmaf(s[i], scale_log2, bias));
+              sum4[2 * (nt % 2) + e] += s[i];
             }
+          l[h] = l[h] * alpha[h] + ((sum4[0] + sum4[1]) + (sum4[2] + sum4[3]));
         }
-        float mx4[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};  // of the raw q.k
 #pragma unroll
-        for (int nt = 0; nt < BN / 8; ++nt)
+        for (int kk = 0; kk < BN / 32; ++kk) {
+          const float* s0 = &s[kk * 16];  // n8 blocks 4kk .. 4kk+3
+          pd[kk][0] = pack_e4m3x4(s0[0], s0[1], s0[4], s0[5]);
+          pd[kk][1] = pack_e4m3x4(s0[2], s0[3], s0[6], s0[7]);
+          pd[kk][2] = pack_e4m3x4(s0[8], s0[9], s0[12], s0[13]);
+          pd[kk][3] = pack_e4m3x4(s0[10], s0[11], s0[14], s0[15]);
+        }
+      };
+      auto rescale_o = [&](const float (&alpha)[2]) {
 #pragma unroll
-          for (int e = 0; e < 2; ++e)
-            mx4[2 * (nt % 2) + e] = fmaxf(mx4[2 * (nt % 2) + e], s[nt * 4 + 2 * h + e]);
-        float mx = fmaxf(fmaxf(mx4[0], mx4[1]), fmaxf(mx4[2], mx4[3]));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
-        const float m_new = fmaxf(m[h], mx * scale_log2);  // m is kept in log2 units
-        const float m_use = m_new == -INFINITY ? 0.f : m_new;
-        alpha[h] = exp2_approx(m[h] - m_use);
-        m[h] = m_new;
-        const float bias = 8.f - m_use;
-        float sum4[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-        for (int nt = 0; nt < BN / 8; ++nt)
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int i = nt * 4 + 2 * h + e;
-            const float x = fmaf(s[i], scale_log2, bias);
-            s[i] = (JATTN_EXP2_POLY > 0 && nt % JATTN_EXP2_POLY == JATTN_EXP2_POLY - 1)
-                       ? exp2_poly(x) : exp2_approx(x);
-            sum4[2 * (nt % 2) + e] += s[i];
-          }
-        l[h] = l[h] * alpha[h] + ((sum4[0] + sum4[1]) + (sum4[2] + sum4[3]));
-      }
-#pragma unroll
-      for (int kk = 0; kk < BN / 32; ++kk) {
-        const float* s0 = &s[kk * 16];  // n8 blocks 4kk .. 4kk+3
-        pd[kk][0] = pack_e4m3x4(s0[0], s0[1], s0[4], s0[5]);
-        pd[kk][1] = pack_e4m3x4(s0[2], s0[3], s0[6], s0[7]);
-        pd[kk][2] = pack_e4m3x4(s0[8], s0[9], s0[12], s0[13]);
-        pd[kk][3] = pack_e4m3x4(s0[10], s0[11], s0[14], s0[15]);
-      }
-    };
-    auto rescale_o = [&](const float (&alpha)[2]) {
-#pragma unroll
-      for (int i = 0; i < D / 2; i += 4) {
-        o[i] *= alpha[0];
-        o[i + 1] *= alpha[0];
-        o[i + 2] *= alpha[1];
-        o[i + 3] *= alpha[1];
-      }
-    };
-    auto release = [&](int stage) {
-      __syncwarp();
-      if (lane == 0) mbar_arrive(&empty[stage]);
-    };
+        for (int i = 0; i < D / 2; i += 4) {
+          o[i] *= alpha[0];
+          o[i + 1] *= alpha[0];
+          o[i + 2] *= alpha[1];
+          o[i + 3] *= alpha[1];
+        }
+      };
+      auto release = [&](int stage) {
+        __syncwarp();
+        if (lane == 0) mbar_arrive(&empty[stage]);
+      };
 
-    mbar_wait(q_full, 0);
-    // First block: S only (o is still zero: no rescale).
-    {
-      mbar_wait(&k_full[0], 0);
-      sched_wait();
-      issue_fence<C>(s, o);
-      gemm_qk<C>(s, q_tile, k_tiles, cw * 64);
-      sched_arrive(false);
-      commit_and_wait<C>(s, o);
-      float alpha[2];
-      if (n_masked > 0) softmax(n_blocks - 1, true, alpha, p);
-      else softmax(n_blocks - 1, false, alpha, p);
-    }
-    // Block it: S_it = Q K_it^T and O += P_{it-1} V_{it-1}, then the softmax of S_it.
-    auto step = [&](int it, bool mask) {
-      const int stage = it % STAGES, prev = (it - 1) % STAGES;
-      mbar_wait(&k_full[stage], (it / STAGES) & 1);
-      mbar_wait(&v_full[prev], ((it - 1) / STAGES) & 1);
-      sched_wait();
-      issue_fence<C>(s, o);
-      gemm_qk<C>(s, q_tile, k_tiles + stage * C::K_BYTES, cw * 64);
-      float alpha[2];
-      gemm_pv<C>(o, p, v_tiles + prev * C::V_BYTES);
-      sched_arrive(false);
-      commit_and_wait<C>(s, o);
-      release(prev);
-      softmax(n_blocks - 1 - it, mask, alpha, p);
-      if (!JATTN_SKIP_RESCALE || __any_sync(0xffffffff, alpha[0] != 1.f || alpha[1] != 1.f))
+      // First block: S only (o is still zero: no rescale).
+      {
+        const int stage = it0 % STAGES;
+        mbar_wait(&k_full[stage], (it0 / STAGES) & 1);
+        sched_wait();
+        issue_fence<C>(s, o);
+        gemm_qk<C>(s, q_tile, k_tiles + stage * C::K_BYTES, cw * 64);
+        sched_arrive();
+        commit_and_wait<C>(s, o);
+        float alpha[2];
+        if (n_masked > 0) softmax(n_blocks - 1, true, alpha, p);
+        else softmax(n_blocks - 1, false, alpha, p);
+      }
+      // Block it: S_it = Q K_it^T and O += P_{it-1} V_{it-1}, then the softmax of S_it.
+      auto step = [&](int it, bool mask) {
+        const int g_it = it0 + it;
+        const int stage = g_it % STAGES, prev = (g_it - 1) % STAGES;
+        mbar_wait(&k_full[stage], (g_it / STAGES) & 1);
+        mbar_wait(&v_full[prev], ((g_it - 1) / STAGES) & 1);
+        sched_wait();
+        issue_fence<C>(s, o);
+        gemm_qk<C>(s, q_tile, k_tiles + stage * C::K_BYTES, cw * 64);
+        float alpha[2];
+        gemm_pv<C>(o, p, v_tiles + prev * C::V_BYTES);
+        sched_arrive();
+        commit_and_wait<C>(s, o);
+        release(prev);
+        softmax(n_blocks - 1 - it, mask, alpha, p);
         rescale_o(alpha);
-    };
-    int it = 1;
-    for (; it < n_masked; ++it) step(it, true);
-    for (; it < n_blocks; ++it) step(it, false);
-    // Last block: P.V only.
-    const int last = (n_blocks - 1) % STAGES;
-    mbar_wait(&v_full[last], ((n_blocks - 1) / STAGES) & 1);
-    sched_wait();
-    issue_fence<C>(s, o);
-    gemm_pv<C>(o, p, v_tiles + last * C::V_BYTES);
-    sched_arrive(true);
-    commit_and_wait<C>(s, o);
-    release(last);
-  }
+      };
+      int it = 1;
+      for (; it < n_masked; ++it) step(it, true);
+      for (; it < n_blocks; ++it) step(it, false);
+      release_q(qs);  // every S of this tile has completed: the producer may refill Q
+      // Last block: P.V only.
+      const int g_last = it0 + n_blocks - 1, last = g_last % STAGES;
+      mbar_wait(&v_full[last], (g_last / STAGES) & 1);
+      sched_wait();
+      issue_fence<C>(s, o);
+      gemm_pv<C>(o, p, v_tiles + last * C::V_BYTES);
+      sched_arrive();
+      commit_and_wait<C>(s, o);
+      release(last);
+      it0 += n_blocks;
+    }
 
-  // ---------------------------------------------------------------------- epilogue
-  const float v_scale = prm.v_scale[hk];
+    // ------------------------------------------------------------------ epilogue
+    const float v_scale = prm.v_scale[x.hk];
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    float lt = l[h];
-    lt += __shfl_xor_sync(0xffffffff, lt, 1);
-    lt += __shfl_xor_sync(0xffffffff, lt, 2);
-    const int row = m0 + row_in_cta + 8 * h;
-    if (row >= prm.T) continue;
-    const float inv = lt > 0.f ? v_scale / lt : 0.f;
-    const size_t base = ((size_t(b) * prm.T + row) * prm.Nq + hq);
-    uint32_t* out = reinterpret_cast<uint32_t*>(prm.o + base * D);
+    for (int h = 0; h < 2; ++h) {
+      float lt = l[h];
+      lt += __shfl_xor_sync(0xffffffff, lt, 1);
+      lt += __shfl_xor_sync(0xffffffff, lt, 2);
+      const int row = m0 + row_in_cta + 8 * h;
+      if (row >= prm.T) continue;
+      const float inv = lt > 0.f ? v_scale / lt : 0.f;
+      const size_t base = ((size_t(x.b) * prm.T + row) * prm.Nq + x.hq);
+      if (t == 0) prm.lse[base] = lt > 0.f ? (m[h] + __log2f(lt) - 8.f) * kLn2 : -INFINITY;
+      uint32_t* out = reinterpret_cast<uint32_t*>(prm.o + base * D);
 #pragma unroll
-    for (int dt = 0; dt < D / 8; ++dt)
-      out[dt * 4 + t] = f32x2_to_bf16x2(o[dt * 4 + 2 * h] * inv, o[dt * 4 + 2 * h + 1] * inv);
-    if (t == 0) prm.lse[base] = lt > 0.f ? (m[h] + __log2f(lt) - 8.f) * kLn2 : -INFINITY;
+      for (int dt = 0; dt < D / 8; ++dt)
+        out[dt * 4 + t] = f32x2_to_bf16x2(o[dt * 4 + 2 * h] * inv, o[dt * 4 + 2 * h + 1] * inv);
+    }
   }
+  // Consumer 1 hands the turn over after each of its GEMM issues, the last one included:
+  // consumer 0 takes that final turn so that the barrier ends balanced.
+  if (cw == 0) sched_wait();
 }
 
 }  // namespace jattn

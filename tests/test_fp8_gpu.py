@@ -73,6 +73,16 @@ def test_fp8_prefill_mha_long(rng):
   _check_prefill(rng, B=1, T=1024, S=1024, Nq=2, Nkv=2, D=128, causal=True)
 
 
+@pytest.mark.parametrize("B,T,S,Nq,Nkv,D,causal", [
+    (3, 1100, 700, 24, 8, 64, True),     # 648 tiles; each head's first 3 row blocks see no key
+    (2, 1024, 1536, 16, 4, 128, False),  # 256 tiles
+    (2, 700, 900, 16, 2, 256, True)])    # 192 tiles
+def test_fp8_prefill_more_tiles_than_sms(rng, B, T, S, Nq, Nkv, D, causal):
+  """The persistent kernel with several tiles per CTA (an H100 or H200 has 132 SMs): Q slots,
+  the K/V ring and the consumers' turns carry over from one tile to the next."""
+  _check_prefill(rng, B=B, T=T, S=S, Nq=Nq, Nkv=Nkv, D=D, causal=causal)
+
+
 def test_fp8_prefill_portable_mma_path(rng, monkeypatch):
   """The mma.sync path (the sm_100a build's) run on this GPU."""
   monkeypatch.setenv("JATTN_FP8_MMA", "sync")
