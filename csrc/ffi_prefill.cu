@@ -64,7 +64,7 @@ ffi::Error Prefill(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyB
       lse->element_count() != size_t(B * T * Nq))
     return bad("output shapes must be [B, T, Nq, D] and [B, T, Nq]");
 
-  CUtensorMap q_map, k_map, v_map;
+  CUtensorMap q_map, k_map, v_map, o_map;
   std::string err;
   // Boxes: Q [BM rows x panel], K [BN rows x panel], V^T [D rows x BN] (keys innermost).
   if (!jattn::make_map_4d(&q_map, q.untyped_data(), {uint64_t(kD), uint64_t(Nq), uint64_t(T),
@@ -75,7 +75,11 @@ ffi::Error Prefill(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyB
                           {Cfg::QK_PANEL, 1, Cfg::BN, 1}, Cfg::QK_PANEL, &err) ||
       !jattn::make_map_4d(&v_map, vt.untyped_data(), {uint64_t(Sp), uint64_t(kD),
                                                       uint64_t(Nkv), uint64_t(B)},
-                          {Cfg::BN, kD, 1, 1}, Cfg::V_PANEL, &err))
+                          {Cfg::BN, kD, 1, 1}, Cfg::V_PANEL, &err) ||
+      // O as bytes: rows of 2 D bytes, boxes of 64 rows x 128 bytes (64 bf16 columns).
+      !jattn::make_map_4d(&o_map, o->untyped_data(), {uint64_t(2 * kD), uint64_t(Nq),
+                                                      uint64_t(T), uint64_t(B)},
+                          {Cfg::O_PANEL, 1, 64, 1}, Cfg::O_PANEL, &err))
     return ffi::Error::Internal("jattn fp8 prefill: " + err);
 
   jattn::PrefillParams prm;
@@ -111,7 +115,7 @@ ffi::Error Prefill(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyB
   if (e != cudaSuccess)
     return ffi::Error::Internal(std::string("jattn fp8 prefill: ") + cudaGetErrorString(e));
   const int64_t ctas = JATTN_PERSISTENT ? std::min<int64_t>(num_tiles, sms) : num_tiles;
-  kernel<<<unsigned(ctas), Cfg::THREADS, Cfg::SMEM, stream>>>(q_map, k_map, v_map, prm);
+  kernel<<<unsigned(ctas), Cfg::THREADS, Cfg::SMEM, stream>>>(q_map, k_map, v_map, o_map, prm);
   e = cudaGetLastError();
   if (e != cudaSuccess)
     return ffi::Error::Internal(std::string("jattn fp8 prefill launch: ") + cudaGetErrorString(e));

@@ -5,7 +5,8 @@
 //   vt [B, Nkv, D, Sp] e4m3: V transposed by the caller, keys contiguous, and inside each
 //      group of 32 keys permuted by `key_of_slot` (below), Sp = S rounded up to 32.
 //   q_scale [Nq], k_scale [Nkv], v_scale [Nkv] float32 (real value = stored * scale)
-//   o  [B, T, Nq, D] bf16,  lse [B, T, Nq] float32 (natural log; -inf for empty rows)
+//   o  [B, T, Nq, D] bf16 (stored by TMA from shared memory), lse [B, T, Nq] float32
+//      (natural log; -inf for empty rows)
 // Query head h reads kv head h / (Nq / Nkv). Causal is bottom-right aligned: query t
 // sees key s iff s <= t + S - T.
 //
@@ -20,7 +21,7 @@
 // Warpgroup 0 is the producer: one thread fetches the next tile, publishes it in a
 // double-buffered Q slot and issues TMA loads of its Q and of the K / V^T blocks into a
 // STAGES-deep ring, running ahead of the consumers across tiles (the next tile's loads
-// overlap the current tile's last P.V and epilogue). Warpgroups 1 and 2 each own 64 rows
+// overlap the current tile's last P.V and epilogue; Q_SLOTS Q buffers). Warpgroups 1 and 2 each own 64 rows
 // of a tile. Each consumer iteration issues S_j = Q K_j^T together with
 // O += P_{j-1} V_{j-1} as one group, then runs the softmax of S_j while the other
 // consumer's group uses the tensor cores (ping-pong through named barriers 1 and 2; the
@@ -54,14 +55,17 @@ template <int D_> struct PrefillConfig {
   static constexpr int BM = 128;                  // query rows per CTA
   static constexpr int BN = D <= 128 ? 128 : 64;  // keys per block
   static constexpr int STAGES = 4;  // K/V ring depth: a TMA load has 3 blocks of lead
+  static constexpr int Q_SLOTS = D <= 128 ? 2 : 1;  // D256: one, to fit the O staging
   static constexpr int QK_PANEL = D < 128 ? D : 128;  // swizzle width of Q / K rows (bytes)
   static constexpr int V_PANEL = BN;                  // V^T rows are BN bytes (<= 128)
   static constexpr int Q_BYTES = BM * D;
   static constexpr int K_BYTES = BN * D;
   static constexpr int V_BYTES = D * BN;
+  static constexpr int O_PANEL = 128;               // bytes: 64 bf16 columns per TMA box
+  static constexpr int O_WG_BYTES = 64 * D * 2;     // one consumer's 64 rows of bf16 O
   static constexpr int THREADS = 384;
-  static constexpr int SMEM = 2 * Q_BYTES + STAGES * (K_BYTES + V_BYTES) + 1024 /*align*/ +
-                              64 * 8 /*barriers, tile slots*/;
+  static constexpr int SMEM = Q_SLOTS * Q_BYTES + STAGES * (K_BYTES + V_BYTES) +
+                              2 * O_WG_BYTES + 1024 /*align*/ + 64 * 8 /*barriers*/;
 };
 
 struct PrefillParams {
@@ -193,29 +197,33 @@ template <int D, bool CAUSAL>
 __global__ void __launch_bounds__(384, 1)
     prefill_fp8_kernel(const __grid_constant__ CUtensorMap q_map,
                        const __grid_constant__ CUtensorMap k_map,
-                       const __grid_constant__ CUtensorMap v_map, const PrefillParams prm) {
+                       const __grid_constant__ CUtensorMap v_map,
+                       const __grid_constant__ CUtensorMap o_map, const PrefillParams prm) {
   using C = PrefillConfig<D>;
   constexpr int BM = C::BM, BN = C::BN, STAGES = C::STAGES;
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) &
                                              ~uintptr_t(1023));
-  uint8_t* q_tiles = smem;  // two Q buffers: tile n uses buffer n % 2
-  uint8_t* k_tiles = q_tiles + 2 * C::Q_BYTES;
+  constexpr int QS = C::Q_SLOTS;
+  uint8_t* q_tiles = smem;  // Q buffers: the n-th tile of this CTA uses slot n % QS
+  uint8_t* k_tiles = q_tiles + QS * C::Q_BYTES;
   uint8_t* v_tiles = k_tiles + STAGES * C::K_BYTES;
-  uint64_t* bars = reinterpret_cast<uint64_t*>(v_tiles + STAGES * C::V_BYTES);
-  uint64_t* q_full = bars;        // [2] the slot's tile index (and its Q) are there
-  uint64_t* q_empty = bars + 2;   // [2] both consumers are done with the slot
-  uint64_t* k_full = bars + 4;    // [STAGES]
+  uint8_t* o_tiles = v_tiles + STAGES * C::V_BYTES;  // [2 consumers][D / 64 panels][64][128 B]
+  uint64_t* bars = reinterpret_cast<uint64_t*>(o_tiles + 2 * C::O_WG_BYTES);
+  uint64_t* q_full = bars;        // [QS] the slot's tile index (and its Q) are there
+  uint64_t* q_empty = bars + QS;  // [QS] both consumers are done with the slot
+  uint64_t* k_full = bars + 2 * QS;  // [STAGES]
   uint64_t* v_full = k_full + STAGES;
   uint64_t* empty = v_full + STAGES;
-  int* tile_slot = reinterpret_cast<int*>(empty + STAGES);  // [2] tile index, -1: no more
+  __shared__ int tile_slot[QS];  // tile index, -1: no more
 
   const int wg = threadIdx.x / 128;
   if (threadIdx.x == 0) {
     prefetch_tensormap(&q_map);
     prefetch_tensormap(&k_map);
     prefetch_tensormap(&v_map);
-    for (int i = 0; i < 2; ++i) {
+    prefetch_tensormap(&o_map);
+    for (int i = 0; i < QS; ++i) {
       mbar_init(&q_full[i], 1);
       mbar_init(&q_empty[i], 2);  // one arrival per consumer warpgroup
     }
@@ -233,8 +241,8 @@ __global__ void __launch_bounds__(384, 1)
     if (threadIdx.x == 0) {
       int it = 0;  // K/V blocks issued so far: ring position across tiles
       for (int n = 0;; ++n) {
-        const int qs = n % 2;
-        if (n >= 2) mbar_wait(&q_empty[qs], ((n / 2) - 1) & 1);
+        const int qs = n % QS;
+        if (n >= QS) mbar_wait(&q_empty[qs], ((n / QS) - 1) & 1);
         const int t = n == 0 ? int(blockIdx.x) : int(gridDim.x) + atomicAdd(prm.tile_counter, 1);
         tile_slot[qs] = t < prm.num_tiles ? t : -1;
         if (t >= prm.num_tiles) {
@@ -286,9 +294,11 @@ __global__ void __launch_bounds__(384, 1)
 
   int it0 = 0;  // K/V blocks consumed before this tile: ring position across tiles
   for (int n = 0;; ++n) {
-    const int qs = n % 2;
-    mbar_wait(&q_full[qs], (n / 2) & 1);
-    const int tile = tile_slot[qs];
+    const int qs = n % QS;
+    mbar_wait(&q_full[qs], (n / QS) & 1);
+    // Read through a warp reduction: its result is warp-uniform for the compiler, so the
+    // ring positions and descriptors derived from the tile stay in uniform registers.
+    const int tile = __reduce_max_sync(0xffffffff, tile_slot[qs]);
     if (tile < 0) break;
     const Tile x = tile_of<C, CAUSAL>(tile, prm);
     const int m0 = x.m0, n_blocks = x.n_blocks;
@@ -428,23 +438,39 @@ __global__ void __launch_bounds__(384, 1)
     }
 
     // ------------------------------------------------------------------ epilogue
+    // O goes through this consumer's staging buffer (128-byte swizzled panels, as the TMA
+    // store reads them) and leaves by one TMA store per panel; rows past T are clipped.
+    uint8_t* o_stage = o_tiles + cw * C::O_WG_BYTES;
+    const bool leader = threadIdx.x % 128 == 0;
+    if (leader) bulk_wait_all<true>();  // the previous tile's store has read the buffer
+    named_sync(3 + cw, 128);
     const float v_scale = prm.v_scale[x.hk];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       float lt = l[h];
       lt += __shfl_xor_sync(0xffffffff, lt, 1);
       lt += __shfl_xor_sync(0xffffffff, lt, 2);
-      const int row = m0 + row_in_cta + 8 * h;
-      if (row >= prm.T) continue;
+      const int r = warp * 16 + g + 8 * h, row = m0 + cw * 64 + r;
       const float inv = lt > 0.f ? v_scale / lt : 0.f;
-      const size_t base = ((size_t(x.b) * prm.T + row) * prm.Nq + x.hq);
-      if (t == 0) prm.lse[base] = lt > 0.f ? (m[h] + __log2f(lt) - 8.f) * kLn2 : -INFINITY;
-      uint32_t* out = reinterpret_cast<uint32_t*>(prm.o + base * D);
 #pragma unroll
       for (int dt = 0; dt < D / 8; ++dt)
-        out[dt * 4 + t] = f32x2_to_bf16x2(o[dt * 4 + 2 * h] * inv, o[dt * 4 + 2 * h + 1] * inv);
+        *reinterpret_cast<uint32_t*>(o_stage + tile_offset<C::O_PANEL>(64, r, (dt * 8 + 2 * t) * 2)) =
+            f32x2_to_bf16x2(o[dt * 4 + 2 * h] * inv, o[dt * 4 + 2 * h + 1] * inv);
+      if (t == 0 && row < prm.T)
+        prm.lse[(size_t(x.b) * prm.T + row) * prm.Nq + x.hq] =
+            lt > 0.f ? (m[h] + __log2f(lt) - 8.f) * kLn2 : -INFINITY;
+    }
+    fence_proxy_async_smem();
+    named_sync(3 + cw, 128);
+    if (leader) {
+#pragma unroll
+      for (int p = 0; p < 2 * D / C::O_PANEL; ++p)
+        tma_store_4d(&o_map, o_stage + p * 64 * C::O_PANEL, p * C::O_PANEL, x.hq,
+                     m0 + cw * 64, x.b);
+      bulk_commit();
     }
   }
+  if (threadIdx.x % 128 == 0) bulk_wait_all<false>();  // before the CTA's memory goes
   // Consumer 1 hands the turn over after each of its GEMM issues, the last one included:
   // consumer 0 takes that final turn so that the barrier ends balanced.
   if (cw == 0) sched_wait();
