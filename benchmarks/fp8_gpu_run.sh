@@ -29,7 +29,7 @@ CS=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2
 NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
 echo "compute-sanitizer: ${CS:-missing}; ncu: ${NCU:-missing}"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
-(timeout 80 $PY -m pytest tests/test_fp8_gpu.py -q -p no:cacheprovider >"$OUT/pytest.log" 2>&1
+(timeout 170 $PY -m pytest tests/test_fp8_gpu.py -q -p no:cacheprovider >"$OUT/pytest.log" 2>&1
  echo "pytest rc=$?" >>"$OUT/pytest.log") &
 mkdir -p "$OUT/sanitizer"
 for job in ${FP8_SANITIZE:-memcheck:0 memcheck:3 memcheck:4 racecheck:3 racecheck:4}; do

@@ -41,6 +41,12 @@
 #include "wgmma_fp8.cuh"
 #endif
 
+// Probe knob JATTN_OVERLAP=1: each consumer waits for its S alone, then issues P.V and
+// runs the softmax while P.V is on the tensor cores (see benchmarks/NOTES.md, session 10).
+#ifndef JATTN_OVERLAP
+#define JATTN_OVERLAP 0
+#endif
+
 namespace jattn {
 
 // Within a group of 32 keys, P's register slot k (the k index of the A fragment) holds
@@ -180,6 +186,21 @@ __device__ __forceinline__ void issue_fence(float (&s)[C::BN / 2], float (&o)[C:
   fence_regs(s);
   fence_regs(o);
   wgmma_fence();
+#endif
+}
+
+// Commit the issued wgmmas as a group (N = -1), or wait until at most N groups are
+// pending and fence the accumulators (N >= 0).
+template <class C, int N>
+__device__ __forceinline__ void wgmma_group(float (&s)[C::BN / 2], float (&o)[C::D / 2]) {
+#if JATTN_WGMMA
+  if (N < 0) {
+    wgmma_commit();
+  } else {
+    wgmma_wait<N < 0 ? 0 : N>();
+    fence_regs(s);
+    if (N == 0) fence_regs(o);  // with N = 1 the P.V group may still write o
+  }
 #endif
 }
 
@@ -329,7 +350,7 @@ __global__ void __launch_bounds__(384, 1)
       // The row max and sum run as 4 independent chains each (one serial chain of 32
       // dependent instructions per row was exposed: one warp per scheduler is in here).
       // (Called with a constant mask: after inlining, each call site is specialized.)
-      auto softmax = [&](int j, bool mask, float (&alpha)[2], uint32_t (&pd)[BN / 32][4]) {
+      auto softmax = [&](int j, bool mask, float (&alpha)[2], float (&dst)[BN / 2]) {
         const int key0 = j * BN + 2 * t;
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
@@ -363,14 +384,16 @@ __global__ void __launch_bounds__(384, 1)
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
               const int i = nt * 4 + 2 * h + e;
-              s[i] = exp2_approx(fmaf(s[i], scale_log2, bias));
-              sum4[2 * (nt % 2) + e] += s[i];
+              dst[i] = exp2_approx(fmaf(s[i], scale_log2, bias));
+              sum4[2 * (nt % 2) + e] += dst[i];
             }
           l[h] = l[h] * alpha[h] + ((sum4[0] + sum4[1]) + (sum4[2] + sum4[3]));
         }
+      };
+      auto pack_p = [&](uint32_t (&pd)[BN / 32][4], const float (&src)[BN / 2]) {
 #pragma unroll
         for (int kk = 0; kk < BN / 32; ++kk) {
-          const float* s0 = &s[kk * 16];  // n8 blocks 4kk .. 4kk+3
+          const float* s0 = &src[kk * 16];  // n8 blocks 4kk .. 4kk+3
           pd[kk][0] = pack_e4m3x4(s0[0], s0[1], s0[4], s0[5]);
           pd[kk][1] = pack_e4m3x4(s0[2], s0[3], s0[6], s0[7]);
           pd[kk][2] = pack_e4m3x4(s0[8], s0[9], s0[12], s0[13]);
@@ -401,8 +424,9 @@ __global__ void __launch_bounds__(384, 1)
         sched_arrive();
         commit_and_wait<C>(s, o);
         float alpha[2];
-        if (n_masked > 0) softmax(n_blocks - 1, true, alpha, p);
-        else softmax(n_blocks - 1, false, alpha, p);
+        if (n_masked > 0) softmax(n_blocks - 1, true, alpha, s);
+        else softmax(n_blocks - 1, false, alpha, s);
+        pack_p(p, s);
       }
       // Block it: S_it = Q K_it^T and O += P_{it-1} V_{it-1}, then the softmax of S_it.
       auto step = [&](int it, bool mask) {
@@ -414,11 +438,28 @@ __global__ void __launch_bounds__(384, 1)
         issue_fence<C>(s, o);
         gemm_qk<C>(s, q_tile, k_tiles + stage * C::K_BYTES, cw * 64);
         float alpha[2];
+#if JATTN_OVERLAP
+        // S first, alone; then P.V as its own group, which runs under the softmax of S (S's
+        // registers are not in P.V's group, so ptxas need not wait for it before the
+        // softmax writes them); P is packed (its registers redefined) after P.V is done.
+        wgmma_group<C, -1>(s, o);
+        wgmma_group<C, 0>(s, o);
+        issue_fence<C>(s, o);
+        gemm_pv<C>(o, p, v_tiles + prev * C::V_BYTES);
+        wgmma_group<C, -1>(s, o);
+        sched_arrive();
+        softmax(n_blocks - 1 - it, mask, alpha, s);
+        wgmma_group<C, 0>(s, o);
+        release(prev);
+        pack_p(p, s);
+#else
         gemm_pv<C>(o, p, v_tiles + prev * C::V_BYTES);
         sched_arrive();
         commit_and_wait<C>(s, o);
         release(prev);
-        softmax(n_blocks - 1 - it, mask, alpha, p);
+        softmax(n_blocks - 1 - it, mask, alpha, s);
+        pack_p(p, s);
+#endif
         rescale_o(alpha);
       };
       int it = 1;
