@@ -23,10 +23,10 @@
 // STAGES-deep ring, running ahead of the consumers across tiles (the next tile's loads
 // overlap the current tile's last P.V and epilogue; Q_SLOTS Q buffers). Warpgroups 1 and 2 each own 64 rows
 // of a tile. Each consumer iteration issues S_j = Q K_j^T together with
-// O += P_{j-1} V_{j-1} as one group, then runs the softmax of S_j while the other
-// consumer's group uses the tensor cores (ping-pong through named barriers 1 and 2; the
-// turns continue across tiles). KV blocks are visited from the last (diagonal, masked)
-// to the first.
+// O += P_{j-1} V_{j-1} (waiting for S_j alone), then runs the softmax of S_j while its
+// own P.V and the other consumer's GEMMs use the tensor cores (ping-pong through named
+// barriers 1 and 2; the turns continue across tiles). KV blocks are visited from the
+// last (diagonal, masked) to the first.
 //
 // The GEMMs come in two flavours sharing everything else (the accumulator layouts agree):
 //   JATTN_WGMMA=1 (sm_90a): wgmma.m64nNk32 e4m3 (QGMMA), A = Q from shared memory for S,
@@ -41,11 +41,6 @@
 #include "wgmma_fp8.cuh"
 #endif
 
-// Probe knob JATTN_OVERLAP=1: each consumer waits for its S alone, then issues P.V and
-// runs the softmax while P.V is on the tensor cores (see benchmarks/NOTES.md, session 10).
-#ifndef JATTN_OVERLAP
-#define JATTN_OVERLAP 0
-#endif
 
 namespace jattn {
 
@@ -350,7 +345,7 @@ __global__ void __launch_bounds__(384, 1)
       // The row max and sum run as 4 independent chains each (one serial chain of 32
       // dependent instructions per row was exposed: one warp per scheduler is in here).
       // (Called with a constant mask: after inlining, each call site is specialized.)
-      auto softmax = [&](int j, bool mask, float (&alpha)[2], float (&dst)[BN / 2]) {
+      auto softmax = [&](int j, bool mask, float (&alpha)[2]) {
         const int key0 = j * BN + 2 * t;
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
@@ -384,16 +379,16 @@ __global__ void __launch_bounds__(384, 1)
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
               const int i = nt * 4 + 2 * h + e;
-              dst[i] = exp2_approx(fmaf(s[i], scale_log2, bias));
-              sum4[2 * (nt % 2) + e] += dst[i];
+              s[i] = exp2_approx(fmaf(s[i], scale_log2, bias));
+              sum4[2 * (nt % 2) + e] += s[i];
             }
           l[h] = l[h] * alpha[h] + ((sum4[0] + sum4[1]) + (sum4[2] + sum4[3]));
         }
       };
-      auto pack_p = [&](uint32_t (&pd)[BN / 32][4], const float (&src)[BN / 2]) {
+      auto pack_p = [&](uint32_t (&pd)[BN / 32][4]) {
 #pragma unroll
         for (int kk = 0; kk < BN / 32; ++kk) {
-          const float* s0 = &src[kk * 16];  // n8 blocks 4kk .. 4kk+3
+          const float* s0 = &s[kk * 16];  // n8 blocks 4kk .. 4kk+3
           pd[kk][0] = pack_e4m3x4(s0[0], s0[1], s0[4], s0[5]);
           pd[kk][1] = pack_e4m3x4(s0[2], s0[3], s0[6], s0[7]);
           pd[kk][2] = pack_e4m3x4(s0[8], s0[9], s0[12], s0[13]);
@@ -424,9 +419,9 @@ __global__ void __launch_bounds__(384, 1)
         sched_arrive();
         commit_and_wait<C>(s, o);
         float alpha[2];
-        if (n_masked > 0) softmax(n_blocks - 1, true, alpha, s);
-        else softmax(n_blocks - 1, false, alpha, s);
-        pack_p(p, s);
+        if (n_masked > 0) softmax(n_blocks - 1, true, alpha);
+        else softmax(n_blocks - 1, false, alpha);
+        pack_p(p);
       }
       // Block it: S_it = Q K_it^T and O += P_{it-1} V_{it-1}, then the softmax of S_it.
       auto step = [&](int it, bool mask) {
@@ -438,28 +433,20 @@ __global__ void __launch_bounds__(384, 1)
         issue_fence<C>(s, o);
         gemm_qk<C>(s, q_tile, k_tiles + stage * C::K_BYTES, cw * 64);
         float alpha[2];
-#if JATTN_OVERLAP
-        // S first, alone; then P.V as its own group, which runs under the softmax of S (S's
-        // registers are not in P.V's group, so ptxas need not wait for it before the
-        // softmax writes them); P is packed (its registers redefined) after P.V is done.
+        // S first, alone; then P.V as its own group, which runs under the softmax of S
+        // (S's registers are not in P.V's group, so ptxas need not wait for P.V before the
+        // softmax writes them; with S and P.V in one group it did); P is packed (its
+        // registers redefined) after P.V is done.
         wgmma_group<C, -1>(s, o);
         wgmma_group<C, 0>(s, o);
         issue_fence<C>(s, o);
         gemm_pv<C>(o, p, v_tiles + prev * C::V_BYTES);
         wgmma_group<C, -1>(s, o);
         sched_arrive();
-        softmax(n_blocks - 1 - it, mask, alpha, s);
+        softmax(n_blocks - 1 - it, mask, alpha);
         wgmma_group<C, 0>(s, o);
         release(prev);
-        pack_p(p, s);
-#else
-        gemm_pv<C>(o, p, v_tiles + prev * C::V_BYTES);
-        sched_arrive();
-        commit_and_wait<C>(s, o);
-        release(prev);
-        softmax(n_blocks - 1 - it, mask, alpha, s);
-        pack_p(p, s);
-#endif
+        pack_p(p);
         rescale_o(alpha);
       };
       int it = 1;
