@@ -257,8 +257,9 @@ __global__ void __launch_bounds__(384, 1)
   using C = PrefillConfig<D>;
   constexpr int BM = C::BM, BN = C::BN, STAGES = C::STAGES;
   extern __shared__ uint8_t smem_raw[];
-  uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) &
-                                             ~uintptr_t(1023));
+  // Aligned to 1024 bytes (128-byte swizzle atoms) by pointer arithmetic on smem_raw, so
+  // that the compiler still knows these are shared-memory addresses (LDS/STS, not generic).
+  uint8_t* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
   constexpr int QS = C::Q_SLOTS;
   uint8_t* q_tiles = smem;  // Q buffers: the n-th tile of this CTA uses slot n % QS
   uint8_t* k_tiles = q_tiles + QS * C::Q_BYTES;
