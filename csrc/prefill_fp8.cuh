@@ -1,7 +1,9 @@
 // FP8 attention (prefill): e4m3 Q, K, V with float32 per-head scales, bf16 output, lse.
 //
 // Layouts (BTNH, as jattn.attention):
-//   q  [B, T, Nq, D]   e4m3      k, v [B, S, Nkv, D] e4m3
+//   q  [B, T, Nq, D]   e4m3      k [B, S, Nkv, D] e4m3
+//   vt [B, Nkv, D, Sp] e4m3: V transposed by the caller, keys contiguous, and inside each
+//      group of 32 keys permuted by `key_of_slot` (below), Sp = S rounded up to 32.
 //   q_scale [Nq], k_scale [Nkv], v_scale [Nkv] float32 (real value = stored * scale)
 //   o  [B, T, Nq, D] bf16 (stored by TMA from shared memory), lse [B, T, Nq] float32
 //      (natural log; -inf for empty rows)
@@ -16,13 +18,11 @@
 // A tile = 128 query rows of one (batch, head). The kernel is persistent: one CTA per SM
 // loops over tiles, handed out in head-major, longest-first order (the first by
 // blockIdx.x, the rest from an atomic counter), so a few heads' K/V stay in L2.
-// Warpgroup 0 is the producer. Its thread 0 fetches the next tile, publishes it in a Q
-// slot (Q_SLOTS of them) and issues TMA loads of its Q, of its K blocks into a ring of
-// K_STAGES and of its V blocks into a staging ring of VS_STAGES, running ahead of the
-// consumers across tiles (the next tile's loads overlap the current tile's last P.V and
-// epilogue). Its warps 1-3 transpose each staged V block [BN keys x D] into a ring of
-// VT_STAGES V^T blocks [D x BN] (keys contiguous, permuted by `key_of_slot`), the K-major
-// B operand that the FP8 wgmma needs for P.V. Warpgroups 1 and 2 each own 64 rows of a tile. Each consumer iteration issues S_j = Q K_j^T together with
+// Warpgroup 0 is the producer: one thread fetches the next tile, publishes it in a
+// double-buffered Q slot and issues TMA loads of its Q and of the K / V^T blocks into a
+// STAGES-deep ring, running ahead of the consumers across tiles (the next tile's loads
+// overlap the current tile's last P.V and epilogue; Q_SLOTS Q buffers). Warpgroups 1 and 2 each own 64 rows
+// of a tile. Each consumer iteration issues S_j = Q K_j^T together with
 // O += P_{j-1} V_{j-1} (waiting for S_j alone), then runs the softmax of S_j while its
 // own P.V and the other consumer's GEMMs use the tensor cores (ping-pong through named
 // barriers 1 and 2; the turns continue across tiles). KV blocks are visited from the
@@ -55,10 +55,7 @@ template <int D_> struct PrefillConfig {
   static constexpr int D = D_;
   static constexpr int BM = 128;                  // query rows per CTA
   static constexpr int BN = D <= 128 ? 128 : 64;  // keys per block
-  // Ring depths: K (TMA), V as loaded (TMA), V^T (transposed); D256 smaller, to fit.
-  static constexpr int K_STAGES = D <= 128 ? 4 : 3;
-  static constexpr int VS_STAGES = D <= 128 ? 3 : 2;
-  static constexpr int VT_STAGES = 3;
+  static constexpr int STAGES = 4;  // K/V ring depth: a TMA load has 3 blocks of lead
   static constexpr int Q_SLOTS = D <= 128 ? 2 : 1;  // D256: one, to fit the O staging
   static constexpr int QK_PANEL = D < 128 ? D : 128;  // swizzle width of Q / K rows (bytes)
   static constexpr int V_PANEL = BN;                  // V^T rows are BN bytes (<= 128)
@@ -68,9 +65,8 @@ template <int D_> struct PrefillConfig {
   static constexpr int O_PANEL = 128;               // bytes: 64 bf16 columns per TMA box
   static constexpr int O_WG_BYTES = 64 * D * 2;     // one consumer's 64 rows of bf16 O
   static constexpr int THREADS = 384;
-  static constexpr int SMEM = Q_SLOTS * Q_BYTES + (K_STAGES + VS_STAGES) * K_BYTES +
-                              VT_STAGES * V_BYTES + 2 * O_WG_BYTES + 1024 /*align*/ +
-                              64 * 8 /*barriers*/;
+  static constexpr int SMEM = Q_SLOTS * Q_BYTES + STAGES * (K_BYTES + V_BYTES) +
+                              2 * O_WG_BYTES + 1024 /*align*/ + 64 * 8 /*barriers*/;
 };
 
 struct PrefillParams {
@@ -213,44 +209,6 @@ __device__ __forceinline__ void commit_and_wait(float (&s)[C::BN / 2], float (&o
 #endif
 }
 
-// One warp's share (warp tw of 3) of transposing a staged V block (the K tile layout:
-// [BN keys x D], QK_PANEL-byte swizzled rows) into a V^T block (D rows of BN keys,
-// V_PANEL-byte swizzled, keys in `key_of_slot` order). A unit is 16 keys x 4 bytes of D
-// per lane: 16 conflict-free LDS.32 (the lanes read consecutive words of one key row),
-// then for each of the 4 rows of D one STS.128 of 16 keys. Lane pairs start at rotated
-// rows so that 8 consecutive lanes store to 8 different swizzle chunks.
-template <class C>
-__device__ __forceinline__ void transpose_v_block(const uint8_t* src, uint8_t* dst, int tw,
-                                                  int lane) {
-  constexpr int WPR = C::D / 4;                    // 32-bit words per key row
-  constexpr int LW = WPR < 32 ? WPR : 32;          // lanes per group of 16 keys
-  constexpr int KGW = 32 / LW;                     // key groups per warp unit
-  constexpr int KG_UNITS = C::BN / 16 / KGW;
-  constexpr int UNITS = KG_UNITS * (WPR / LW);
-  const int dwl = lane % LW, kgs = lane / LW;
-  const uint32_t rot = (lane >> 1) & 3;
-  for (int u = tw; u < UNITS; u += 3) {
-    const int kg = (u % KG_UNITS) * KGW + kgs;     // keys [16 kg, 16 kg + 16)
-    const int dw = (u / KG_UNITS) * LW + dwl;      // D bytes [4 dw, 4 dw + 4)
-    uint32_t w[16];                                // w[k]: the 4 bytes of key 16 kg + k
-#pragma unroll
-    for (int k = 0; k < 16; ++k)
-      w[k] = *reinterpret_cast<const uint32_t*>(
-          src + tile_offset<C::QK_PANEL>(C::BN, kg * 16 + k, dw * 4));
-#pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      const uint32_t rr = (r + rot) & 3, sel = rr | ((rr + 4) << 4);
-      uint32_t out[4];  // slots 4i .. 4i+3 hold keys 2i, 2i+1, 2i+8, 2i+9
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-        out[i] = prmt(prmt(w[2 * i], w[2 * i + 1], sel), prmt(w[2 * i + 8], w[2 * i + 9], sel),
-                      0x5410);
-      *reinterpret_cast<uint4*>(dst + tile_offset<C::V_PANEL>(C::D, dw * 4 + rr, kg * 16)) =
-          make_uint4(out[0], out[1], out[2], out[3]);
-    }
-  }
-}
-
 template <int D, bool CAUSAL>
 __global__ void __launch_bounds__(384, 1)
     prefill_fp8_kernel(const __grid_constant__ CUtensorMap q_map,
@@ -258,8 +216,7 @@ __global__ void __launch_bounds__(384, 1)
                        const __grid_constant__ CUtensorMap v_map,
                        const __grid_constant__ CUtensorMap o_map, const PrefillParams prm) {
   using C = PrefillConfig<D>;
-  constexpr int BM = C::BM, BN = C::BN;
-  constexpr int KS = C::K_STAGES, VSS = C::VS_STAGES, VTS = C::VT_STAGES;
+  constexpr int BM = C::BM, BN = C::BN, STAGES = C::STAGES;
   extern __shared__ uint8_t smem_raw[];
   // Aligned to 1024 bytes (128-byte swizzle atoms) by pointer arithmetic on smem_raw, so
   // that the compiler still knows these are shared-memory addresses (LDS/STS, not generic).
@@ -267,20 +224,15 @@ __global__ void __launch_bounds__(384, 1)
   constexpr int QS = C::Q_SLOTS;
   uint8_t* q_tiles = smem;  // Q buffers: the n-th tile of this CTA uses slot n % QS
   uint8_t* k_tiles = q_tiles + QS * C::Q_BYTES;
-  uint8_t* v_staged = k_tiles + KS * C::K_BYTES;    // [VSS] V blocks as TMA loads them
-  uint8_t* v_tiles = v_staged + VSS * C::K_BYTES;    // [VTS] V^T blocks
-  uint8_t* o_tiles = v_tiles + VTS * C::V_BYTES;  // [2 consumers][D / 64 panels][64][128 B]
+  uint8_t* v_tiles = k_tiles + STAGES * C::K_BYTES;
+  uint8_t* o_tiles = v_tiles + STAGES * C::V_BYTES;  // [2 consumers][D / 64 panels][64][128 B]
   uint64_t* bars = reinterpret_cast<uint64_t*>(o_tiles + 2 * C::O_WG_BYTES);
   uint64_t* q_full = bars;        // [QS] the slot's tile index (and its Q) are there
   uint64_t* q_empty = bars + QS;  // [QS] both consumers are done with the slot
-  uint64_t* k_full = bars + 2 * QS;  // [KS] TMA
-  uint64_t* k_empty = k_full + KS;   // [KS] every consumer warp's S with it has completed
-  uint64_t* vs_full = k_empty + KS;  // [VSS] a V block is staged (or v_end is set)
-  uint64_t* vs_empty = vs_full + VSS;  // [VSS] the transposers are done with it
-  uint64_t* vt_full = vs_empty + VSS;  // [VTS] a V^T block is written
-  uint64_t* vt_empty = vt_full + VTS;  // [VTS] every consumer warp's P.V with it completed
+  uint64_t* k_full = bars + 2 * QS;  // [STAGES]
+  uint64_t* v_full = k_full + STAGES;
+  uint64_t* empty = v_full + STAGES;
   __shared__ int tile_slot[QS];  // tile index, -1: no more
-  __shared__ int v_end;          // number of V blocks in this CTA (-1 until known)
 
   const int wg = threadIdx.x / 128;
   if (threadIdx.x == 0) {
@@ -292,26 +244,17 @@ __global__ void __launch_bounds__(384, 1)
       mbar_init(&q_full[i], 1);
       mbar_init(&q_empty[i], 2);  // one arrival per consumer warpgroup
     }
-    for (int i = 0; i < KS; ++i) {
-      mbar_init(&k_full[i], 1);
-      mbar_init(&k_empty[i], 8);  // one arrival per consumer warp
+    for (int s = 0; s < STAGES; ++s) {
+      mbar_init(&k_full[s], 1);
+      mbar_init(&v_full[s], 1);
+      mbar_init(&empty[s], 8);  // one arrival per consumer warp
     }
-    for (int i = 0; i < VSS; ++i) {
-      mbar_init(&vs_full[i], 1);
-      mbar_init(&vs_empty[i], 3);  // one arrival per transposer warp
-    }
-    for (int i = 0; i < VTS; ++i) {
-      mbar_init(&vt_full[i], 3);
-      mbar_init(&vt_empty[i], 8);
-    }
-    v_end = -1;
     fence_barrier_init();
   }
   __syncthreads();
 
   if (wg == 0) {  // ------------------------------------------------------- producer
-    setmaxnreg_dec<56>();
-    const int pw = threadIdx.x / 32, lane = threadIdx.x % 32;
+    setmaxnreg_dec<40>();
     if (threadIdx.x == 0) {
       int it = 0;  // K/V blocks issued so far: ring position across tiles
       for (int n = 0;; ++n) {
@@ -335,40 +278,17 @@ __global__ void __launch_bounds__(384, 1)
           tma_load_4d(qt + p * BM * C::QK_PANEL, &q_map, &q_full[qs], p * C::QK_PANEL, x.hq,
                       x.m0, x.b);
         for (int i = 0; i < x.n_blocks; ++i, ++it) {
-          const int j = x.n_blocks - 1 - i, stage = it % KS, vs = it % VSS;
-          if (it >= KS) mbar_wait(&k_empty[stage], ((it / KS) - 1) & 1);
+          const int j = x.n_blocks - 1 - i, stage = it % STAGES;
+          if (it >= STAGES) mbar_wait(&empty[stage], ((it / STAGES) - 1) & 1);
           uint8_t* kt = k_tiles + stage * C::K_BYTES;
           mbar_expect_tx(&k_full[stage], C::K_BYTES);
 #pragma unroll
           for (int p = 0; p < D / C::QK_PANEL; ++p)
             tma_load_4d(kt + p * BN * C::QK_PANEL, &k_map, &k_full[stage], p * C::QK_PANEL,
                         x.hk, j * BN, x.b);
-          if (it >= VSS) mbar_wait(&vs_empty[vs], ((it / VSS) - 1) & 1);
-          uint8_t* vt = v_staged + vs * C::K_BYTES;
-          mbar_expect_tx(&vs_full[vs], C::K_BYTES);
-#pragma unroll
-          for (int p = 0; p < D / C::QK_PANEL; ++p)
-            tma_load_4d(vt + p * BN * C::QK_PANEL, &v_map, &vs_full[vs], p * C::QK_PANEL,
-                        x.hk, j * BN, x.b);
-        }
-      }
-      if (it >= VSS) mbar_wait(&vs_empty[it % VSS], ((it / VSS) - 1) & 1);
-      v_end = it;  // tells the transposers to stop at block `it`
-      mbar_arrive(&vs_full[it % VSS]);
-    } else if (pw > 0) {  // transposers: staged V block `it` -> the ring's V^T stage
-      for (int it = 0;; ++it) {
-        const int stage = it % VTS, vs = it % VSS;
-        mbar_wait(&vs_full[vs], (it / VSS) & 1);
-        if (*static_cast<volatile int*>(&v_end) == it) break;
-        if (it >= VTS) mbar_wait(&vt_empty[stage], ((it / VTS) - 1) & 1);
-        fence_proxy_async_smem();  // the wgmma reads of this stage came through the async proxy
-        transpose_v_block<C>(v_staged + vs * C::K_BYTES, v_tiles + stage * C::V_BYTES, pw - 1,
-                             lane);
-        fence_proxy_async_smem();  // make the V^T block visible to wgmma
-        __syncwarp();
-        if (lane == 0) {
-          mbar_arrive(&vt_full[stage]);
-          mbar_arrive(&vs_empty[vs]);
+          mbar_expect_tx(&v_full[stage], C::V_BYTES);
+          tma_load_4d(v_tiles + stage * C::V_BYTES, &v_map, &v_full[stage], j * BN, 0, x.hk,
+                      x.b);
         }
       }
     }
@@ -376,7 +296,7 @@ __global__ void __launch_bounds__(384, 1)
   }
 
   // ---------------------------------------------------------------------- consumers
-  setmaxnreg_inc<224>();
+  setmaxnreg_inc<232>();
   const int cw = wg - 1;  // consumer index: rows [64 cw, 64 cw + 64) of each tile
   const int lane = threadIdx.x % 32, warp = (threadIdx.x / 32) % 4;
   const int g = lane / 4, t = lane % 4;
@@ -485,21 +405,20 @@ __global__ void __launch_bounds__(384, 1)
           o[i + 3] *= alpha[1];
         }
       };
-      auto release = [&](uint64_t* bar) {
+      auto release = [&](int stage) {
         __syncwarp();
-        if (lane == 0) mbar_arrive(bar);
+        if (lane == 0) mbar_arrive(&empty[stage]);
       };
 
       // First block: S only (o is still zero: no rescale).
       {
-        const int stage = it0 % KS;
-        mbar_wait(&k_full[stage], (it0 / KS) & 1);
+        const int stage = it0 % STAGES;
+        mbar_wait(&k_full[stage], (it0 / STAGES) & 1);
         sched_wait();
         issue_fence<C>(s, o);
         gemm_qk<C>(s, q_tile, k_tiles + stage * C::K_BYTES, cw * 64);
         sched_arrive();
         commit_and_wait<C>(s, o);
-        release(&k_empty[stage]);
         float alpha[2];
         if (n_masked > 0) softmax(n_blocks - 1, true, alpha);
         else softmax(n_blocks - 1, false, alpha);
@@ -508,9 +427,9 @@ __global__ void __launch_bounds__(384, 1)
       // Block it: S_it = Q K_it^T and O += P_{it-1} V_{it-1}, then the softmax of S_it.
       auto step = [&](int it, bool mask) {
         const int g_it = it0 + it;
-        const int stage = g_it % KS, prev = (g_it - 1) % VTS;
-        mbar_wait(&k_full[stage], (g_it / KS) & 1);
-        mbar_wait(&vt_full[prev], ((g_it - 1) / VTS) & 1);
+        const int stage = g_it % STAGES, prev = (g_it - 1) % STAGES;
+        mbar_wait(&k_full[stage], (g_it / STAGES) & 1);
+        mbar_wait(&v_full[prev], ((g_it - 1) / STAGES) & 1);
         sched_wait();
         issue_fence<C>(s, o);
         gemm_qk<C>(s, q_tile, k_tiles + stage * C::K_BYTES, cw * 64);
@@ -521,14 +440,13 @@ __global__ void __launch_bounds__(384, 1)
         // registers redefined) after P.V is done.
         wgmma_group<C, -1>(s, o);
         wgmma_group<C, 0>(s, o);
-        release(&k_empty[stage]);
         issue_fence<C>(s, o);
         gemm_pv<C>(o, p, v_tiles + prev * C::V_BYTES);
         wgmma_group<C, -1>(s, o);
         sched_arrive();
         softmax(n_blocks - 1 - it, mask, alpha);
         wgmma_group<C, 0>(s, o);
-        release(&vt_empty[prev]);
+        release(prev);
         pack_p(p);
         rescale_o(alpha);
       };
@@ -537,14 +455,14 @@ __global__ void __launch_bounds__(384, 1)
       for (; it < n_blocks; ++it) step(it, false);
       release_q(qs);  // every S of this tile has completed: the producer may refill Q
       // Last block: P.V only.
-      const int g_last = it0 + n_blocks - 1, last = g_last % VTS;
-      mbar_wait(&vt_full[last], (g_last / VTS) & 1);
+      const int g_last = it0 + n_blocks - 1, last = g_last % STAGES;
+      mbar_wait(&v_full[last], (g_last / STAGES) & 1);
       sched_wait();
       issue_fence<C>(s, o);
       gemm_pv<C>(o, p, v_tiles + last * C::V_BYTES);
       sched_arrive();
       commit_and_wait<C>(s, o);
-      release(&vt_empty[last]);
+      release(last);
       it0 += n_blocks;
     }
 
