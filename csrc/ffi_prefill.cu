@@ -35,27 +35,29 @@ ffi::Error bad(const std::string& what) {
                                      (kCausal ? ", causal" : "") + "): " + what);
 }
 
-ffi::Error Prefill(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer vt,
+ffi::Error Prefill(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
                    ffi::Buffer<ffi::F32> q_scale, ffi::Buffer<ffi::F32> k_scale,
                    ffi::Buffer<ffi::F32> v_scale, float sm_scale, bool causal,
                    ffi::ResultBuffer<ffi::BF16> o, ffi::ResultBuffer<ffi::F32> lse) {
-  for (auto* x : {&q, &k, &vt})
-    if (x->element_type() != ffi::DataType::F8E4M3FN) return bad("q, k, vt must be float8_e4m3fn");
-  auto qd = q.dimensions(), kd = k.dimensions(), vd = vt.dimensions();
+  for (auto* x : {&q, &k, &v})
+    if (x->element_type() != ffi::DataType::F8E4M3FN) return bad("q, k, v must be float8_e4m3fn");
+  auto qd = q.dimensions(), kd = k.dimensions(), vd = v.dimensions();
   if (qd.size() != 4 || kd.size() != 4 || vd.size() != 4)
-    return bad("q, k, vt must be rank 4, got " + dims_str(qd) + ", " + dims_str(kd) + ", " +
+    return bad("q, k, v must be rank 4, got " + dims_str(qd) + ", " + dims_str(kd) + ", " +
                dims_str(vd));
   const int64_t B = qd[0], T = qd[1], Nq = qd[2], D = qd[3];
-  const int64_t S = kd[1], Nkv = kd[2], Sp = vd[3];
+  const int64_t S = kd[1], Nkv = kd[2];
+  const int64_t Sp = (S + jattn::kVtKeys - 1) / jattn::kVtKeys * jattn::kVtKeys;
   if (causal != kCausal) return bad("called with causal=" + std::to_string(causal));
   if (D != kD || kd[3] != kD) return bad("head_dim must be " + std::to_string(kD));
-  if (kd[0] != B || vd[0] != B || vd[1] != Nkv || vd[2] != kD)
-    return bad("k " + dims_str(kd) + " / vt " + dims_str(vd) + " do not match q " +
-               dims_str(qd) + " (vt is [B, Nkv, D, Sp])");
+  if (kd[0] != B || vd[0] != B || vd[1] != S || vd[2] != Nkv || vd[3] != kD)
+    return bad("k " + dims_str(kd) + " / v " + dims_str(vd) + " do not match q " +
+               dims_str(qd) + " (k and v are [B, S, Nkv, D])");
   if (Nkv <= 0 || Nq % Nkv) return bad("Nq must be a multiple of Nkv");
-  if (T <= 0 || S <= 0 || Sp < S || Sp % 32) return bad("need T, S > 0 and Sp >= S, Sp % 32 == 0");
+  if (T <= 0 || S <= 0) return bad("need T, S > 0");
   const int64_t m_blocks = (T + Cfg::BM - 1) / Cfg::BM, num_tiles = B * Nq * m_blocks;
-  if (T > (int64_t(1) << 30) || S > (int64_t(1) << 30) || num_tiles >= (int64_t(1) << 31))
+  if (T > (int64_t(1) << 30) || S > (int64_t(1) << 30) || num_tiles >= (int64_t(1) << 31) ||
+      B > 65535 || Nkv > 65535)
     return bad("shape too large");
   if (q_scale.element_count() != size_t(Nq) || k_scale.element_count() != size_t(Nkv) ||
       v_scale.element_count() != size_t(Nkv))
@@ -63,6 +65,11 @@ ffi::Error Prefill(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyB
   if (o->dimensions().size() != 4 || o->element_count() != q.element_count() ||
       lse->element_count() != size_t(B * T * Nq))
     return bad("output shapes must be [B, T, Nq, D] and [B, T, Nq]");
+
+  // Scratch (the call's own): V^T and the tile counter.
+  std::optional<void*> vt = scratch.Allocate(size_t(B * Nkv * kD * Sp), 128);
+  std::optional<void*> counter = scratch.Allocate(sizeof(int), sizeof(int));
+  if (!vt || !counter) return ffi::Error::Internal("jattn fp8 prefill: no scratch memory");
 
   CUtensorMap q_map, k_map, v_map, o_map;
   std::string err;
@@ -73,7 +80,7 @@ ffi::Error Prefill(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyB
       !jattn::make_map_4d(&k_map, k.untyped_data(), {uint64_t(kD), uint64_t(Nkv), uint64_t(S),
                                                      uint64_t(B)},
                           {Cfg::QK_PANEL, 1, Cfg::BN, 1}, Cfg::QK_PANEL, &err) ||
-      !jattn::make_map_4d(&v_map, vt.untyped_data(), {uint64_t(Sp), uint64_t(kD),
+      !jattn::make_map_4d(&v_map, *vt, {uint64_t(Sp), uint64_t(kD),
                                                       uint64_t(Nkv), uint64_t(B)},
                           {Cfg::BN, kD, 1, 1}, Cfg::V_PANEL, &err) ||
       // O as bytes: rows of 2 D bytes, boxes of 64 rows x 128 bytes (64 bf16 columns).
@@ -97,15 +104,18 @@ ffi::Error Prefill(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyB
   prm.num_tiles = int(num_tiles);
   prm.sm_scale = sm_scale;
 
-  // The tile counter: zeroed on the stream before the kernel (scratch memory is the
-  // call's own, so concurrent calls do not share it).
-  std::optional<void*> counter = scratch.Allocate(sizeof(int), sizeof(int));
-  if (!counter) return ffi::Error::Internal("jattn fp8 prefill: no scratch memory for the tile counter");
-  prm.tile_counter = static_cast<int*>(*counter);
+  prm.tile_counter = static_cast<int*>(*counter);  // zeroed on the stream below
   int dev = 0, sms = 0;
   cudaError_t e = cudaGetDevice(&dev);
   if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
   if (e == cudaSuccess) e = cudaMemsetAsync(prm.tile_counter, 0, sizeof(int), stream);
+  if (e == cudaSuccess) {
+    jattn::transpose_v_kernel<kD><<<dim3(unsigned(Sp / jattn::kVtKeys), unsigned(Nkv),
+                                         unsigned(B)), 256, 0, stream>>>(
+        static_cast<const uint8_t*>(v.untyped_data()), static_cast<uint8_t*>(*vt), int(S),
+        int(Sp), int(Nkv));
+    e = cudaGetLastError();
+  }
   if (e != cudaSuccess)
     return ffi::Error::Internal(std::string("jattn fp8 prefill: ") + cudaGetErrorString(e));
 
@@ -130,7 +140,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JattnFp8Prefill, Prefill,
                                   .Ctx<ffi::ScratchAllocator>()
                                   .Arg<ffi::AnyBuffer>()  // q   float8_e4m3fn
                                   .Arg<ffi::AnyBuffer>()  // k   float8_e4m3fn
-                                  .Arg<ffi::AnyBuffer>()  // vt  float8_e4m3fn
+                                  .Arg<ffi::AnyBuffer>()  // v   float8_e4m3fn
                                   .Arg<ffi::Buffer<ffi::F32>>()       // q_scale
                                   .Arg<ffi::Buffer<ffi::F32>>()       // k_scale
                                   .Arg<ffi::Buffer<ffi::F32>>()       // v_scale

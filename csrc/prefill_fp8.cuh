@@ -2,8 +2,9 @@
 //
 // Layouts (BTNH, as jattn.attention):
 //   q  [B, T, Nq, D]   e4m3      k [B, S, Nkv, D] e4m3
-//   vt [B, Nkv, D, Sp] e4m3: V transposed by the caller, keys contiguous, and inside each
-//      group of 32 keys permuted by `key_of_slot` (below), Sp = S rounded up to 32.
+//   vt [B, Nkv, D, Sp] e4m3: V transposed by transpose_v_kernel (below) before the
+//      attention kernel, keys contiguous, and inside each group of 32 keys permuted by
+//      `key_of_slot`, Sp = S rounded up to 128 (zeros past S).
 //   q_scale [Nq], k_scale [Nkv], v_scale [Nkv] float32 (real value = stored * scale)
 //   o  [B, T, Nq, D] bf16 (stored by TMA from shared memory), lse [B, T, Nq] float32
 //      (natural log; -inf for empty rows)
@@ -41,6 +42,12 @@
 #include "wgmma_fp8.cuh"
 #endif
 
+
+// Probe knob: JATTN_PINGPONG=0 lets the two consumers issue their GEMMs without taking
+// turns.
+#ifndef JATTN_PINGPONG
+#define JATTN_PINGPONG 1
+#endif
 
 namespace jattn {
 
@@ -209,6 +216,61 @@ __device__ __forceinline__ void commit_and_wait(float (&s)[C::BN / 2], float (&o
 #endif
 }
 
+// V [B, S, Nkv, D] -> vt [B, Nkv, D, Sp], the layout above. One CTA = kVtKeys keys of one
+// (batch, kv head). A warp unit is 16 keys x 4 bytes of D per lane, read straight from
+// global memory (the lanes read consecutive words of one key row: coalesced) and permuted
+// with PRMT into 16-key pieces of 4 rows of V^T, which go to a shared tile (row d: 128
+// bytes, 16-byte chunk c at c ^ (d % 8); lane pairs start at rotated rows, so 8 lanes store
+// to 8 chunks: no bank conflicts); the CTA then writes the tile out in whole rows.
+constexpr int kVtKeys = 128;
+
+template <int D>
+__global__ void __launch_bounds__(256)
+    transpose_v_kernel(const uint8_t* __restrict__ v, uint8_t* __restrict__ vt, int S, int Sp,
+                       int Nkv) {
+  __shared__ __align__(16) uint8_t tile[D * kVtKeys];
+  constexpr int WPR = D / 4;            // 32-bit words per key row
+  constexpr int LW = WPR < 32 ? WPR : 32;  // lanes per group of 16 keys
+  constexpr int KGW = 32 / LW;          // key groups per warp unit
+  constexpr int KG_UNITS = kVtKeys / 16 / KGW, UNITS = KG_UNITS * (WPR / LW);
+  const int k0 = blockIdx.x * kVtKeys, hk = blockIdx.y, b = blockIdx.z;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int dwl = lane % LW, kgs = lane / LW;
+  const uint32_t rot = (lane >> 1) & 3;
+  const uint8_t* vb = v + (size_t(b) * S * Nkv + hk) * D;
+  for (int u = warp; u < UNITS; u += 8) {
+    const int kg = (u % KG_UNITS) * KGW + kgs;  // keys k0 + [16 kg, 16 kg + 16)
+    const int dw = (u / KG_UNITS) * LW + dwl;   // D bytes [4 dw, 4 dw + 4)
+    uint32_t w[16];                             // w[k]: the 4 bytes of key 16 kg + k
+#pragma unroll
+    for (int k = 0; k < 16; ++k) {
+      const int key = k0 + kg * 16 + k;
+      w[k] = key < S ? __ldg(reinterpret_cast<const uint32_t*>(vb + size_t(key) * Nkv * D +
+                                                                dw * 4))
+                     : 0u;
+    }
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const uint32_t rr = (r + rot) & 3, sel = rr | ((rr + 4) << 4);
+      const int d = dw * 4 + rr;
+      uint32_t out[4];  // slots 4i .. 4i+3 hold keys 2i, 2i+1, 2i+8, 2i+9
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+        out[i] = prmt(prmt(w[2 * i], w[2 * i + 1], sel), prmt(w[2 * i + 8], w[2 * i + 9], sel),
+                      0x5410);
+      *reinterpret_cast<uint4*>(tile + d * kVtKeys + ((kg ^ (d & 7)) * 16)) =
+          make_uint4(out[0], out[1], out[2], out[3]);
+    }
+  }
+  __syncthreads();
+  uint8_t* out = vt + (size_t(b) * Nkv + hk) * D * size_t(Sp) + k0;
+  for (int i = threadIdx.x; i < D * kVtKeys / 16; i += 256) {
+    const int d = i / 8, c = i % 8;
+    *reinterpret_cast<uint4*>(out + size_t(d) * Sp + c * 16) =
+        *reinterpret_cast<const uint4*>(tile + d * kVtKeys + ((c ^ (d & 7)) * 16));
+  }
+}
+
 template <int D, bool CAUSAL>
 __global__ void __launch_bounds__(384, 1)
     prefill_fp8_kernel(const __grid_constant__ CUtensorMap q_map,
@@ -302,12 +364,16 @@ __global__ void __launch_bounds__(384, 1)
   const int g = lane / 4, t = lane % 4;
   const int row_in_cta = cw * 64 + warp * 16 + g;  // +8 for the second row
   const int offset = prm.S - prm.T;  // bottom-right alignment
-  auto sched_wait = [&] { named_sync(1 + cw, 256); };
-  auto sched_arrive = [&] { named_arrive(2 - cw, 256); };
+  auto sched_wait = [&] {
+    if (JATTN_PINGPONG) named_sync(1 + cw, 256);
+  };
+  auto sched_arrive = [&] {
+    if (JATTN_PINGPONG) named_arrive(2 - cw, 256);
+  };
   auto release_q = [&](int qs) {
     if (threadIdx.x % 128 == 0) mbar_arrive(&q_empty[qs]);
   };
-  if (cw == 1) named_arrive(1, 256);  // consumer 0 issues first
+  if (JATTN_PINGPONG && cw == 1) named_arrive(1, 256);  // consumer 0 issues first
 
   int it0 = 0;  // K/V blocks consumed before this tile: ring position across tiles
   for (int n = 0;; ++n) {

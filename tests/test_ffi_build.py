@@ -101,20 +101,6 @@ def test_missing_nvcc_is_a_clear_error(monkeypatch, tmp_path):
     build.build(build.decode_kernel(64, 8), "sm_90a")
 
 
-def test_transpose_v_matches_the_kernels_slot_order(rng):
-  """V^T column 32c + k holds key 32c + key_of_slot(k) (csrc/prefill_fp8.cuh)."""
-  def key_of_slot(k):
-    return (k & 16) + 8 * ((k >> 1) & 1) + 2 * ((k >> 2) & 3) + (k & 1)
-  B, S, N, D = 2, 45, 3, 4
-  v = rng.standard_normal((B, S, N, D)).astype(np.float32)
-  vt = np.asarray(fp8.transpose_v(jnp.asarray(v)))
-  Sp = vt.shape[-1]
-  assert vt.shape == (B, N, D, 64)
-  padded = np.pad(v, ((0, 0), (0, Sp - S), (0, 0), (0, 0)))
-  keys = [32 * (c // 32) + key_of_slot(c % 32) for c in range(Sp)]
-  np.testing.assert_array_equal(vt, padded[:, keys].transpose(0, 2, 3, 1))
-
-
 def _fp8_inputs(rng, B, T, S, Nq, Nkv, D):
   f8 = jnp.float8_e4m3fn
   q, k, v = (randn(rng, s, jnp.float32).astype(f8)

@@ -126,7 +126,7 @@ def test_ffi_shape_error_is_a_python_exception(rng):
   call = jax.ffi.ffi_call(name, (jax.ShapeDtypeStruct(q.shape, jnp.bfloat16),
                                  jax.ShapeDtypeStruct(q.shape[:3], jnp.float32)))
   with pytest.raises(Exception, match="scales must be float32"):
-    jax.block_until_ready(call(q, k, fp8.transpose_v(v), jnp.ones((5,), jnp.float32), ks, vs,
+    jax.block_until_ready(call(q, k, v, jnp.ones((5,), jnp.float32), ks, vs,
                                sm_scale=np.float32(0.125), causal=np.bool_(False)))
   # The process is still healthy afterwards.
   o = jattn.attention(q, k, v, q_scale=qs, k_scale=ks, v_scale=vs, implementation="cuda")

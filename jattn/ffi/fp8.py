@@ -13,8 +13,9 @@ the XLA attention, and logs why). Each call compiles
 `jax.ffi.register_ffi_target(..., platform="CUDA")` and calls it with
 `jax.ffi.ffi_call`; shapes are checked here at trace time and again in C++.
 
-Prefill takes V transposed ([B, Nkv, D, S] with keys permuted inside groups of 32, see
-`transpose_v`): XLA materializes it before the kernel (one extra pass over V). Decode
+Prefill takes q, k, v as they are; the handler transposes V into scratch memory with a
+small kernel of its own before the attention kernel (the FP8 wgmma needs V^T, keys
+contiguous, as its B operand; see csrc/prefill_fp8.cuh). Decode
 streams the pages through a TMA ring at head_dim 128 with pages of 8-128 tokens, and
 loads them straight into registers otherwise (`csrc/decode_fp8.cuh`).
 """
@@ -114,18 +115,6 @@ def supports_attention(spec) -> Optional[str]:
   return _device_check()
 
 
-def transpose_v(v):
-  """v [B, S, Nkv, D] -> V^T [B, Nkv, D, Sp] (Sp = S rounded up to 32, zero padded) with
-  key 16h + 8a + 2t + e of each group of 32 stored at column 16h + 4t + 2a + e: the order
-  in which the kernel's P fragments hold the probabilities (`key_of_slot` in
-  csrc/prefill_fp8.cuh)."""
-  B, S, Nkv, D = v.shape
-  Sp = -(-S // 32) * 32
-  v = jnp.pad(v, ((0, 0), (0, Sp - S), (0, 0), (0, 0)))
-  v = v.reshape(B, Sp // 32, 2, 2, 4, 2, Nkv, D)          # key = (h, a, t, e)
-  return v.transpose(0, 6, 7, 1, 2, 4, 3, 5).reshape(B, Nkv, D, Sp)  # slot = (h, t, a, e)
-
-
 def _fail(msg):
   raise ValueError(f"jattn cuda_fp8: {msg}")
 
@@ -161,7 +150,7 @@ def attention(q, k, v, *, sm_scale, variant, q_lengths=None, kv_lengths=None, q_
   name = _target(build.prefill_kernel(D, causal, arch, wgmma), arch)
   call = jax.ffi.ffi_call(name, (jax.ShapeDtypeStruct((B, T, Nq, D), jnp.bfloat16),
                                  jax.ShapeDtypeStruct((B, T, Nq), jnp.float32)))
-  return call(q, k, transpose_v(v), q_scale, k_scale, v_scale,
+  return call(q, k, v, q_scale, k_scale, v_scale,
               sm_scale=np.float32(sm_scale), causal=causal)
 
 
