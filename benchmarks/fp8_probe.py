@@ -100,10 +100,9 @@ def prefill_bench(B=4, T=4096, H=32, D=128) -> dict:
                            implementation="cuda")
 
   def kernel_only(kernel):  # the FFI call alone (jattn.attention adds its checks)
-    call = jax.ffi.ffi_call(register(kernel), (
-        jax.ShapeDtypeStruct((B, T, H, D), jnp.bfloat16), jax.ShapeDtypeStruct((B, T, H), jnp.float32)))
-    return jax.jit(lambda q, k, vt: call(q, k, vt, one, one, one, sm_scale=np.float32(D ** -0.5),
-                                         causal=np.bool_(True))[0])
+    call = jax.ffi.ffi_call(register(kernel), fp8.prefill_result_shapes(B, T, T, H, H, D))
+    return jax.jit(lambda q, k, v: call(q, k, v, one, one, one, sm_scale=np.float32(D ** -0.5),
+                                        causal=np.bool_(True))[0])
 
   default = build.prefill_kernel(D, True, fp8.device_arch())
   cands = {

@@ -38,7 +38,8 @@ ffi::Error bad(const std::string& what) {
 ffi::Error Prefill(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
                    ffi::Buffer<ffi::F32> q_scale, ffi::Buffer<ffi::F32> k_scale,
                    ffi::Buffer<ffi::F32> v_scale, float sm_scale, bool causal,
-                   ffi::ResultBuffer<ffi::BF16> o, ffi::ResultBuffer<ffi::F32> lse) {
+                   ffi::ResultBuffer<ffi::BF16> o, ffi::ResultBuffer<ffi::F32> lse,
+                   ffi::Result<ffi::AnyBuffer> vt) {
   for (auto* x : {&q, &k, &v})
     if (x->element_type() != ffi::DataType::F8E4M3FN) return bad("q, k, v must be float8_e4m3fn");
   auto qd = q.dimensions(), kd = k.dimensions(), vd = v.dimensions();
@@ -66,10 +67,13 @@ ffi::Error Prefill(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyB
       lse->element_count() != size_t(B * T * Nq))
     return bad("output shapes must be [B, T, Nq, D] and [B, T, Nq]");
 
-  // Scratch (the call's own): V^T and the tile counter.
-  std::optional<void*> vt = scratch.Allocate(size_t(B * Nkv * kD * Sp), 128);
+  if (vt->element_type() != ffi::DataType::F8E4M3FN ||
+      vt->element_count() != size_t(B * Nkv * kD * Sp))
+    return bad("the third output (V^T workspace) must be float8_e4m3fn [B, Nkv, D, Sp], Sp = S "
+               "rounded up to " + std::to_string(jattn::kVtKeys));
+  // The tile counter: scratch memory, the call's own.
   std::optional<void*> counter = scratch.Allocate(sizeof(int), sizeof(int));
-  if (!vt || !counter) return ffi::Error::Internal("jattn fp8 prefill: no scratch memory");
+  if (!counter) return ffi::Error::Internal("jattn fp8 prefill: no scratch memory for the tile counter");
 
   CUtensorMap q_map, k_map, v_map, o_map;
   std::string err;
@@ -80,7 +84,7 @@ ffi::Error Prefill(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyB
       !jattn::make_map_4d(&k_map, k.untyped_data(), {uint64_t(kD), uint64_t(Nkv), uint64_t(S),
                                                      uint64_t(B)},
                           {Cfg::QK_PANEL, 1, Cfg::BN, 1}, Cfg::QK_PANEL, &err) ||
-      !jattn::make_map_4d(&v_map, *vt, {uint64_t(Sp), uint64_t(kD),
+      !jattn::make_map_4d(&v_map, vt->untyped_data(), {uint64_t(Sp), uint64_t(kD),
                                                       uint64_t(Nkv), uint64_t(B)},
                           {Cfg::BN, kD, 1, 1}, Cfg::V_PANEL, &err) ||
       // O as bytes: rows of 2 D bytes, boxes of 64 rows x 128 bytes (64 bf16 columns).
@@ -112,7 +116,7 @@ ffi::Error Prefill(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyB
   if (e == cudaSuccess) {
     jattn::transpose_v_kernel<kD><<<dim3(unsigned(Sp / jattn::kVtKeys), unsigned(Nkv),
                                          unsigned(B)), 256, 0, stream>>>(
-        static_cast<const uint8_t*>(v.untyped_data()), static_cast<uint8_t*>(*vt), int(S),
+        static_cast<const uint8_t*>(v.untyped_data()), static_cast<uint8_t*>(vt->untyped_data()), int(S),
         int(Sp), int(Nkv));
     e = cudaGetLastError();
   }
@@ -147,4 +151,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JattnFp8Prefill, Prefill,
                                   .Attr<float>("sm_scale")
                                   .Attr<bool>("causal")
                                   .Ret<ffi::Buffer<ffi::BF16>>()  // o
-                                  .Ret<ffi::Buffer<ffi::F32>>()); // lse
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // lse
+                                  .Ret<ffi::AnyBuffer>());        // V^T workspace

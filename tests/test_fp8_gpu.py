@@ -123,8 +123,7 @@ def test_ffi_shape_error_is_a_python_exception(rng):
   arch = fp8.device_arch()
   name = fp8._target(build.prefill_kernel(64, False, arch), arch)
   q, k, v, qs, ks, vs = _inputs(rng, 1, 16, 16, 2, 1, 64)
-  call = jax.ffi.ffi_call(name, (jax.ShapeDtypeStruct(q.shape, jnp.bfloat16),
-                                 jax.ShapeDtypeStruct(q.shape[:3], jnp.float32)))
+  call = jax.ffi.ffi_call(name, fp8.prefill_result_shapes(1, 16, 16, 2, 1, 64))
   with pytest.raises(Exception, match="scales must be float32"):
     jax.block_until_ready(call(q, k, v, jnp.ones((5,), jnp.float32), ks, vs,
                                sm_scale=np.float32(0.125), causal=np.bool_(False)))

@@ -115,6 +115,15 @@ def supports_attention(spec) -> Optional[str]:
   return _device_check()
 
 
+def prefill_result_shapes(B, T, S, Nq, Nkv, D):
+  """The prefill handler's outputs: o, lse and the V^T workspace its transpose kernel fills
+  ([B, Nkv, D, Sp], Sp = S rounded up to 128; discarded)."""
+  Sp = -(-S // 128) * 128
+  return (jax.ShapeDtypeStruct((B, T, Nq, D), jnp.bfloat16),
+          jax.ShapeDtypeStruct((B, T, Nq), jnp.float32),
+          jax.ShapeDtypeStruct((B, Nkv, D, Sp), E4M3))
+
+
 def _fail(msg):
   raise ValueError(f"jattn cuda_fp8: {msg}")
 
@@ -148,10 +157,10 @@ def attention(q, k, v, *, sm_scale, variant, q_lengths=None, kv_lengths=None, q_
   # JATTN_FP8_MMA=sync runs the portable mma.sync path on sm_90a too (for testing).
   wgmma = False if os.environ.get("JATTN_FP8_MMA") == "sync" else None
   name = _target(build.prefill_kernel(D, causal, arch, wgmma), arch)
-  call = jax.ffi.ffi_call(name, (jax.ShapeDtypeStruct((B, T, Nq, D), jnp.bfloat16),
-                                 jax.ShapeDtypeStruct((B, T, Nq), jnp.float32)))
-  return call(q, k, v, q_scale, k_scale, v_scale,
-              sm_scale=np.float32(sm_scale), causal=causal)
+  call = jax.ffi.ffi_call(name, prefill_result_shapes(B, T, S, Nq, Nkv, D))
+  o, lse, _ = call(q, k, v, q_scale, k_scale, v_scale, sm_scale=np.float32(sm_scale),
+                   causal=causal)
+  return o, lse
 
 
 # ----------------------------------------------------------------------------- decode
