@@ -45,6 +45,10 @@
 
 // Probe knob: JATTN_PINGPONG=0 lets the two consumers issue their GEMMs without taking
 // turns.
+// JATTN_STAGES: the K/V ring depth (default 4).
+#ifndef JATTN_STAGES
+#define JATTN_STAGES 4
+#endif
 #ifndef JATTN_PINGPONG
 #define JATTN_PINGPONG 1
 #endif
@@ -62,7 +66,7 @@ template <int D_> struct PrefillConfig {
   static constexpr int D = D_;
   static constexpr int BM = 128;                  // query rows per CTA
   static constexpr int BN = D <= 128 ? 128 : 64;  // keys per block
-  static constexpr int STAGES = 4;  // K/V ring depth: a TMA load has 3 blocks of lead
+  static constexpr int STAGES = JATTN_STAGES;  // K/V ring depth (4: a TMA load has 3 blocks of lead)
   static constexpr int Q_SLOTS = D <= 128 ? 2 : 1;  // D256: one, to fit the O staging
   static constexpr int QK_PANEL = D < 128 ? D : 128;  // swizzle width of Q / K rows (bytes)
   static constexpr int V_PANEL = BN;                  // V^T rows are BN bytes (<= 128)
