@@ -1,7 +1,6 @@
 // XLA FFI handler of the FP8 prefill kernel (prefill_fp8.cuh), one instantiation per
 // shared object: the JIT build (jattn/ffi/build.py) defines
-//   JATTN_HEAD_DIM (64 | 128 | 256), JATTN_CAUSAL (0 | 1), JATTN_WGMMA (0 | 1);
-// probe knob JATTN_PERSISTENT (default 1; 0 launches one CTA per tile).
+//   JATTN_HEAD_DIM (64 | 128 | 256), JATTN_CAUSAL (0 | 1), JATTN_WGMMA (0 | 1).
 // Exported symbol: JattnFp8Prefill. Every shape problem or CUDA error is returned as an
 // ffi::Error, which XLA raises as a Python exception.
 #include <algorithm>
@@ -13,10 +12,6 @@
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
-
-#ifndef JATTN_PERSISTENT
-#define JATTN_PERSISTENT 1
-#endif
 
 namespace {
 
@@ -128,7 +123,7 @@ ffi::Error Prefill(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyB
   e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::SMEM);
   if (e != cudaSuccess)
     return ffi::Error::Internal(std::string("jattn fp8 prefill: ") + cudaGetErrorString(e));
-  const int64_t ctas = JATTN_PERSISTENT ? std::min<int64_t>(num_tiles, sms) : num_tiles;
+  const int64_t ctas = std::min<int64_t>(num_tiles, sms);  // persistent: at most one per SM
   kernel<<<unsigned(ctas), Cfg::THREADS, Cfg::SMEM, stream>>>(q_map, k_map, v_map, o_map, prm);
   e = cudaGetLastError();
   if (e != cudaSuccess)

@@ -43,15 +43,6 @@
 #endif
 
 
-// Probe knob: JATTN_PINGPONG=0 lets the two consumers issue their GEMMs without taking
-// turns.
-// JATTN_STAGES: the K/V ring depth (default 4).
-#ifndef JATTN_STAGES
-#define JATTN_STAGES 4
-#endif
-#ifndef JATTN_PINGPONG
-#define JATTN_PINGPONG 1
-#endif
 
 namespace jattn {
 
@@ -66,7 +57,7 @@ template <int D_> struct PrefillConfig {
   static constexpr int D = D_;
   static constexpr int BM = 128;                  // query rows per CTA
   static constexpr int BN = D <= 128 ? 128 : 64;  // keys per block
-  static constexpr int STAGES = JATTN_STAGES;  // K/V ring depth (4: a TMA load has 3 blocks of lead)
+  static constexpr int STAGES = 4;  // K/V ring depth: a TMA load has 3 blocks of lead
   static constexpr int Q_SLOTS = D <= 128 ? 2 : 1;  // D256: one, to fit the O staging
   static constexpr int QK_PANEL = D < 128 ? D : 128;  // swizzle width of Q / K rows (bytes)
   static constexpr int V_PANEL = BN;                  // V^T rows are BN bytes (<= 128)
@@ -368,16 +359,12 @@ __global__ void __launch_bounds__(384, 1)
   const int g = lane / 4, t = lane % 4;
   const int row_in_cta = cw * 64 + warp * 16 + g;  // +8 for the second row
   const int offset = prm.S - prm.T;  // bottom-right alignment
-  auto sched_wait = [&] {
-    if (JATTN_PINGPONG) named_sync(1 + cw, 256);
-  };
-  auto sched_arrive = [&] {
-    if (JATTN_PINGPONG) named_arrive(2 - cw, 256);
-  };
+  auto sched_wait = [&] { named_sync(1 + cw, 256); };
+  auto sched_arrive = [&] { named_arrive(2 - cw, 256); };
   auto release_q = [&](int qs) {
     if (threadIdx.x % 128 == 0) mbar_arrive(&q_empty[qs]);
   };
-  if (JATTN_PINGPONG && cw == 1) named_arrive(1, 256);  // consumer 0 issues first
+  if (cw == 1) named_arrive(1, 256);  // consumer 0 issues first
 
   int it0 = 0;  // K/V blocks consumed before this tile: ring position across tiles
   for (int n = 0;; ++n) {
