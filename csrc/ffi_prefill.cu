@@ -1,8 +1,10 @@
 // XLA FFI handler of the FP8 prefill kernel (prefill_fp8.cuh), one instantiation per
 // shared object: the JIT build (jattn/ffi/build.py) defines
 //   JATTN_HEAD_DIM (64 | 128 | 256), JATTN_CAUSAL (0 | 1), JATTN_WGMMA (0 | 1).
-// Exported symbol: JattnFp8Prefill. Every shape problem or CUDA error is returned as an
-// ffi::Error, which XLA raises as a Python exception.
+// Exported symbol: JattnFp8Prefill. Launches transpose_v_kernel (V -> the V^T workspace,
+// the call's third output) and then the persistent attention kernel, one CTA per SM at
+// most. Every shape problem or CUDA error is returned as an ffi::Error, which XLA raises
+// as a Python exception.
 #include <algorithm>
 #include <optional>
 #include <string>
@@ -30,7 +32,8 @@ ffi::Error bad(const std::string& what) {
                                      (kCausal ? ", causal" : "") + "): " + what);
 }
 
-ffi::Error Prefill(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
+ffi::Error Prefill(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer q,
+                   ffi::AnyBuffer k, ffi::AnyBuffer v,
                    ffi::Buffer<ffi::F32> q_scale, ffi::Buffer<ffi::F32> k_scale,
                    ffi::Buffer<ffi::F32> v_scale, float sm_scale, bool causal,
                    ffi::ResultBuffer<ffi::BF16> o, ffi::ResultBuffer<ffi::F32> lse,
@@ -68,7 +71,8 @@ ffi::Error Prefill(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyB
                "rounded up to " + std::to_string(jattn::kVtKeys));
   // The tile counter: scratch memory, the call's own.
   std::optional<void*> counter = scratch.Allocate(sizeof(int), sizeof(int));
-  if (!counter) return ffi::Error::Internal("jattn fp8 prefill: no scratch memory for the tile counter");
+  if (!counter)
+    return ffi::Error::Internal("jattn fp8 prefill: no scratch memory for the tile counter");
 
   CUtensorMap q_map, k_map, v_map, o_map;
   std::string err;
@@ -109,10 +113,10 @@ ffi::Error Prefill(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyB
   if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
   if (e == cudaSuccess) e = cudaMemsetAsync(prm.tile_counter, 0, sizeof(int), stream);
   if (e == cudaSuccess) {
-    jattn::transpose_v_kernel<kD><<<dim3(unsigned(Sp / jattn::kVtKeys), unsigned(Nkv),
-                                         unsigned(B)), 256, 0, stream>>>(
-        static_cast<const uint8_t*>(v.untyped_data()), static_cast<uint8_t*>(vt->untyped_data()), int(S),
-        int(Sp), int(Nkv));
+    const dim3 grid(unsigned(Sp / jattn::kVtKeys), unsigned(Nkv), unsigned(B));
+    jattn::transpose_v_kernel<kD><<<grid, 256, 0, stream>>>(
+        static_cast<const uint8_t*>(v.untyped_data()), static_cast<uint8_t*>(vt->untyped_data()),
+        int(S), int(Sp), int(Nkv));
     e = cudaGetLastError();
   }
   if (e != cudaSuccess)

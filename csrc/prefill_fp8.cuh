@@ -6,8 +6,7 @@
 //      attention kernel, keys contiguous, and inside each group of 32 keys permuted by
 //      `key_of_slot`, Sp = S rounded up to 128 (zeros past S).
 //   q_scale [Nq], k_scale [Nkv], v_scale [Nkv] float32 (real value = stored * scale)
-//   o  [B, T, Nq, D] bf16 (stored by TMA from shared memory), lse [B, T, Nq] float32
-//      (natural log; -inf for empty rows)
+//   o  [B, T, Nq, D] bf16, lse [B, T, Nq] float32 (natural log; -inf for empty rows)
 // Query head h reads kv head h / (Nq / Nkv). Causal is bottom-right aligned: query t
 // sees key s iff s <= t + S - T.
 //
@@ -19,15 +18,15 @@
 // A tile = 128 query rows of one (batch, head). The kernel is persistent: one CTA per SM
 // loops over tiles, handed out in head-major, longest-first order (the first by
 // blockIdx.x, the rest from an atomic counter), so a few heads' K/V stay in L2.
-// Warpgroup 0 is the producer: one thread fetches the next tile, publishes it in a
-// double-buffered Q slot and issues TMA loads of its Q and of the K / V^T blocks into a
+// Warpgroup 0 is the producer: one thread fetches the next tile, publishes it in a Q slot
+// (Q_SLOTS of them) and issues TMA loads of its Q and of the K / V^T blocks into a
 // STAGES-deep ring, running ahead of the consumers across tiles (the next tile's loads
-// overlap the current tile's last P.V and epilogue; Q_SLOTS Q buffers). Warpgroups 1 and 2 each own 64 rows
-// of a tile. Each consumer iteration issues S_j = Q K_j^T together with
-// O += P_{j-1} V_{j-1} (waiting for S_j alone), then runs the softmax of S_j while its
-// own P.V and the other consumer's GEMMs use the tensor cores (ping-pong through named
-// barriers 1 and 2; the turns continue across tiles). KV blocks are visited from the
-// last (diagonal, masked) to the first.
+// overlap the current tile's last P.V and epilogue). Warpgroups 1 and 2 each own 64 rows
+// of a tile. In its turn (ping-pong through named barriers 1 and 2; the turns continue
+// across tiles) a consumer issues S_j = Q K_j^T, waits for it, issues
+// O += P_{j-1} V_{j-1} and hands the turn over; then it runs the softmax of S_j while its
+// own P.V and the other consumer's GEMMs use the tensor cores. KV blocks are visited from
+// the last (diagonal, masked) to the first. O leaves through shared memory by TMA stores.
 //
 // The GEMMs come in two flavours sharing everything else (the accumulator layouts agree):
 //   JATTN_WGMMA=1 (sm_90a): wgmma.m64nNk32 e4m3 (QGMMA), A = Q from shared memory for S,
@@ -41,8 +40,6 @@
 #if JATTN_WGMMA
 #include "wgmma_fp8.cuh"
 #endif
-
-
 
 namespace jattn {
 
@@ -540,7 +537,8 @@ __global__ void __launch_bounds__(384, 1)
       const float inv = lt > 0.f ? v_scale / lt : 0.f;
 #pragma unroll
       for (int dt = 0; dt < D / 8; ++dt)
-        *reinterpret_cast<uint32_t*>(o_stage + tile_offset<C::O_PANEL>(64, r, (dt * 8 + 2 * t) * 2)) =
+        *reinterpret_cast<uint32_t*>(o_stage +
+                                     tile_offset<C::O_PANEL>(64, r, (dt * 8 + 2 * t) * 2)) =
             f32x2_to_bf16x2(o[dt * 4 + 2 * h] * inv, o[dt * 4 + 2 * h + 1] * inv);
       if (t == 0 && row < prm.T)
         prm.lse[(size_t(x.b) * prm.T + row) * prm.Nq + x.hq] =

@@ -115,10 +115,13 @@ def supports_attention(spec) -> Optional[str]:
   return _device_check()
 
 
+VT_KEYS = 128  # kVtKeys in csrc/prefill_fp8.cuh: the V^T workspace's keys are padded to it
+
+
 def prefill_result_shapes(B, T, S, Nq, Nkv, D):
   """The prefill handler's outputs: o, lse and the V^T workspace its transpose kernel fills
   ([B, Nkv, D, Sp], Sp = S rounded up to 128; discarded)."""
-  Sp = -(-S // 128) * 128
+  Sp = -(-S // VT_KEYS) * VT_KEYS
   return (jax.ShapeDtypeStruct((B, T, Nq, D), jnp.bfloat16),
           jax.ShapeDtypeStruct((B, T, Nq), jnp.float32),
           jax.ShapeDtypeStruct((B, Nkv, D, Sp), E4M3))
