@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Nsight Compute on the CUDA FP8 prefill kernel (B4 T4096 H32 D128 causal, the second
 # call): warp-state totals and per-SASS-instruction stall samples.
-#   OUT=dir benchmarks/ncu_fp8_prefill.sh [extra ncu args, e.g. -DJATTN_... are not here]
+#   OUT=dir benchmarks/ncu_fp8_prefill.sh
 # Writes $OUT/ncu_prefill.ncu-rep, ncu_prefill_stalls.txt (the kernel's stall reasons,
 # cycles per issued instruction) and ncu_prefill_source.csv (SASS with samples).
 set -u

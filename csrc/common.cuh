@@ -17,6 +17,13 @@ __device__ __forceinline__ uint32_t smem_u32(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
+// Bytes from `raw` (the extern dynamic shared memory) up to a 1024-byte boundary (128-byte
+// swizzle atoms). Add it to the extern array itself: aligning through a uintptr_t round
+// trip hides the address space, and every access becomes a generic LD/ST, not LDS/STS.
+__device__ __forceinline__ uint32_t smem_align_1024(const void* raw) {
+  return (1024 - (smem_u32(raw) & 1023)) & 1023;
+}
+
 // ---------------------------------------------------------------- conversions
 
 // Two f32 -> two e4m3 in one 16-bit word (lo in the low byte), saturating.

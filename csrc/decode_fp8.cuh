@@ -468,9 +468,7 @@ __global__ void __launch_bounds__((kDecodeWarps + 1) * 32, 2)  // two CTAs per S
   const int n_stages = end > begin ? (end - begin + kStageTokens - 1) / kStageTokens : 0;
 
   extern __shared__ uint8_t smem_raw[];
-  // Aligned by pointer arithmetic on smem_raw: the compiler keeps shared-memory accesses
-  // (LDS/STS) instead of generic ones.
-  uint8_t* ring = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
+  uint8_t* ring = smem_raw + smem_align_1024(smem_raw);
   uint8_t* k_ring = ring;                                  // [stages][128 tokens][D]
   uint8_t* v_ring = ring + kTmaStages * kStageBytes;       // [stages][128 tokens][D]
   uint64_t* full = reinterpret_cast<uint64_t*>(ring + 2 * kTmaStages * kStageBytes);

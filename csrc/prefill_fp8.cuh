@@ -183,29 +183,27 @@ __device__ __forceinline__ void issue_fence(float (&s)[C::BN / 2], float (&o)[C:
 #endif
 }
 
-// Commit the issued wgmmas as a group (N = -1), or wait until at most N groups are
-// pending and fence the accumulators (N >= 0).
-template <class C, int N>
-__device__ __forceinline__ void wgmma_group(float (&s)[C::BN / 2], float (&o)[C::D / 2]) {
+// Commit the issued wgmmas as one group; wait until none is pending and fence the
+// accumulators; both.
+template <class C> __device__ __forceinline__ void commit_group() {
 #if JATTN_WGMMA
-  if (N < 0) {
-    wgmma_commit();
-  } else {
-    wgmma_wait<N < 0 ? 0 : N>();
-    fence_regs(s);
-    if (N == 0) fence_regs(o);  // with N = 1 the P.V group may still write o
-  }
+  wgmma_commit();
+#endif
+}
+
+template <class C>
+__device__ __forceinline__ void wait_groups(float (&s)[C::BN / 2], float (&o)[C::D / 2]) {
+#if JATTN_WGMMA
+  wgmma_wait<0>();
+  fence_regs(s);
+  fence_regs(o);
 #endif
 }
 
 template <class C>
 __device__ __forceinline__ void commit_and_wait(float (&s)[C::BN / 2], float (&o)[C::D / 2]) {
-#if JATTN_WGMMA
-  wgmma_commit();
-  wgmma_wait<0>();
-  fence_regs(s);
-  fence_regs(o);
-#endif
+  commit_group<C>();
+  wait_groups<C>(s, o);
 }
 
 // V [B, S, Nkv, D] -> vt [B, Nkv, D, Sp], the layout above. One CTA = kVtKeys keys of one
@@ -272,9 +270,7 @@ __global__ void __launch_bounds__(384, 1)
   using C = PrefillConfig<D>;
   constexpr int BM = C::BM, BN = C::BN, STAGES = C::STAGES;
   extern __shared__ uint8_t smem_raw[];
-  // Aligned to 1024 bytes (128-byte swizzle atoms) by pointer arithmetic on smem_raw, so
-  // that the compiler still knows these are shared-memory addresses (LDS/STS, not generic).
-  uint8_t* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
+  uint8_t* smem = smem_raw + smem_align_1024(smem_raw);
   constexpr int QS = C::Q_SLOTS;
   uint8_t* q_tiles = smem;  // Q buffers: the n-th tile of this CTA uses slot n % QS
   uint8_t* k_tiles = q_tiles + QS * C::Q_BYTES;
@@ -381,7 +377,7 @@ __global__ void __launch_bounds__(384, 1)
     for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
 
-    if (n_blocks == 0) release_q(qs);
+    if (n_blocks == 0) release_q(qs);  // no keys: o stays zero, lse -inf
     if (n_blocks > 0) {
       float s[BN / 2];
 #pragma unroll
@@ -492,14 +488,13 @@ __global__ void __launch_bounds__(384, 1)
         // (S's registers are not in P.V's group, so ptxas need not wait for P.V before the
         // softmax writes them; with S and P.V in one group it did); P is packed (its
         // registers redefined) after P.V is done.
-        wgmma_group<C, -1>(s, o);
-        wgmma_group<C, 0>(s, o);
+        commit_and_wait<C>(s, o);
         issue_fence<C>(s, o);
         gemm_pv<C>(o, p, v_tiles + prev * C::V_BYTES);
-        wgmma_group<C, -1>(s, o);
+        commit_group<C>();
         sched_arrive();
         softmax(n_blocks - 1 - it, mask, alpha);
-        wgmma_group<C, 0>(s, o);
+        wait_groups<C>(s, o);
         release(prev);
         pack_p(p);
         rescale_o(alpha);

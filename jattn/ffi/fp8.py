@@ -13,9 +13,10 @@ the XLA attention, and logs why). Each call compiles
 `jax.ffi.register_ffi_target(..., platform="CUDA")` and calls it with
 `jax.ffi.ffi_call`; shapes are checked here at trace time and again in C++.
 
-Prefill takes q, k, v as they are; the handler transposes V into scratch memory with a
-small kernel of its own before the attention kernel (the FP8 wgmma needs V^T, keys
-contiguous, as its B operand; see csrc/prefill_fp8.cuh). Decode
+Prefill takes q, k, v as they are; the handler transposes V with a small kernel of its
+own into a workspace (the call's third, discarded output) before the attention kernel
+(the FP8 wgmma needs V^T, keys contiguous, as its B operand; see csrc/prefill_fp8.cuh).
+Decode
 streams the pages through a TMA ring at head_dim 128 with pages of 8-128 tokens, and
 loads them straight into registers otherwise (`csrc/decode_fp8.cuh`).
 """
