@@ -2,7 +2,7 @@
 timings next to cuDNN bf16 in one process.
 
   PYTHONPATH=. python3 -m benchmarks.fp8_probe [--out DIR] [--only prefill|decode]
-      [--rounds N]     timings (decode rows interleaved over N rounds, median)
+      [--rounds N]     timings (every row interleaved over N rounds, median)
   PYTHONPATH=. python3 -m benchmarks.fp8_probe --build-check   first build in an empty
       cache (seconds), then a second process on that cache (its compile count)
   PYTHONPATH=. python3 -m benchmarks.fp8_probe --sanitize CASE one small call, for
@@ -63,7 +63,8 @@ def build_check() -> dict:
 
 
 # Kernel variants timed next to the defaults: extra (macro, value) build parameters.
-PREFILL_VARIANTS = ()
+PREFILL_VARIANTS = ((("PREFILL_LSUM_MMA", 1),), (("PREFILL_EARLY_ARRIVE", 1),),
+                    (("PREFILL_LSUM_MMA", 1), ("PREFILL_EARLY_ARRIVE", 1)))
 DECODE_VARIANTS = ((("DECODE_TMA", 0),), (("DECODE_TMA_PROMOTION", 128),),
                    (("DECODE_TMA_PROMOTION", 0),))
 
@@ -85,7 +86,7 @@ def prefill_inputs(key, B, T, H, D, n=2):
   return sets
 
 
-def prefill_bench(B=4, T=4096, H=32, D=128) -> dict:
+def prefill_bench(B=4, T=4096, H=32, D=128, rounds=1) -> dict:
   key = jax.random.key(0)
   f32 = prefill_inputs(key, B, T, H, D)
   bf = [tuple(x.astype(jnp.bfloat16) for x in s) for s in f32]
@@ -115,18 +116,24 @@ def prefill_bench(B=4, T=4096, H=32, D=128) -> dict:
       "jattn_bf16_pallas": (jax.jit(lambda q, k, v: jattn.attention(
           q, k, v, causal=True, implementation="pallas")), bf),
   }
-  outs = {}
+  outs, timed = {}, []
   for name, (fn, args) in cands.items():
     try:
       t = bench(fn, args)
       outs[name] = t.out
-      res[name] = dict(ms=t.median_s * 1e3, tflops=flops / t.median_s / 1e12,
-                       spread=t.spread, compile_s=t.compile_s)
-      log(f"prefill {name:24s} {t.median_s * 1e3:8.3f} ms {flops / t.median_s / 1e12:7.1f} "
+      res[name] = dict(ms_rounds=[t.median_s * 1e3], spread=t.spread, compile_s=t.compile_s)
+      timed.append((res[name], fn, args))
+      log(f"prefill r0 {name:24s} {t.median_s * 1e3:8.3f} ms {flops / t.median_s / 1e12:7.1f} "
           f"TFLOP/s (spread {t.spread:.2f})")
     except Exception as e:  # noqa: BLE001  (report and go on)
       res[name] = dict(error=f"{type(e).__name__}: {str(e)[:300]}")
       log(f"prefill {name} failed: {res[name]['error']}")
+  more_rounds(timed, rounds, lambda fn, args: bench(fn, args).median_s * 1e3)
+  for name, r in res.items():  # interleaved rounds -> medians
+    if "ms" in r:
+      r["tflops"] = flops / r["ms"] / 1e9
+      log(f"prefill {name:24s} {r['ms']:8.3f} ms {r['tflops']:7.1f} TFLOP/s "
+          f"(rounds {', '.join(f'{x:.3f}' for x in r['ms_rounds'])})")
   for name in outs:  # every fp8 output against cuDNN's on the same (rounded) data
     if "cudnn" not in name and "cudnn_bf16" in outs:
       res[f"rel_err_{name}_vs_cudnn_bf16"] = rel_err(outs[name], outs["cudnn_bf16"])
@@ -272,7 +279,7 @@ def main():
   ap.add_argument("--build-check", action="store_true")
   ap.add_argument("--ncu", choices=("prefill", "decode"), default=None)
   ap.add_argument("--only", choices=("prefill", "decode"), default=None)
-  ap.add_argument("--rounds", type=int, default=1, help="interleaved rounds of the decode rows")
+  ap.add_argument("--rounds", type=int, default=1, help="interleaved rounds of the timed rows (median)")
   ap.add_argument("--decode-dims", default="128", help="head dims of the decode rows, e.g. 64,128,256")
   ap.add_argument("--decode-shapes", default="",
                   help="more D128 decode shapes B:S:Hq:Hkv, comma-separated (e.g. 256:4096:4:1)")
@@ -291,7 +298,7 @@ def main():
   res = dict(device=dev.device_kind)
   res["ceilings"] = ceilings()
   log("ceilings", res["ceilings"])
-  res["prefill"] = prefill_bench() if args.only != "decode" else {}
+  res["prefill"] = prefill_bench(rounds=args.rounds) if args.only != "decode" else {}
   dims = [int(d) for d in args.decode_dims.split(",")]
   res["decode"] = decode_bench(rounds=args.rounds) if args.only != "prefill" and 128 in dims else {}
   for d in dims:

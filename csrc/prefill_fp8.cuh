@@ -41,6 +41,18 @@
 #include "wgmma_fp8.cuh"
 #endif
 
+// Probe knobs (benchmarks/fp8_probe.py PREFILL_VARIANTS; NOTES, session 11):
+// JATTN_PREFILL_LSUM_MMA=1: the row sums l come from the tensor cores (P times a ones tile,
+//   one wgmma m64n8k32 beside each P.V step) instead of 64 FADDs per thread and block.
+// JATTN_PREFILL_EARLY_ARRIVE=1: a consumer hands the turn over right after issuing S,
+//   and waits for S and issues P.V outside its turn.
+#ifndef JATTN_PREFILL_LSUM_MMA
+#define JATTN_PREFILL_LSUM_MMA 0
+#endif
+#ifndef JATTN_PREFILL_EARLY_ARRIVE
+#define JATTN_PREFILL_EARLY_ARRIVE 0
+#endif
+
 namespace jattn {
 
 // Within a group of 32 keys, P's register slot k (the k index of the A fragment) holds
@@ -64,8 +76,9 @@ template <int D_> struct PrefillConfig {
   static constexpr int O_PANEL = 128;               // bytes: 64 bf16 columns per TMA box
   static constexpr int O_WG_BYTES = 64 * D * 2;     // one consumer's 64 rows of bf16 O
   static constexpr int THREADS = 384;
+  static constexpr int ONES_BYTES = JATTN_PREFILL_LSUM_MMA ? 1024 : 0;  // e4m3 1.0 tile
   static constexpr int SMEM = Q_SLOTS * Q_BYTES + STAGES * (K_BYTES + V_BYTES) +
-                              2 * O_WG_BYTES + 1024 /*align*/ + 64 * 8 /*barriers*/;
+                              2 * O_WG_BYTES + ONES_BYTES + 1024 /*align*/ + 64 * 8 /*barriers*/;
 };
 
 struct PrefillParams {
@@ -148,16 +161,23 @@ __device__ __forceinline__ void gemm_qk(float (&s)[C::BN / 2], const uint8_t* q_
 }
 
 // O[64 x D] += P[64 x BN] V[BN x D]; P in registers (e4m3 A fragments), V^T tile [D x BN].
+// With JATTN_PREFILL_LSUM_MMA, also lsum[4] += P . ones (every column a row sum of P).
 template <class C>
-__device__ __forceinline__ void gemm_pv(float (&o)[C::D / 2], const uint32_t (&p)[C::BN / 32][4],
-                                        const uint8_t* v_tile) {
+__device__ __forceinline__ void gemm_pv(float (&o)[C::D / 2], float (&lsum)[4],
+                                        const uint32_t (&p)[C::BN / 32][4],
+                                        const uint8_t* v_tile, const uint8_t* ones) {
 #if JATTN_WGMMA
 #pragma unroll
   for (int kk = 0; kk < C::BN / 32; ++kk) {
     uint64_t db = wgmma_desc(v_tile + kk * 32, C::V_PANEL);
     Wgmma<C::D>::rs(o, p[kk], db, 1);
+    if (JATTN_PREFILL_LSUM_MMA) Wgmma<8>::rs(lsum, p[kk], wgmma_desc(ones, 128), 1);
   }
 #else
+  if (JATTN_PREFILL_LSUM_MMA) {
+#pragma unroll
+    for (int kk = 0; kk < C::BN / 32; ++kk) mma_e4m3_16832(lsum, p[kk], 0x38383838u, 0x38383838u);
+  }
   const int lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
 #pragma unroll
@@ -175,10 +195,12 @@ __device__ __forceinline__ void gemm_pv(float (&o)[C::D / 2], const uint32_t (&p
 }
 
 template <class C>
-__device__ __forceinline__ void issue_fence(float (&s)[C::BN / 2], float (&o)[C::D / 2]) {
+__device__ __forceinline__ void issue_fence(float (&s)[C::BN / 2], float (&o)[C::D / 2],
+                                            float (&lsum)[4]) {
 #if JATTN_WGMMA
   fence_regs(s);
   fence_regs(o);
+  fence_regs(lsum);
   wgmma_fence();
 #endif
 }
@@ -192,18 +214,21 @@ template <class C> __device__ __forceinline__ void commit_group() {
 }
 
 template <class C>
-__device__ __forceinline__ void wait_groups(float (&s)[C::BN / 2], float (&o)[C::D / 2]) {
+__device__ __forceinline__ void wait_groups(float (&s)[C::BN / 2], float (&o)[C::D / 2],
+                                            float (&lsum)[4]) {
 #if JATTN_WGMMA
   wgmma_wait<0>();
   fence_regs(s);
   fence_regs(o);
+  fence_regs(lsum);
 #endif
 }
 
 template <class C>
-__device__ __forceinline__ void commit_and_wait(float (&s)[C::BN / 2], float (&o)[C::D / 2]) {
+__device__ __forceinline__ void commit_and_wait(float (&s)[C::BN / 2], float (&o)[C::D / 2],
+                                                float (&lsum)[4]) {
   commit_group<C>();
-  wait_groups<C>(s, o);
+  wait_groups<C>(s, o, lsum);
 }
 
 // V [B, S, Nkv, D] -> vt [B, Nkv, D, Sp], the layout above. One CTA = kVtKeys keys of one
@@ -276,7 +301,8 @@ __global__ void __launch_bounds__(384, 1)
   uint8_t* k_tiles = q_tiles + QS * C::Q_BYTES;
   uint8_t* v_tiles = k_tiles + STAGES * C::K_BYTES;
   uint8_t* o_tiles = v_tiles + STAGES * C::V_BYTES;  // [2 consumers][D / 64 panels][64][128 B]
-  uint64_t* bars = reinterpret_cast<uint64_t*>(o_tiles + 2 * C::O_WG_BYTES);
+  uint8_t* ones = o_tiles + 2 * C::O_WG_BYTES;  // [ONES_BYTES] e4m3 1.0 (LSUM_MMA)
+  uint64_t* bars = reinterpret_cast<uint64_t*>(ones + C::ONES_BYTES);
   uint64_t* q_full = bars;        // [QS] the slot's tile index (and its Q) are there
   uint64_t* q_empty = bars + QS;  // [QS] both consumers are done with the slot
   uint64_t* k_full = bars + 2 * QS;  // [STAGES]
@@ -300,6 +326,10 @@ __global__ void __launch_bounds__(384, 1)
       mbar_init(&empty[s], 8);  // one arrival per consumer warp
     }
     fence_barrier_init();
+  }
+  if (JATTN_PREFILL_LSUM_MMA && threadIdx.x < C::ONES_BYTES / 4) {
+    reinterpret_cast<uint32_t*>(ones)[threadIdx.x] = 0x38383838u;  // four e4m3 1.0
+    fence_proxy_async_smem();  // read by wgmma (the async proxy)
   }
   __syncthreads();
 
@@ -376,6 +406,7 @@ __global__ void __launch_bounds__(384, 1)
 #pragma unroll
     for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+    float lsum[4] = {0.f, 0.f, 0.f, 0.f};  // LSUM_MMA: l of rows g (lsum[0]), g + 8 ([2])
 
     if (n_blocks == 0) release_q(qs);  // no keys: o stays zero, lse -inf
     if (n_blocks > 0) {
@@ -431,9 +462,10 @@ __global__ void __launch_bounds__(384, 1)
             for (int e = 0; e < 2; ++e) {
               const int i = nt * 4 + 2 * h + e;
               s[i] = exp2_approx(fmaf(s[i], scale_log2, bias));
-              sum4[2 * (nt % 2) + e] += s[i];
+              if (!JATTN_PREFILL_LSUM_MMA) sum4[2 * (nt % 2) + e] += s[i];
             }
-          l[h] = l[h] * alpha[h] + ((sum4[0] + sum4[1]) + (sum4[2] + sum4[3]));
+          if (!JATTN_PREFILL_LSUM_MMA)
+            l[h] = l[h] * alpha[h] + ((sum4[0] + sum4[1]) + (sum4[2] + sum4[3]));
         }
       };
       auto pack_p = [&](uint32_t (&pd)[BN / 32][4]) {
@@ -454,6 +486,12 @@ __global__ void __launch_bounds__(384, 1)
           o[i + 2] *= alpha[1];
           o[i + 3] *= alpha[1];
         }
+        if (JATTN_PREFILL_LSUM_MMA) {
+          lsum[0] *= alpha[0];
+          lsum[1] *= alpha[0];
+          lsum[2] *= alpha[1];
+          lsum[3] *= alpha[1];
+        }
       };
       auto release = [&](int stage) {
         __syncwarp();
@@ -465,10 +503,10 @@ __global__ void __launch_bounds__(384, 1)
         const int stage = it0 % STAGES;
         mbar_wait(&k_full[stage], (it0 / STAGES) & 1);
         sched_wait();
-        issue_fence<C>(s, o);
+        issue_fence<C>(s, o, lsum);
         gemm_qk<C>(s, q_tile, k_tiles + stage * C::K_BYTES, cw * 64);
         sched_arrive();
-        commit_and_wait<C>(s, o);
+        commit_and_wait<C>(s, o, lsum);
         float alpha[2];
         if (n_masked > 0) softmax(n_blocks - 1, true, alpha);
         else softmax(n_blocks - 1, false, alpha);
@@ -481,20 +519,26 @@ __global__ void __launch_bounds__(384, 1)
         mbar_wait(&k_full[stage], (g_it / STAGES) & 1);
         mbar_wait(&v_full[prev], ((g_it - 1) / STAGES) & 1);
         sched_wait();
-        issue_fence<C>(s, o);
+        issue_fence<C>(s, o, lsum);
         gemm_qk<C>(s, q_tile, k_tiles + stage * C::K_BYTES, cw * 64);
         float alpha[2];
         // S first, alone; then P.V as its own group, which runs under the softmax of S
         // (S's registers are not in P.V's group, so ptxas need not wait for P.V before the
         // softmax writes them; with S and P.V in one group it did); P is packed (its
         // registers redefined) after P.V is done.
-        commit_and_wait<C>(s, o);
-        issue_fence<C>(s, o);
-        gemm_pv<C>(o, p, v_tiles + prev * C::V_BYTES);
+        if (JATTN_PREFILL_EARLY_ARRIVE) {
+          commit_group<C>();
+          sched_arrive();
+          wait_groups<C>(s, o, lsum);
+        } else {
+          commit_and_wait<C>(s, o, lsum);
+        }
+        issue_fence<C>(s, o, lsum);
+        gemm_pv<C>(o, lsum, p, v_tiles + prev * C::V_BYTES, ones);
         commit_group<C>();
-        sched_arrive();
+        if (!JATTN_PREFILL_EARLY_ARRIVE) sched_arrive();
         softmax(n_blocks - 1 - it, mask, alpha);
-        wait_groups<C>(s, o);
+        wait_groups<C>(s, o, lsum);
         release(prev);
         pack_p(p);
         rescale_o(alpha);
@@ -507,10 +551,10 @@ __global__ void __launch_bounds__(384, 1)
       const int g_last = it0 + n_blocks - 1, last = g_last % STAGES;
       mbar_wait(&v_full[last], (g_last / STAGES) & 1);
       sched_wait();
-      issue_fence<C>(s, o);
-      gemm_pv<C>(o, p, v_tiles + last * C::V_BYTES);
+      issue_fence<C>(s, o, lsum);
+      gemm_pv<C>(o, lsum, p, v_tiles + last * C::V_BYTES, ones);
       sched_arrive();
-      commit_and_wait<C>(s, o);
+      commit_and_wait<C>(s, o, lsum);
       release(last);
       it0 += n_blocks;
     }
@@ -528,6 +572,7 @@ __global__ void __launch_bounds__(384, 1)
       float lt = l[h];
       lt += __shfl_xor_sync(0xffffffff, lt, 1);
       lt += __shfl_xor_sync(0xffffffff, lt, 2);
+      if (JATTN_PREFILL_LSUM_MMA) lt = lsum[2 * h];
       const int r = warp * 16 + g + 8 * h, row = m0 + cw * 64 + r;
       const float inv = lt > 0.f ? v_scale / lt : 0.f;
 #pragma unroll

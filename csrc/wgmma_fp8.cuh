@@ -7,6 +7,27 @@ namespace jattn {
 
 template <int N> struct Wgmma;
 
+template <> struct Wgmma<8> {
+  // A and B from shared memory (descriptors).
+  __device__ __forceinline__ static void ss(float (&d)[4], uint64_t desc_a,
+                                            uint64_t desc_b, int scale_d) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %6, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n8k32.f32.e4m3.e4m3 "
+        "{%0, %1, %2, %3}, %4, %5, p, 1, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+  }
+  // A from registers (4 x 4 e4m3 per thread), B from shared memory.
+  __device__ __forceinline__ static void rs(float (&d)[4], const uint32_t (&a)[4],
+                                            uint64_t desc_b, int scale_d) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %9, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n8k32.f32.e4m3.e4m3 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, %8, p, 1, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d));
+  }
+};
+
 template <> struct Wgmma<64> {
   // A and B from shared memory (descriptors).
   __device__ __forceinline__ static void ss(float (&d)[32], uint64_t desc_a,
