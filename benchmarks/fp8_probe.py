@@ -63,8 +63,7 @@ def build_check() -> dict:
 
 
 # Kernel variants timed next to the defaults: extra (macro, value) build parameters.
-PREFILL_VARIANTS = ((("PREFILL_LSUM_MMA", 1),), (("PREFILL_EARLY_ARRIVE", 1),),
-                    (("PREFILL_LSUM_MMA", 1), ("PREFILL_EARLY_ARRIVE", 1)))
+PREFILL_VARIANTS = ((("PREFILL_PDL", 0),),)
 DECODE_VARIANTS = ((("DECODE_TMA", 0),), (("DECODE_TMA_PROMOTION", 128),),
                    (("DECODE_TMA_PROMOTION", 0),))
 

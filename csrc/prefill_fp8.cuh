@@ -13,7 +13,10 @@
 // Math per row: x_j = (q.k_j) * sm_scale * q_scale * k_scale * log2(e); online softmax in
 // base 2 with a +8 exponent offset, so p = 2^(x - m + 8) lies in [0, 256] and keeps its
 // small values out of e4m3's subnormal range when it is cast to e4m3 for the P.V product;
-// l sums the unrounded p; o = v_scale * (P.V) / l, lse = (m + log2 l - 8) * ln 2.
+// l sums the same e4m3 p that P.V multiplies (the tensor cores compute it: P times a tile of
+// ones beside each P.V step), so o's weights sum to one and (o, lse) describe the same p;
+// o = v_scale * (P.V) / l, lse = (m + log2 l - 8) * ln 2. Against the exact softmax, l is
+// off by the rounding of p to e4m3 (at most 6.25 % per term; ~3 % on random data).
 //
 // A tile = 128 query rows of one (batch, head). The kernel is persistent: one CTA per SM
 // loops over tiles, handed out in head-major, longest-first order (the first by
@@ -41,16 +44,10 @@
 #include "wgmma_fp8.cuh"
 #endif
 
-// Probe knobs (benchmarks/fp8_probe.py PREFILL_VARIANTS; NOTES, session 11):
-// JATTN_PREFILL_LSUM_MMA=1: the row sums l come from the tensor cores (P times a ones tile,
-//   one wgmma m64n8k32 beside each P.V step) instead of 64 FADDs per thread and block.
-// JATTN_PREFILL_EARLY_ARRIVE=1: a consumer hands the turn over right after issuing S,
-//   and waits for S and issues P.V outside its turn.
-#ifndef JATTN_PREFILL_LSUM_MMA
-#define JATTN_PREFILL_LSUM_MMA 0
-#endif
-#ifndef JATTN_PREFILL_EARLY_ARRIVE
-#define JATTN_PREFILL_EARLY_ARRIVE 0
+// Probe knob JATTN_PREFILL_PDL=0: launch the attention kernel after the V transpose in
+// plain stream order instead of as its programmatic dependent (NOTES, session 11).
+#ifndef JATTN_PREFILL_PDL
+#define JATTN_PREFILL_PDL 1
 #endif
 
 namespace jattn {
@@ -76,7 +73,7 @@ template <int D_> struct PrefillConfig {
   static constexpr int O_PANEL = 128;               // bytes: 64 bf16 columns per TMA box
   static constexpr int O_WG_BYTES = 64 * D * 2;     // one consumer's 64 rows of bf16 O
   static constexpr int THREADS = 384;
-  static constexpr int ONES_BYTES = JATTN_PREFILL_LSUM_MMA ? 1024 : 0;  // e4m3 1.0 tile
+  static constexpr int ONES_BYTES = 1024;         // e4m3 1.0: the B operand of the row sums
   static constexpr int SMEM = Q_SLOTS * Q_BYTES + STAGES * (K_BYTES + V_BYTES) +
                               2 * O_WG_BYTES + ONES_BYTES + 1024 /*align*/ + 64 * 8 /*barriers*/;
 };
@@ -161,7 +158,8 @@ __device__ __forceinline__ void gemm_qk(float (&s)[C::BN / 2], const uint8_t* q_
 }
 
 // O[64 x D] += P[64 x BN] V[BN x D]; P in registers (e4m3 A fragments), V^T tile [D x BN].
-// With JATTN_PREFILL_LSUM_MMA, also lsum[4] += P . ones (every column a row sum of P).
+// And the row sums lsum += P . ones[BN x 8]: every column of that n8 accumulator is the sum
+// of its row of P (lsum[0]: row g, lsum[2]: row g + 8).
 template <class C>
 __device__ __forceinline__ void gemm_pv(float (&o)[C::D / 2], float (&lsum)[4],
                                         const uint32_t (&p)[C::BN / 32][4],
@@ -171,13 +169,11 @@ __device__ __forceinline__ void gemm_pv(float (&o)[C::D / 2], float (&lsum)[4],
   for (int kk = 0; kk < C::BN / 32; ++kk) {
     uint64_t db = wgmma_desc(v_tile + kk * 32, C::V_PANEL);
     Wgmma<C::D>::rs(o, p[kk], db, 1);
-    if (JATTN_PREFILL_LSUM_MMA) Wgmma<8>::rs(lsum, p[kk], wgmma_desc(ones, 128), 1);
+    Wgmma<8>::rs(lsum, p[kk], wgmma_desc(ones, 128), 1);
   }
 #else
-  if (JATTN_PREFILL_LSUM_MMA) {
 #pragma unroll
-    for (int kk = 0; kk < C::BN / 32; ++kk) mma_e4m3_16832(lsum, p[kk], 0x38383838u, 0x38383838u);
-  }
+  for (int kk = 0; kk < C::BN / 32; ++kk) mma_e4m3_16832(lsum, p[kk], 0x38383838u, 0x38383838u);
   const int lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
 #pragma unroll
@@ -248,6 +244,7 @@ __global__ void __launch_bounds__(256)
   constexpr int LW = WPR < 32 ? WPR : 32;  // lanes per group of 16 keys
   constexpr int KGW = 32 / LW;          // key groups per warp unit
   constexpr int KG_UNITS = kVtKeys / 16 / KGW, UNITS = KG_UNITS * (WPR / LW);
+  if (JATTN_PREFILL_PDL) pdl_launch_dependents();  // the attention kernel may start loading
   const int k0 = blockIdx.x * kVtKeys, hk = blockIdx.y, b = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int dwl = lane % LW, kgs = lane / LW;
@@ -301,7 +298,7 @@ __global__ void __launch_bounds__(384, 1)
   uint8_t* k_tiles = q_tiles + QS * C::Q_BYTES;
   uint8_t* v_tiles = k_tiles + STAGES * C::K_BYTES;
   uint8_t* o_tiles = v_tiles + STAGES * C::V_BYTES;  // [2 consumers][D / 64 panels][64][128 B]
-  uint8_t* ones = o_tiles + 2 * C::O_WG_BYTES;  // [ONES_BYTES] e4m3 1.0 (LSUM_MMA)
+  uint8_t* ones = o_tiles + 2 * C::O_WG_BYTES;  // [ONES_BYTES] e4m3 1.0
   uint64_t* bars = reinterpret_cast<uint64_t*>(ones + C::ONES_BYTES);
   uint64_t* q_full = bars;        // [QS] the slot's tile index (and its Q) are there
   uint64_t* q_empty = bars + QS;  // [QS] both consumers are done with the slot
@@ -327,7 +324,7 @@ __global__ void __launch_bounds__(384, 1)
     }
     fence_barrier_init();
   }
-  if (JATTN_PREFILL_LSUM_MMA && threadIdx.x < C::ONES_BYTES / 4) {
+  if (threadIdx.x < C::ONES_BYTES / 4) {
     reinterpret_cast<uint32_t*>(ones)[threadIdx.x] = 0x38383838u;  // four e4m3 1.0
     fence_proxy_async_smem();  // read by wgmma (the async proxy)
   }
@@ -336,6 +333,7 @@ __global__ void __launch_bounds__(384, 1)
   if (wg == 0) {  // ------------------------------------------------------- producer
     setmaxnreg_dec<40>();
     if (threadIdx.x == 0) {
+      bool vt_ready = !JATTN_PREFILL_PDL;  // V^T is written by the transpose kernel before us
       int it = 0;  // K/V blocks issued so far: ring position across tiles
       for (int n = 0;; ++n) {
         const int qs = n % QS;
@@ -366,6 +364,10 @@ __global__ void __launch_bounds__(384, 1)
           for (int p = 0; p < D / C::QK_PANEL; ++p)
             tma_load_4d(kt + p * BN * C::QK_PANEL, &k_map, &k_full[stage], p * C::QK_PANEL,
                         x.hk, j * BN, x.b);
+          if (!vt_ready) {  // launched as the transpose's dependent: wait for its V^T
+            pdl_wait_previous_grid();
+            vt_ready = true;
+          }
           mbar_expect_tx(&v_full[stage], C::V_BYTES);
           tma_load_4d(v_tiles + stage * C::V_BYTES, &v_map, &v_full[stage], j * BN, 0, x.hk,
                       x.b);
@@ -405,8 +407,8 @@ __global__ void __launch_bounds__(384, 1)
     float o[D / 2];
 #pragma unroll
     for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
-    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
-    float lsum[4] = {0.f, 0.f, 0.f, 0.f};  // LSUM_MMA: l of rows g (lsum[0]), g + 8 ([2])
+    float m[2] = {-INFINITY, -INFINITY};
+    float lsum[4] = {0.f, 0.f, 0.f, 0.f};  // row sums of P: row g in [0], row g + 8 in [2]
 
     if (n_blocks == 0) release_q(qs);  // no keys: o stays zero, lse -inf
     if (n_blocks > 0) {
@@ -455,17 +457,13 @@ __global__ void __launch_bounds__(384, 1)
           alpha[h] = exp2_approx(m[h] - m_use);
           m[h] = m_new;
           const float bias = 8.f - m_use;
-          float sum4[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
           for (int nt = 0; nt < BN / 8; ++nt)
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
               const int i = nt * 4 + 2 * h + e;
               s[i] = exp2_approx(fmaf(s[i], scale_log2, bias));
-              if (!JATTN_PREFILL_LSUM_MMA) sum4[2 * (nt % 2) + e] += s[i];
             }
-          if (!JATTN_PREFILL_LSUM_MMA)
-            l[h] = l[h] * alpha[h] + ((sum4[0] + sum4[1]) + (sum4[2] + sum4[3]));
         }
       };
       auto pack_p = [&](uint32_t (&pd)[BN / 32][4]) {
@@ -486,12 +484,10 @@ __global__ void __launch_bounds__(384, 1)
           o[i + 2] *= alpha[1];
           o[i + 3] *= alpha[1];
         }
-        if (JATTN_PREFILL_LSUM_MMA) {
-          lsum[0] *= alpha[0];
-          lsum[1] *= alpha[0];
-          lsum[2] *= alpha[1];
-          lsum[3] *= alpha[1];
-        }
+        lsum[0] *= alpha[0];
+        lsum[1] *= alpha[0];
+        lsum[2] *= alpha[1];
+        lsum[3] *= alpha[1];
       };
       auto release = [&](int stage) {
         __syncwarp();
@@ -526,17 +522,11 @@ __global__ void __launch_bounds__(384, 1)
         // (S's registers are not in P.V's group, so ptxas need not wait for P.V before the
         // softmax writes them; with S and P.V in one group it did); P is packed (its
         // registers redefined) after P.V is done.
-        if (JATTN_PREFILL_EARLY_ARRIVE) {
-          commit_group<C>();
-          sched_arrive();
-          wait_groups<C>(s, o, lsum);
-        } else {
-          commit_and_wait<C>(s, o, lsum);
-        }
+        commit_and_wait<C>(s, o, lsum);
         issue_fence<C>(s, o, lsum);
         gemm_pv<C>(o, lsum, p, v_tiles + prev * C::V_BYTES, ones);
         commit_group<C>();
-        if (!JATTN_PREFILL_EARLY_ARRIVE) sched_arrive();
+        sched_arrive();
         softmax(n_blocks - 1 - it, mask, alpha);
         wait_groups<C>(s, o, lsum);
         release(prev);
@@ -569,10 +559,7 @@ __global__ void __launch_bounds__(384, 1)
     const float v_scale = prm.v_scale[x.hk];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      float lt = l[h];
-      lt += __shfl_xor_sync(0xffffffff, lt, 1);
-      lt += __shfl_xor_sync(0xffffffff, lt, 2);
-      if (JATTN_PREFILL_LSUM_MMA) lt = lsum[2 * h];
+      const float lt = lsum[2 * h];
       const int r = warp * 16 + g + 8 * h, row = m0 + cw * 64 + r;
       const float inv = lt > 0.f ? v_scale / lt : 0.f;
 #pragma unroll

@@ -4,10 +4,13 @@ dequantized inputs, and errors from the FFI handlers surfacing as Python excepti
 Tolerances: the prefill kernel multiplies P (softmax weights, cast to e4m3) by V on the
 FP8 tensor cores, as FlashAttention-3's FP8 path does; e4m3's 3 mantissa bits put the
 output about 2.5% (relative norm) from the exact result on random data, so o is held to
-5e-2. Hopper's FP8 wgmma also accumulates Q.K^T with fewer than fp32's mantissa bits
-(H100 runs: lse up to 6.5e-3 off at head_dim 128 and 1.04e-2 at 256, against <2e-3 for
-the mma.sync path), so prefill lse is held to 2e-2 absolute. Decode keeps P and V in f16
-(K/V's e4m3 values convert exactly): bf16 tolerance.
+5e-2. The normalizer l sums the same e4m3 P (so that o's weights sum to one): against
+the exact softmax each term is off by its e4m3 rounding (at most 6.25 %, half an ulp at
+the bottom of a binade), which moves lse by up to ~3.2e-2 on these random inputs (H100,
+session 11: 2.0-3.2e-2 at head dims 64-256); Hopper's FP8 wgmma also accumulates Q.K^T
+with fewer than fp32's mantissa bits (lse up to 1e-2 from that alone). Prefill lse is
+held to 5e-2 absolute. Decode keeps P and V in f16 (K/V's e4m3 values convert exactly):
+bf16 tolerance.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from conftest import assert_close, oracle, paged_cache, randn, rel_err, requires
 pytestmark = requires_gpu
 F8 = jnp.float8_e4m3fn
 FP8_PREFILL_TOL = 5e-2
-FP8_LSE_ATOL = 2e-2
+FP8_LSE_ATOL = 5e-2
 
 
 def _inputs(rng, B, T, S, Nq, Nkv, D, per_head=True):
