@@ -59,7 +59,9 @@
 // loaded from shared memory after the turn is handed over, so that ptxas cannot move the
 // softmax above the hand-over (it moves part or all of it there otherwise). =2: also run
 // the softmax as the body of a loop that ends on that value (once, but ptxas cannot know),
-// so that the wait for P.V stays after it (ptxas otherwise hoists that wait into it).
+// so that the wait for P.V stays after it (ptxas otherwise hoists that wait into it). =3:
+// hand the turn over inside the softmax, after the row maxima (and the rescale vote), with
+// the exponentials' bias read from shared memory after it.
 #ifndef JATTN_PREFILL_PIN_ARRIVE
 #define JATTN_PREFILL_PIN_ARRIVE 0
 #endif
@@ -320,7 +322,7 @@ __global__ void __launch_bounds__(384, 1)
   uint64_t* v_full = k_full + STAGES;
   uint64_t* empty = v_full + STAGES;
   __shared__ int tile_slot[QS];  // tile index, -1: no more
-  __shared__ float neg_inf;      // JATTN_PREFILL_PIN_ARRIVE
+  __shared__ float neg_inf, zero_word;  // JATTN_PREFILL_PIN_ARRIVE
 
   const int wg = threadIdx.x / 128;
   if (threadIdx.x == 0) {
@@ -339,6 +341,7 @@ __global__ void __launch_bounds__(384, 1)
     }
     fence_barrier_init();
     neg_inf = -INFINITY;
+    zero_word = 0.f;
   }
   if (threadIdx.x < C::ONES_BYTES / 4) {
     reinterpret_cast<uint32_t*>(ones)[threadIdx.x] = 0x38383838u;  // four e4m3 1.0
@@ -447,7 +450,8 @@ __global__ void __launch_bounds__(384, 1)
       // scheduler is in here).
       // (Called with a constant mask: after inlining, each call site is specialized.)
       constexpr float kTau = JATTN_PREFILL_RESCALE_TAU_X100 / 100.f;
-      auto softmax = [&](int j, bool mask, float (&alpha)[2], float start = -INFINITY) {
+      auto softmax = [&](int j, bool mask, float (&alpha)[2], float start = -INFINITY,
+                         bool arrive_inside = false) {
         const int key0 = j * BN + 2 * t;
         float mxs[2];  // row maxima of the block, log2 units
 #pragma unroll
@@ -475,13 +479,19 @@ __global__ void __launch_bounds__(384, 1)
         }
         const bool grow = kTau == 0.f || __any_sync(0xffffffff, mxs[0] > m[0] + kTau ||
                                                                    mxs[1] > m[1] + kTau);
+        float zero = 0.f;
+        if (arrive_inside) {
+          sched_arrive();
+          asm volatile("ld.volatile.shared.f32 %0, [%1];" : "=f"(zero)
+                       : "r"(smem_u32(&zero_word)) : "memory");
+        }
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           const float m_new = grow ? fmaxf(m[h], mxs[h]) : m[h];  // m is kept in log2 units
           const float m_use = m_new == -INFINITY ? 0.f : m_new;
           alpha[h] = grow ? exp2_approx(m[h] - m_use) : 1.f;
           m[h] = m_new;
-          const float bias = 8.f - m_use;
+          const float bias = 8.f - m_use + zero;
 #pragma unroll
           for (int nt = 0; nt < BN / 8; ++nt)
 #pragma unroll
@@ -552,9 +562,9 @@ __global__ void __launch_bounds__(384, 1)
         issue_fence<C>(s, o, lsum);
         gemm_pv<C>(o, lsum, p, v_tiles + prev * C::V_BYTES, ones);
         commit_group<C>();
-        sched_arrive();
+        if (JATTN_PREFILL_PIN_ARRIVE != 3) sched_arrive();
         float start = -INFINITY;
-        if (JATTN_PREFILL_PIN_ARRIVE)  // -inf, read after the hand-over
+        if (JATTN_PREFILL_PIN_ARRIVE == 1 || JATTN_PREFILL_PIN_ARRIVE == 2)  // -inf, read after
           asm volatile("ld.volatile.shared.f32 %0, [%1];" : "=f"(start)
                        : "r"(smem_u32(&neg_inf)) : "memory");
         bool grow;
@@ -562,6 +572,8 @@ __global__ void __launch_bounds__(384, 1)
           do {
             grow = softmax(n_blocks - 1 - it, mask, alpha, start);
           } while (start > 0.f);
+        } else if (JATTN_PREFILL_PIN_ARRIVE == 3) {
+          grow = softmax(n_blocks - 1 - it, mask, alpha, start, true);
         } else {
           grow = softmax(n_blocks - 1 - it, mask, alpha, start);
         }
