@@ -63,9 +63,7 @@ def build_check() -> dict:
 
 
 # Kernel variants timed next to the defaults: extra (macro, value) build parameters.
-PREFILL_VARIANTS = ((("PREFILL_PIN_ARRIVE", 3),),
-                    (("PREFILL_PIN_ARRIVE", 3), ("PREFILL_RESCALE_TAU_X100", 75)),
-                    (("PREFILL_PIN_ARRIVE", 3), ("PREFILL_RESCALE_TAU_X100", 40)))
+PREFILL_VARIANTS = ()
 DECODE_VARIANTS = ((("DECODE_TMA", 0),), (("DECODE_TMA_PROMOTION", 128),),
                    (("DECODE_TMA_PROMOTION", 0),))
 

@@ -139,7 +139,7 @@ ffi::Error Prefill(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyB
   pdl[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   pdl[0].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = pdl;
-  cfg.numAttrs = JATTN_PREFILL_PDL ? 1 : 0;
+  cfg.numAttrs = 1;
   e = cudaLaunchKernelEx(&cfg, kernel, q_map, k_map, v_map, o_map, prm);
   if (e != cudaSuccess)
     return ffi::Error::Internal(std::string("jattn fp8 prefill launch: ") + cudaGetErrorString(e));

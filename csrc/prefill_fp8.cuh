@@ -44,28 +44,6 @@
 #include "wgmma_fp8.cuh"
 #endif
 
-// Probe knob JATTN_PREFILL_PDL=0: launch the attention kernel after the V transpose in
-// plain stream order instead of as its programmatic dependent (NOTES, session 11).
-#ifndef JATTN_PREFILL_PDL
-#define JATTN_PREFILL_PDL 1
-#endif
-// Probe knob JATTN_PREFILL_RESCALE_TAU_X100=t: keep a row's running maximum (and skip O's
-// rescale) until some row of the warp exceeds it by more than t / 100 (log2 units); p then
-// reaches 2^(8 + t/100), so t <= 80 keeps it under e4m3's 448. 0: rescale at every block.
-#ifndef JATTN_PREFILL_RESCALE_TAU_X100
-#define JATTN_PREFILL_RESCALE_TAU_X100 0
-#endif
-// Probe knob JATTN_PREFILL_PIN_ARRIVE=1: the softmax's row-max chains start from a value
-// loaded from shared memory after the turn is handed over, so that ptxas cannot move the
-// softmax above the hand-over (it moves part or all of it there otherwise). =2: also run
-// the softmax as the body of a loop that ends on that value (once, but ptxas cannot know),
-// so that the wait for P.V stays after it (ptxas otherwise hoists that wait into it). =3:
-// hand the turn over inside the softmax, after the row maxima (and the rescale vote), with
-// the exponentials' bias read from shared memory after it.
-#ifndef JATTN_PREFILL_PIN_ARRIVE
-#define JATTN_PREFILL_PIN_ARRIVE 0
-#endif
-
 namespace jattn {
 
 // Within a group of 32 keys, P's register slot k (the k index of the A fragment) holds
@@ -260,7 +238,7 @@ __global__ void __launch_bounds__(256)
   constexpr int LW = WPR < 32 ? WPR : 32;  // lanes per group of 16 keys
   constexpr int KGW = 32 / LW;          // key groups per warp unit
   constexpr int KG_UNITS = kVtKeys / 16 / KGW, UNITS = KG_UNITS * (WPR / LW);
-  if (JATTN_PREFILL_PDL) pdl_launch_dependents();  // the attention kernel may start loading
+  pdl_launch_dependents();  // the attention kernel may start its prologue and Q/K loads
   const int k0 = blockIdx.x * kVtKeys, hk = blockIdx.y, b = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int dwl = lane % LW, kgs = lane / LW;
@@ -322,7 +300,6 @@ __global__ void __launch_bounds__(384, 1)
   uint64_t* v_full = k_full + STAGES;
   uint64_t* empty = v_full + STAGES;
   __shared__ int tile_slot[QS];  // tile index, -1: no more
-  __shared__ float neg_inf, zero_word;  // JATTN_PREFILL_PIN_ARRIVE
 
   const int wg = threadIdx.x / 128;
   if (threadIdx.x == 0) {
@@ -340,8 +317,6 @@ __global__ void __launch_bounds__(384, 1)
       mbar_init(&empty[s], 8);  // one arrival per consumer warp
     }
     fence_barrier_init();
-    neg_inf = -INFINITY;
-    zero_word = 0.f;
   }
   if (threadIdx.x < C::ONES_BYTES / 4) {
     reinterpret_cast<uint32_t*>(ones)[threadIdx.x] = 0x38383838u;  // four e4m3 1.0
@@ -352,7 +327,7 @@ __global__ void __launch_bounds__(384, 1)
   if (wg == 0) {  // ------------------------------------------------------- producer
     setmaxnreg_dec<40>();
     if (threadIdx.x == 0) {
-      bool vt_ready = !JATTN_PREFILL_PDL;  // V^T is written by the transpose kernel before us
+      bool vt_ready = false;  // the transpose kernel's V^T is complete (we are its dependent)
       int it = 0;  // K/V blocks issued so far: ring position across tiles
       for (int n = 0;; ++n) {
         const int qs = n % QS;
@@ -443,17 +418,13 @@ __global__ void __launch_bounds__(384, 1)
       if (CAUSAL) first_masked = min(first_masked, max(0, m0 + offset + 1) / BN);
       const int n_masked = n_blocks - min(first_masked, n_blocks);
 
-      // Online softmax of block j held in s: masks if `mask`, updates m, writes e4m3
-      // probabilities to pd and the factors that rescale o to the new maximum to alpha;
-      // returns whether o must be rescaled. The row max runs as 4 independent chains (one
-      // serial chain of 32 dependent instructions per row was exposed: one warp per
-      // scheduler is in here).
+      // Online softmax of block j held in s: masks if `mask`, updates m and l, writes e4m3
+      // probabilities to pd and the factors that rescale o to the new maximum to alpha.
+      // The row max and sum run as 4 independent chains each (one serial chain of 32
+      // dependent instructions per row was exposed: one warp per scheduler is in here).
       // (Called with a constant mask: after inlining, each call site is specialized.)
-      constexpr float kTau = JATTN_PREFILL_RESCALE_TAU_X100 / 100.f;
-      auto softmax = [&](int j, bool mask, float (&alpha)[2], float start = -INFINITY,
-                         bool arrive_inside = false) {
+      auto softmax = [&](int j, bool mask, float (&alpha)[2]) {
         const int key0 = j * BN + 2 * t;
-        float mxs[2];  // row maxima of the block, log2 units
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           if (mask) {
@@ -466,7 +437,7 @@ __global__ void __launch_bounds__(384, 1)
                 if (key >= prm.S || key > last_key) s[nt * 4 + 2 * h + e] = -INFINITY;
               }
           }
-          float mx4[4] = {start, start, start, start};  // of the raw q.k
+          float mx4[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};  // of the raw q.k
 #pragma unroll
           for (int nt = 0; nt < BN / 8; ++nt)
 #pragma unroll
@@ -475,23 +446,11 @@ __global__ void __launch_bounds__(384, 1)
           float mx = fmaxf(fmaxf(mx4[0], mx4[1]), fmaxf(mx4[2], mx4[3]));
           mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
           mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
-          mxs[h] = mx * scale_log2;
-        }
-        const bool grow = kTau == 0.f || __any_sync(0xffffffff, mxs[0] > m[0] + kTau ||
-                                                                   mxs[1] > m[1] + kTau);
-        float zero = 0.f;
-        if (arrive_inside) {
-          sched_arrive();
-          asm volatile("ld.volatile.shared.f32 %0, [%1];" : "=f"(zero)
-                       : "r"(smem_u32(&zero_word)) : "memory");
-        }
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const float m_new = grow ? fmaxf(m[h], mxs[h]) : m[h];  // m is kept in log2 units
+          const float m_new = fmaxf(m[h], mx * scale_log2);  // m is kept in log2 units
           const float m_use = m_new == -INFINITY ? 0.f : m_new;
-          alpha[h] = grow ? exp2_approx(m[h] - m_use) : 1.f;
+          alpha[h] = exp2_approx(m[h] - m_use);
           m[h] = m_new;
-          const float bias = 8.f - m_use + zero;
+          const float bias = 8.f - m_use;
 #pragma unroll
           for (int nt = 0; nt < BN / 8; ++nt)
 #pragma unroll
@@ -500,7 +459,6 @@ __global__ void __launch_bounds__(384, 1)
               s[i] = exp2_approx(fmaf(s[i], scale_log2, bias));
             }
         }
-        return grow;
       };
       auto pack_p = [&](uint32_t (&pd)[BN / 32][4]) {
 #pragma unroll
@@ -562,25 +520,12 @@ __global__ void __launch_bounds__(384, 1)
         issue_fence<C>(s, o, lsum);
         gemm_pv<C>(o, lsum, p, v_tiles + prev * C::V_BYTES, ones);
         commit_group<C>();
-        if (JATTN_PREFILL_PIN_ARRIVE != 3) sched_arrive();
-        float start = -INFINITY;
-        if (JATTN_PREFILL_PIN_ARRIVE == 1 || JATTN_PREFILL_PIN_ARRIVE == 2)  // -inf, read after
-          asm volatile("ld.volatile.shared.f32 %0, [%1];" : "=f"(start)
-                       : "r"(smem_u32(&neg_inf)) : "memory");
-        bool grow;
-        if (JATTN_PREFILL_PIN_ARRIVE == 2) {
-          do {
-            grow = softmax(n_blocks - 1 - it, mask, alpha, start);
-          } while (start > 0.f);
-        } else if (JATTN_PREFILL_PIN_ARRIVE == 3) {
-          grow = softmax(n_blocks - 1 - it, mask, alpha, start, true);
-        } else {
-          grow = softmax(n_blocks - 1 - it, mask, alpha, start);
-        }
+        sched_arrive();
+        softmax(n_blocks - 1 - it, mask, alpha);
         wait_groups<C>(s, o, lsum);
         release(prev);
         pack_p(p);
-        if (grow) rescale_o(alpha);
+        rescale_o(alpha);
       };
       int it = 1;
       for (; it < n_masked; ++it) step(it, true);
