@@ -24,8 +24,8 @@
 // loops over tiles, handed out in head-major, longest-first order (the first by
 // blockIdx.x, the rest from an atomic counter), so a few heads' K/V stay in L2.
 // The first `transposers` CTAs first make V^T, in the same (batch, kv head) order, one BN-key
-// block per unit from a second counter (TMA load of V, all warps transpose in shared memory,
-// TMA store, then the pair's ready count is raised); then they take tiles like the others.
+// block at a time (TMA load of V, all warps transpose in shared memory, TMA store, then the
+// pair's ready count is raised); then they take tiles like the others.
 // A producer waits for its tile's pair to be complete before its first V^T load.
 // Warpgroup 0 is the producer: one thread fetches the next tile, publishes it in a Q slot
 // (Q_SLOTS of them) and issues TMA loads of its Q and of the K / V^T blocks into a
@@ -89,8 +89,8 @@ struct PrefillParams {
   const float* q_scale;
   const float* k_scale;
   const float* v_scale;
-  int* counters;  // zero at launch: [0] tiles handed out after the CTAs' first, [1] V^T
-                  // units handed out, [2 + b Nkv + hk] V^T blocks of (b, hk) written
+  int* counters;  // zero at launch: [0] tiles handed out after the CTAs' first, [1] unused,
+                  // [2 + b Nkv + hk] V^T blocks of (b, hk) written
   int transposers;           // CTAs that make V^T first
   int vt_blocks;             // V^T blocks per (batch, kv head): Sp / BN
   int B, T, S, Nq, Nkv;
@@ -335,59 +335,54 @@ __device__ __forceinline__ int ld_acquire(const int* p) {
   return v;
 }
 
-// The transposers' phase (all threads of the CTA): V^T blocks from counters[1] until none is
-// left, through the K ring (V as loaded, STAGES deep) and the V ring (V^T, stored by TMA).
-// After a block's store has completed, its (batch, kv head) ready count is raised.
+// The transposers' phase (all threads of the CTA): transposer i makes V^T blocks i,
+// i + transposers, ... (pair-major: the order the tiles need them), loaded by TMA through
+// the K ring (STAGES - 1 ahead), transposed by all warps into the V ring and stored from
+// there by TMA. A block's (batch, kv head) count is raised once its store has completed,
+// STAGES - 1 blocks later (the wait is then rarely a wait), and the last ones at the end.
 template <class C>
 __device__ __forceinline__ void make_vt(const CUtensorMap* vin_map, const CUtensorMap* vt_map,
                                         uint8_t* v_in, uint8_t* vt_out, uint64_t* full,
-                                        int* unit_slot, const PrefillParams& prm) {
+                                        const PrefillParams& prm) {
   constexpr int ST = C::STAGES;
-  const int units = prm.B * prm.Nkv * prm.vt_blocks;  // pair-major: b, then hk, then block
+  const int units = prm.B * prm.Nkv * prm.vt_blocks;
+  const int count = (units - int(blockIdx.x) + prm.transposers - 1) / prm.transposers;
+  auto unit = [&](int n) { return int(blockIdx.x) + n * prm.transposers; };
   const bool leader = threadIdx.x == 0;
-  auto claim_and_load = [&](int n) {  // leader: the n-th unit of this CTA into slot n % ST
-    const int u = atomicAdd(prm.counters + 1, 1);
-    unit_slot[n % ST] = u;
-    if (u >= units) return;
-    const int pair = u / prm.vt_blocks, j = u % prm.vt_blocks;
+  auto load = [&](int n) {  // leader: this CTA's n-th block into slot n % ST
+    const int u = unit(n), pair = u / prm.vt_blocks, j = u % prm.vt_blocks;
     mbar_expect_tx(&full[n % ST], C::K_BYTES);
 #pragma unroll
     for (int p = 0; p < C::D / C::QK_PANEL; ++p)
       tma_load_4d(v_in + (n % ST) * C::K_BYTES + p * C::BN * C::QK_PANEL, vin_map, &full[n % ST],
                   p * C::QK_PANEL, pair % prm.Nkv, j * C::BN, pair / prm.Nkv);
   };
+  auto publish = [&](int n) {  // leader: block n's store has completed
+    fence_proxy_async_global();
+    red_release_add(prm.counters + 2 + unit(n) / prm.vt_blocks, 1);
+  };
   if (leader)
-    for (int n = 0; n < ST - 1; ++n) claim_and_load(n);
-  __syncthreads();
-  int stored = -1;  // leader: the unit whose store is the newest
-  for (int n = 0;; ++n) {
-    const int s = n % ST, u = unit_slot[s];
-    if (u >= units) break;
+    for (int n = 0; n < ST - 1 && n < count; ++n) load(n);
+  for (int n = 0; n < count; ++n) {
+    const int s = n % ST;
     mbar_wait(&full[s], (n / ST) & 1);
     transpose_v_block<C>(v_in + s * C::K_BYTES, vt_out + s * C::V_BYTES, threadIdx.x / 32,
                          C::THREADS / 32, threadIdx.x % 32);
     fence_proxy_async_smem();
-    __syncthreads();  // V^T block s written; V slot s read
+    __syncthreads();  // V^T block written; its V slot read
     if (leader) {
-      const int pair = u / prm.vt_blocks, j = u % prm.vt_blocks;
+      const int u = unit(n), pair = u / prm.vt_blocks, j = u % prm.vt_blocks;
       tma_store_4d(vt_map, vt_out + s * C::V_BYTES, j * C::BN, 0, pair % prm.Nkv, pair / prm.Nkv);
       bulk_commit();
-      bulk_wait<1>();  // every store but this one has completed (and left shared memory)
-      if (stored >= 0) {
-        fence_proxy_async_global();
-        __threadfence();
-        atomicAdd(prm.counters + 2 + stored / prm.vt_blocks, 1);
-      }
-      stored = u;
-      claim_and_load(n + ST - 1);  // into slot (n - 1) % ST, transposed last iteration
+      bulk_wait<ST - 2>();  // stores n - ST + 2 and older complete: V^T slot n + 1 is free
+      if (n >= ST - 2) publish(n - ST + 2);
+      if (n + ST - 1 < count) load(n + ST - 1);  // into the V slot read last iteration
     }
-    __syncthreads();  // the V^T slot of the next unit is free; its V slot claimed
+    __syncthreads();
   }
-  if (leader && stored >= 0) {
+  if (leader) {
     bulk_wait<0>();
-    fence_proxy_async_global();
-    __threadfence();
-    atomicAdd(prm.counters + 2 + stored / prm.vt_blocks, 1);
+    for (int n = count - ST + 2 < 0 ? 0 : count - ST + 2; n < count; ++n) publish(n);
   }
   __syncthreads();
 }
@@ -417,7 +412,6 @@ __global__ void __launch_bounds__(384, 1)
   uint64_t* empty = v_full + STAGES;
   uint64_t* vt_in_full = empty + STAGES;  // [STAGES] transposers: a V block is loaded
   __shared__ int tile_slot[QS];  // tile index, -1: no more
-  __shared__ int unit_slot[STAGES];  // transposers: V^T unit index per ring slot
 
   const int wg = threadIdx.x / 128;
   if (threadIdx.x == 0) {
@@ -444,7 +438,7 @@ __global__ void __launch_bounds__(384, 1)
   }
   __syncthreads();
   const bool transposer = int(blockIdx.x) < prm.transposers;
-  if (transposer) make_vt<C>(&vin_map, &v_map, k_tiles, v_tiles, vt_in_full, unit_slot, prm);
+  if (transposer) make_vt<C>(&vin_map, &v_map, k_tiles, v_tiles, vt_in_full, prm);
 
   if (wg == 0) {  // ------------------------------------------------------- producer
     setmaxnreg_dec<40>();
