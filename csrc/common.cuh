@@ -151,9 +151,12 @@ template <bool READ> __device__ __forceinline__ void bulk_wait_all() {
   if (READ) asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
   else asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
 }
-// Wait until all but the newest N committed bulk stores have completed.
+// Wait until all but the newest N committed bulk stores have completed / read their source.
 template <int N> __device__ __forceinline__ void bulk_wait() {
   asm volatile("cp.async.bulk.wait_group %0;" ::"n"(N) : "memory");
+}
+template <int N> __device__ __forceinline__ void bulk_wait_read() {
+  asm volatile("cp.async.bulk.wait_group.read %0;" ::"n"(N) : "memory");
 }
 // Order this thread's global accesses through the generic and the async (TMA) proxies.
 __device__ __forceinline__ void fence_proxy_async_global() {

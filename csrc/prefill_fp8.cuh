@@ -338,13 +338,14 @@ __device__ __forceinline__ int ld_acquire(const int* p) {
 // The transposers' phase (all threads of the CTA): transposer i makes V^T blocks i,
 // i + transposers, ... (pair-major: the order the tiles need them), loaded by TMA through
 // the K ring (STAGES - 1 ahead), transposed by all warps into the V ring and stored from
-// there by TMA. A block's (batch, kv head) count is raised once its store has completed,
-// STAGES - 1 blocks later (the wait is then rarely a wait), and the last ones at the end.
+// there by TMA. A V^T slot is reused once its store has read it (STAGES - 2 blocks later);
+// a block's (batch, kv head) count is raised once its store has completed, which takes
+// longer (LAG blocks later, and the last ones at the end).
 template <class C>
 __device__ __forceinline__ void make_vt(const CUtensorMap* vin_map, const CUtensorMap* vt_map,
                                         uint8_t* v_in, uint8_t* vt_out, uint64_t* full,
                                         const PrefillParams& prm) {
-  constexpr int ST = C::STAGES;
+  constexpr int ST = C::STAGES, LAG = 6;  // LAG: stores in flight before a count is raised
   const int units = prm.B * prm.Nkv * prm.vt_blocks;
   const int count = (units - int(blockIdx.x) + prm.transposers - 1) / prm.transposers;
   auto unit = [&](int n) { return int(blockIdx.x) + n * prm.transposers; };
@@ -374,15 +375,16 @@ __device__ __forceinline__ void make_vt(const CUtensorMap* vin_map, const CUtens
       const int u = unit(n), pair = u / prm.vt_blocks, j = u % prm.vt_blocks;
       tma_store_4d(vt_map, vt_out + s * C::V_BYTES, j * C::BN, 0, pair % prm.Nkv, pair / prm.Nkv);
       bulk_commit();
-      bulk_wait<ST - 2>();  // stores n - ST + 2 and older complete: V^T slot n + 1 is free
-      if (n >= ST - 2) publish(n - ST + 2);
+      bulk_wait_read<ST - 2>();  // stores n - ST + 2 and older have read: V^T slot n + 1 free
+      bulk_wait<LAG>();          // stores n - LAG and older have completed
+      if (n >= LAG) publish(n - LAG);
       if (n + ST - 1 < count) load(n + ST - 1);  // into the V slot read last iteration
     }
     __syncthreads();
   }
   if (leader) {
     bulk_wait<0>();
-    for (int n = count - ST + 2 < 0 ? 0 : count - ST + 2; n < count; ++n) publish(n);
+    for (int n = count - LAG < 0 ? 0 : count - LAG; n < count; ++n) publish(n);
   }
   __syncthreads();
 }
