@@ -336,16 +336,24 @@ __device__ __forceinline__ int ld_acquire(const int* p) {
 }
 
 // The transposers' phase (all threads of the CTA): transposer i makes V^T blocks i,
-// i + transposers, ... (pair-major: the order the tiles need them), loaded by TMA through
-// the K ring (STAGES - 1 ahead), transposed by all warps into the V ring and stored from
-// there by TMA. A V^T slot is reused once its store has read it (STAGES - 2 blocks later);
-// a block's (batch, kv head) count is raised once its store has completed, which takes
-// longer (LAG blocks later, and the last ones at the end).
+// i + transposers, ... (pair-major: the order the tiles need them). They are loaded by TMA
+// into the K and V rings, used as one ring of 2 STAGES slots (loads run 2 STAGES - 1 ahead:
+// a load's latency, not the transposes, sets the pace), transposed by all warps into 4
+// slots taken from the Q and O buffers, and stored from there by TMA. A V^T slot is reused
+// once its store has read it (2 blocks later); a block's (batch, kv head) count is raised
+// once its store has completed, which takes longer (LAG blocks later; the last ones at
+// the end).
 template <class C>
 __device__ __forceinline__ void make_vt(const CUtensorMap* vin_map, const CUtensorMap* vt_map,
-                                        uint8_t* v_in, uint8_t* vt_out, uint64_t* full,
-                                        const PrefillParams& prm) {
-  constexpr int ST = C::STAGES, LAG = 6;  // LAG: stores in flight before a count is raised
+                                        uint8_t* v_in, uint8_t* q_tiles, uint8_t* o_tiles,
+                                        uint64_t* full, const PrefillParams& prm) {
+  constexpr int ST = 2 * C::STAGES, LAG = 6;  // LAG: stores in flight before a count is raised
+  static_assert(C::Q_SLOTS * C::Q_BYTES >= 2 * C::V_BYTES && C::O_WG_BYTES >= C::V_BYTES,
+                "V^T slots: two in the Q buffers, two in the O staging");
+  auto vt_out = [&](int n) {  // V^T slot of block n
+    const int s = n % 4;
+    return s < 2 ? q_tiles + s * C::V_BYTES : o_tiles + (s - 2) * C::V_BYTES;
+  };
   const int units = prm.B * prm.Nkv * prm.vt_blocks;
   const int count = (units - int(blockIdx.x) + prm.transposers - 1) / prm.transposers;
   auto unit = [&](int n) { return int(blockIdx.x) + n * prm.transposers; };
@@ -367,15 +375,15 @@ __device__ __forceinline__ void make_vt(const CUtensorMap* vin_map, const CUtens
   for (int n = 0; n < count; ++n) {
     const int s = n % ST;
     mbar_wait(&full[s], (n / ST) & 1);
-    transpose_v_block<C>(v_in + s * C::K_BYTES, vt_out + s * C::V_BYTES, threadIdx.x / 32,
-                         C::THREADS / 32, threadIdx.x % 32);
+    transpose_v_block<C>(v_in + s * C::K_BYTES, vt_out(n), threadIdx.x / 32, C::THREADS / 32,
+                         threadIdx.x % 32);
     fence_proxy_async_smem();
     __syncthreads();  // V^T block written; its V slot read
     if (leader) {
       const int u = unit(n), pair = u / prm.vt_blocks, j = u % prm.vt_blocks;
-      tma_store_4d(vt_map, vt_out + s * C::V_BYTES, j * C::BN, 0, pair % prm.Nkv, pair / prm.Nkv);
+      tma_store_4d(vt_map, vt_out(n), j * C::BN, 0, pair % prm.Nkv, pair / prm.Nkv);
       bulk_commit();
-      bulk_wait_read<ST - 2>();  // stores n - ST + 2 and older have read: V^T slot n + 1 free
+      bulk_wait_read<2>();  // stores n - 2 and older have read: V^T slot n + 1 is free
       bulk_wait<LAG>();          // stores n - LAG and older have completed
       if (n >= LAG) publish(n - LAG);
       if (n + ST - 1 < count) load(n + ST - 1);  // into the V slot read last iteration
@@ -412,7 +420,7 @@ __global__ void __launch_bounds__(384, 1)
   uint64_t* k_full = bars + 2 * QS;  // [STAGES]
   uint64_t* v_full = k_full + STAGES;
   uint64_t* empty = v_full + STAGES;
-  uint64_t* vt_in_full = empty + STAGES;  // [STAGES] transposers: a V block is loaded
+  uint64_t* vt_in_full = empty + STAGES;  // [2 STAGES] transposers: a V block is loaded
   __shared__ int tile_slot[QS];  // tile index, -1: no more
 
   const int wg = threadIdx.x / 128;
@@ -430,7 +438,8 @@ __global__ void __launch_bounds__(384, 1)
       mbar_init(&k_full[s], 1);
       mbar_init(&v_full[s], 1);
       mbar_init(&empty[s], 8);  // one arrival per consumer warp
-      mbar_init(&vt_in_full[s], 1);
+      mbar_init(&vt_in_full[2 * s], 1);
+      mbar_init(&vt_in_full[2 * s + 1], 1);
     }
     fence_barrier_init();
   }
@@ -440,7 +449,7 @@ __global__ void __launch_bounds__(384, 1)
   }
   __syncthreads();
   const bool transposer = int(blockIdx.x) < prm.transposers;
-  if (transposer) make_vt<C>(&vin_map, &v_map, k_tiles, v_tiles, vt_in_full, prm);
+  if (transposer) make_vt<C>(&vin_map, &v_map, k_tiles, q_tiles, o_tiles, vt_in_full, prm);
 
   if (wg == 0) {  // ------------------------------------------------------- producer
     setmaxnreg_dec<40>();
