@@ -63,8 +63,7 @@ def build_check() -> dict:
 
 
 # Kernel variants timed next to the defaults: extra (macro, value) build parameters.
-PREFILL_VARIANTS = ((("PREFILL_TRANSPOSERS", 0),), (("PREFILL_TRANSPOSERS", 4),),
-                    (("PREFILL_TRANSPOSERS", 16),))
+PREFILL_VARIANTS = ()
 DECODE_VARIANTS = ((("DECODE_TMA", 0),), (("DECODE_TMA_PROMOTION", 128),),
                    (("DECODE_TMA_PROMOTION", 0),))
 

@@ -151,22 +151,17 @@ template <bool READ> __device__ __forceinline__ void bulk_wait_all() {
   if (READ) asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
   else asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
 }
-// Wait until all but the newest N committed bulk stores have completed / read their source.
-template <int N> __device__ __forceinline__ void bulk_wait() {
-  asm volatile("cp.async.bulk.wait_group %0;" ::"n"(N) : "memory");
-}
-template <int N> __device__ __forceinline__ void bulk_wait_read() {
-  asm volatile("cp.async.bulk.wait_group.read %0;" ::"n"(N) : "memory");
-}
-// Order this thread's global accesses through the generic and the async (TMA) proxies.
-__device__ __forceinline__ void fence_proxy_async_global() {
-  asm volatile("fence.proxy.async.global;" ::: "memory");
-}
-// *p += v with release semantics at GPU scope (this thread's earlier writes first).
-__device__ __forceinline__ void red_release_add(int* p, int v) {
-  asm volatile("red.release.gpu.global.add.s32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
-}
 // Make this thread's generic-proxy shared-memory writes visible to TMA (async proxy).
+// Programmatic dependent launch (sm_90+): the running grid lets the next kernel of the stream
+// (launched with cudaLaunchAttributeProgrammaticStreamSerialization) start early, and that
+// kernel waits for the previous grid's completion and memory before it reads its output.
+__device__ __forceinline__ void pdl_launch_dependents() {
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+}
+__device__ __forceinline__ void pdl_wait_previous_grid() {
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+}
+
 __device__ __forceinline__ void fence_proxy_async_smem() {
   asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
 }

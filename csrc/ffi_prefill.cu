@@ -1,11 +1,12 @@
 // XLA FFI handler of the FP8 prefill kernel (prefill_fp8.cuh), one instantiation per
 // shared object: the JIT build (jattn/ffi/build.py) defines
 //   JATTN_HEAD_DIM (64 | 128 | 256), JATTN_CAUSAL (0 | 1), JATTN_WGMMA (0 | 1).
-// Exported symbol: JattnFp8Prefill. Zeroes the counters (the call's fourth output) and
-// launches the persistent kernel, one CTA per SM at most, whose first CTAs fill the V^T
-// workspace (the third output) before they take tiles. Every shape problem or CUDA error is
-// returned as an ffi::Error, which XLA raises as a Python exception.
+// Exported symbol: JattnFp8Prefill. Launches transpose_v_kernel (V -> the V^T workspace,
+// the call's third output) and then the persistent attention kernel, one CTA per SM at
+// most. Every shape problem or CUDA error is returned as an ffi::Error, which XLA raises
+// as a Python exception.
 #include <algorithm>
+#include <optional>
 #include <string>
 
 #include "prefill_fp8.cuh"
@@ -31,12 +32,12 @@ ffi::Error bad(const std::string& what) {
                                      (kCausal ? ", causal" : "") + "): " + what);
 }
 
-ffi::Error Prefill(cudaStream_t stream, ffi::AnyBuffer q,
+ffi::Error Prefill(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer q,
                    ffi::AnyBuffer k, ffi::AnyBuffer v,
                    ffi::Buffer<ffi::F32> q_scale, ffi::Buffer<ffi::F32> k_scale,
                    ffi::Buffer<ffi::F32> v_scale, float sm_scale, bool causal,
                    ffi::ResultBuffer<ffi::BF16> o, ffi::ResultBuffer<ffi::F32> lse,
-                   ffi::Result<ffi::AnyBuffer> vt, ffi::ResultBuffer<ffi::S32> counters) {
+                   ffi::Result<ffi::AnyBuffer> vt) {
   for (auto* x : {&q, &k, &v})
     if (x->element_type() != ffi::DataType::F8E4M3FN) return bad("q, k, v must be float8_e4m3fn");
   auto qd = q.dimensions(), kd = k.dimensions(), vd = v.dimensions();
@@ -68,21 +69,19 @@ ffi::Error Prefill(cudaStream_t stream, ffi::AnyBuffer q,
       vt->element_count() != size_t(B * Nkv * kD * Sp))
     return bad("the third output (V^T workspace) must be float8_e4m3fn [B, Nkv, D, Sp], Sp = S "
                "rounded up to " + std::to_string(jattn::kVtKeys));
-  if (counters->element_count() != size_t(2 + B * Nkv))
-    return bad("the fourth output (counters) must be int32 [2 + B * Nkv]");
+  // The tile counter: scratch memory, the call's own.
+  std::optional<void*> counter = scratch.Allocate(sizeof(int), sizeof(int));
+  if (!counter)
+    return ffi::Error::Internal("jattn fp8 prefill: no scratch memory for the tile counter");
 
-  CUtensorMap q_map, k_map, v_map, vin_map, o_map;
+  CUtensorMap q_map, k_map, v_map, o_map;
   std::string err;
-  // Boxes: Q [BM rows x panel], K and V [BN rows x panel], V^T [D rows x BN] (keys
-  // innermost; loaded by the producers, stored by the transposers).
+  // Boxes: Q [BM rows x panel], K [BN rows x panel], V^T [D rows x BN] (keys innermost).
   if (!jattn::make_map_4d(&q_map, q.untyped_data(), {uint64_t(kD), uint64_t(Nq), uint64_t(T),
                                                      uint64_t(B)},
                           {Cfg::QK_PANEL, 1, Cfg::BM, 1}, Cfg::QK_PANEL, &err) ||
       !jattn::make_map_4d(&k_map, k.untyped_data(), {uint64_t(kD), uint64_t(Nkv), uint64_t(S),
                                                      uint64_t(B)},
-                          {Cfg::QK_PANEL, 1, Cfg::BN, 1}, Cfg::QK_PANEL, &err) ||
-      !jattn::make_map_4d(&vin_map, v.untyped_data(), {uint64_t(kD), uint64_t(Nkv),
-                                                       uint64_t(S), uint64_t(B)},
                           {Cfg::QK_PANEL, 1, Cfg::BN, 1}, Cfg::QK_PANEL, &err) ||
       !jattn::make_map_4d(&v_map, vt->untyped_data(), {uint64_t(Sp), uint64_t(kD),
                                                       uint64_t(Nkv), uint64_t(B)},
@@ -108,30 +107,40 @@ ffi::Error Prefill(cudaStream_t stream, ffi::AnyBuffer q,
   prm.num_tiles = int(num_tiles);
   prm.sm_scale = sm_scale;
 
-  prm.counters = counters->typed_data();
-  prm.vt_blocks = int(Sp / Cfg::BN);
+  prm.tile_counter = static_cast<int*>(*counter);  // zeroed on the stream below
   int dev = 0, sms = 0;
   cudaError_t e = cudaGetDevice(&dev);
   if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-  if (e == cudaSuccess)
-    e = cudaMemsetAsync(prm.counters, 0, counters->element_count() * sizeof(int), stream);
-  auto kernel = jattn::prefill_fp8_kernel<kD, kCausal>;
-  // Per call: the attribute is per device, and setting it costs about a microsecond.
-  if (e == cudaSuccess)
-    e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::SMEM);
-  if (e != cudaSuccess)
-    return ffi::Error::Internal(std::string("jattn fp8 prefill: ") + cudaGetErrorString(e));
-  const int64_t ctas = std::min<int64_t>(num_tiles, sms);  // persistent: at most one per SM
-  prm.transposers = int(std::min<int64_t>(Cfg::TRANSPOSERS, ctas));
-  if (Cfg::TRANSPOSERS == 0) {
+  if (e == cudaSuccess) e = cudaMemsetAsync(prm.tile_counter, 0, sizeof(int), stream);
+  if (e == cudaSuccess) {
     const dim3 grid(unsigned(Sp / jattn::kVtKeys), unsigned(Nkv), unsigned(B));
     jattn::transpose_v_kernel<kD><<<grid, 256, 0, stream>>>(
         static_cast<const uint8_t*>(v.untyped_data()), static_cast<uint8_t*>(vt->untyped_data()),
         int(S), int(Sp), int(Nkv));
+    e = cudaGetLastError();
   }
-  kernel<<<unsigned(ctas), Cfg::THREADS, Cfg::SMEM, stream>>>(q_map, k_map, v_map, vin_map, o_map,
-                                                              prm);
-  e = cudaGetLastError();
+  if (e != cudaSuccess)
+    return ffi::Error::Internal(std::string("jattn fp8 prefill: ") + cudaGetErrorString(e));
+
+  auto kernel = jattn::prefill_fp8_kernel<kD, kCausal>;
+  // Per call: the attribute is per device, and setting it costs about a microsecond.
+  e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::SMEM);
+  if (e != cudaSuccess)
+    return ffi::Error::Internal(std::string("jattn fp8 prefill: ") + cudaGetErrorString(e));
+  const int64_t ctas = std::min<int64_t>(num_tiles, sms);  // persistent: at most one per SM
+  // A programmatic dependent of the transpose: its CTAs start (barriers, Q and K loads) as
+  // SMs leave the transpose, and wait for the whole V^T only before their first V load.
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(unsigned(ctas));
+  cfg.blockDim = dim3(Cfg::THREADS);
+  cfg.dynamicSmemBytes = Cfg::SMEM;
+  cfg.stream = stream;
+  cudaLaunchAttribute pdl[1];
+  pdl[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  pdl[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = pdl;
+  cfg.numAttrs = 1;
+  e = cudaLaunchKernelEx(&cfg, kernel, q_map, k_map, v_map, o_map, prm);
   if (e != cudaSuccess)
     return ffi::Error::Internal(std::string("jattn fp8 prefill launch: ") + cudaGetErrorString(e));
   return ffi::Error::Success();
@@ -142,6 +151,7 @@ ffi::Error Prefill(cudaStream_t stream, ffi::AnyBuffer q,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JattnFp8Prefill, Prefill,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Ctx<ffi::ScratchAllocator>()
                                   .Arg<ffi::AnyBuffer>()  // q   float8_e4m3fn
                                   .Arg<ffi::AnyBuffer>()  // k   float8_e4m3fn
                                   .Arg<ffi::AnyBuffer>()  // v   float8_e4m3fn
@@ -152,5 +162,4 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JattnFp8Prefill, Prefill,
                                   .Attr<bool>("causal")
                                   .Ret<ffi::Buffer<ffi::BF16>>()  // o
                                   .Ret<ffi::Buffer<ffi::F32>>()   // lse
-                                  .Ret<ffi::AnyBuffer>()          // V^T workspace
-                                  .Ret<ffi::Buffer<ffi::S32>>()); // counters
+                                  .Ret<ffi::AnyBuffer>());        // V^T workspace

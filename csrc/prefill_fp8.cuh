@@ -2,11 +2,9 @@
 //
 // Layouts (BTNH, as jattn.attention):
 //   q  [B, T, Nq, D]   e4m3      k [B, S, Nkv, D] e4m3
-//   vt [B, Nkv, D, Sp] e4m3: V transposed by the kernel's first CTAs (below), keys
-//      contiguous, and inside each group of 32 keys permuted by `key_of_slot`, Sp = S
-//      rounded up to 128 (zeros past S): the K-major B operand that P.V needs.
-//   counters [2 + B Nkv] int32, zero at launch: the tile and transpose-unit counters and,
-//      per (batch, kv head), how many of its V^T blocks are written.
+//   vt [B, Nkv, D, Sp] e4m3: V transposed by transpose_v_kernel (below) before the
+//      attention kernel, keys contiguous, and inside each group of 32 keys permuted by
+//      `key_of_slot`, Sp = S rounded up to 128 (zeros past S).
 //   q_scale [Nq], k_scale [Nkv], v_scale [Nkv] float32 (real value = stored * scale)
 //   o  [B, T, Nq, D] bf16, lse [B, T, Nq] float32 (natural log; -inf for empty rows)
 // Query head h reads kv head h / (Nq / Nkv). Causal is bottom-right aligned: query t
@@ -23,10 +21,6 @@
 // A tile = 128 query rows of one (batch, head). The kernel is persistent: one CTA per SM
 // loops over tiles, handed out in head-major, longest-first order (the first by
 // blockIdx.x, the rest from an atomic counter), so a few heads' K/V stay in L2.
-// The first `transposers` CTAs first make V^T, in the same (batch, kv head) order, one BN-key
-// block at a time (TMA load of V, all warps transpose in shared memory, TMA store, then the
-// pair's ready count is raised); then they take tiles like the others.
-// A producer waits for its tile's pair to be complete before its first V^T load.
 // Warpgroup 0 is the producer: one thread fetches the next tile, publishes it in a Q slot
 // (Q_SLOTS of them) and issues TMA loads of its Q and of the K / V^T blocks into a
 // STAGES-deep ring, running ahead of the consumers across tiles (the next tile's loads
@@ -48,10 +42,6 @@
 #include "common.cuh"
 #if JATTN_WGMMA
 #include "wgmma_fp8.cuh"
-#endif
-
-#ifndef JATTN_PREFILL_TRANSPOSERS
-#define JATTN_PREFILL_TRANSPOSERS 8
 #endif
 
 namespace jattn {
@@ -77,7 +67,6 @@ template <int D_> struct PrefillConfig {
   static constexpr int O_PANEL = 128;               // bytes: 64 bf16 columns per TMA box
   static constexpr int O_WG_BYTES = 64 * D * 2;     // one consumer's 64 rows of bf16 O
   static constexpr int THREADS = 384;
-  static constexpr int TRANSPOSERS = JATTN_PREFILL_TRANSPOSERS;  // CTAs that make V^T first
   static constexpr int ONES_BYTES = 1024;         // e4m3 1.0: the B operand of the row sums
   static constexpr int SMEM = Q_SLOTS * Q_BYTES + STAGES * (K_BYTES + V_BYTES) +
                               2 * O_WG_BYTES + ONES_BYTES + 1024 /*align*/ + 64 * 8 /*barriers*/;
@@ -89,10 +78,7 @@ struct PrefillParams {
   const float* q_scale;
   const float* k_scale;
   const float* v_scale;
-  int* counters;  // zero at launch: [0] tiles handed out after the CTAs' first, [1] unused,
-                  // [2 + b Nkv + hk] V^T blocks of (b, hk) written
-  int transposers;           // CTAs that make V^T first
-  int vt_blocks;             // V^T blocks per (batch, kv head): Sp / BN
+  int* tile_counter;  // zero at launch: tiles handed out after each CTA's first
   int B, T, S, Nq, Nkv;
   int m_blocks, num_tiles;  // m_blocks = ceil(T / BM); num_tiles = B * Nq * m_blocks
   float sm_scale;
@@ -235,53 +221,14 @@ __device__ __forceinline__ void commit_and_wait(float (&s)[C::BN / 2], float (&o
   wait_groups<C>(s, o, lsum);
 }
 
-// One warp's share (warp w of nw) of transposing a V block as TMA loads it (the K tile layout:
-// [BN keys x D], QK_PANEL-byte swizzled rows) into a V^T block (D rows of BN keys, V_PANEL-
-// byte swizzled, keys in `key_of_slot` order). A unit is 16 keys x 4 bytes of D per lane: 16
-// conflict-free LDS.32 (the lanes read consecutive words of one key row), then for each of
-// the 4 rows of D one STS.128 of 16 keys. Lane pairs start at rotated rows so that 8
-// consecutive lanes store to 8 different swizzle chunks.
-constexpr int kVtKeys = 128;  // Sp is S rounded up to this
-
-template <class C>
-__device__ __forceinline__ void transpose_v_block(const uint8_t* src, uint8_t* dst, int w, int nw,
-                                                  int lane) {
-  constexpr int WPR = C::D / 4;            // 32-bit words per key row
-  constexpr int LW = WPR < 32 ? WPR : 32;  // lanes per group of 16 keys
-  constexpr int KGW = 32 / LW;             // key groups per warp unit
-  constexpr int KG_UNITS = C::BN / 16 / KGW;
-  constexpr int UNITS = KG_UNITS * (WPR / LW);
-  const int dwl = lane % LW, kgs = lane / LW;
-  const uint32_t rot = (lane >> 1) & 3;
-  for (int u = w; u < UNITS; u += nw) {
-    const int kg = (u % KG_UNITS) * KGW + kgs;  // keys [16 kg, 16 kg + 16)
-    const int dw = (u / KG_UNITS) * LW + dwl;   // D bytes [4 dw, 4 dw + 4)
-    uint32_t v[16];                             // v[k]: the 4 bytes of key 16 kg + k
-#pragma unroll
-    for (int k = 0; k < 16; ++k)
-      v[k] = *reinterpret_cast<const uint32_t*>(
-          src + tile_offset<C::QK_PANEL>(C::BN, kg * 16 + k, dw * 4));
-#pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      const uint32_t rr = (r + rot) & 3, sel = rr | ((rr + 4) << 4);
-      uint32_t out[4];  // slots 4i .. 4i+3 hold keys 2i, 2i+1, 2i+8, 2i+9
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-        out[i] = prmt(prmt(v[2 * i], v[2 * i + 1], sel), prmt(v[2 * i + 8], v[2 * i + 9], sel),
-                      0x5410);
-      *reinterpret_cast<uint4*>(dst + tile_offset<C::V_PANEL>(C::D, dw * 4 + rr, kg * 16)) =
-          make_uint4(out[0], out[1], out[2], out[3]);
-    }
-  }
-}
-
-// Probe knob JATTN_PREFILL_TRANSPOSERS=0 (NOTES, session 11): V [B, S, Nkv, D] -> vt by this
-// separate kernel before the attention kernel instead, the layout above. One CTA = kVtKeys keys of one
+// V [B, S, Nkv, D] -> vt [B, Nkv, D, Sp], the layout above. One CTA = kVtKeys keys of one
 // (batch, kv head). A warp unit is 16 keys x 4 bytes of D per lane, read straight from
 // global memory (the lanes read consecutive words of one key row: coalesced) and permuted
 // with PRMT into 16-key pieces of 4 rows of V^T, which go to a shared tile (row d: 128
 // bytes, 16-byte chunk c at c ^ (d % 8); lane pairs start at rotated rows, so 8 lanes store
 // to 8 chunks: no bank conflicts); the CTA then writes the tile out in whole rows.
+constexpr int kVtKeys = 128;
+
 template <int D>
 __global__ void __launch_bounds__(256)
     transpose_v_kernel(const uint8_t* __restrict__ v, uint8_t* __restrict__ vt, int S, int Sp,
@@ -291,6 +238,7 @@ __global__ void __launch_bounds__(256)
   constexpr int LW = WPR < 32 ? WPR : 32;  // lanes per group of 16 keys
   constexpr int KGW = 32 / LW;          // key groups per warp unit
   constexpr int KG_UNITS = kVtKeys / 16 / KGW, UNITS = KG_UNITS * (WPR / LW);
+  pdl_launch_dependents();  // the attention kernel may start its prologue and Q/K loads
   const int k0 = blockIdx.x * kVtKeys, hk = blockIdx.y, b = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int dwl = lane % LW, kgs = lane / LW;
@@ -329,80 +277,11 @@ __global__ void __launch_bounds__(256)
   }
 }
 
-__device__ __forceinline__ int ld_acquire(const int* p) {
-  int v;
-  asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
-  return v;
-}
-
-// The transposers' phase (all threads of the CTA): transposer i makes V^T blocks i,
-// i + transposers, ... (pair-major: the order the tiles need them). They are loaded by TMA
-// into the K and V rings, used as one ring of 2 STAGES slots (loads run 2 STAGES - 1 ahead:
-// a load's latency, not the transposes, sets the pace), transposed by all warps into 4
-// slots taken from the Q and O buffers, and stored from there by TMA. A V^T slot is reused
-// once its store has read it (2 blocks later); a block's (batch, kv head) count is raised
-// once its store has completed, which takes longer (LAG blocks later; the last ones at
-// the end), by a thread without stores in flight (a release fence in the storing thread
-// waited for all of them: ~1.2 µs per block, session 11 runs 6-8).
-template <class C>
-__device__ __forceinline__ void make_vt(const CUtensorMap* vin_map, const CUtensorMap* vt_map,
-                                        uint8_t* v_in, uint8_t* q_tiles, uint8_t* o_tiles,
-                                        uint64_t* full, const PrefillParams& prm) {
-  constexpr int ST = 2 * C::STAGES, LAG = 6;  // LAG: stores in flight before a count is raised
-  static_assert(C::Q_SLOTS * C::Q_BYTES >= 2 * C::V_BYTES && C::O_WG_BYTES >= C::V_BYTES,
-                "V^T slots: two in the Q buffers, two in the O staging");
-  auto vt_out = [&](int n) {  // V^T slot of block n
-    const int s = n % 4;
-    return s < 2 ? q_tiles + s * C::V_BYTES : o_tiles + (s - 2) * C::V_BYTES;
-  };
-  const int units = prm.B * prm.Nkv * prm.vt_blocks;
-  const int count = (units - int(blockIdx.x) + prm.transposers - 1) / prm.transposers;
-  auto unit = [&](int n) { return int(blockIdx.x) + n * prm.transposers; };
-  const bool leader = threadIdx.x == 0, publisher = threadIdx.x == 32;
-  auto load = [&](int n) {  // leader: this CTA's n-th block into slot n % ST
-    const int u = unit(n), pair = u / prm.vt_blocks, j = u % prm.vt_blocks;
-    mbar_expect_tx(&full[n % ST], C::K_BYTES);
-#pragma unroll
-    for (int p = 0; p < C::D / C::QK_PANEL; ++p)
-      tma_load_4d(v_in + (n % ST) * C::K_BYTES + p * C::BN * C::QK_PANEL, vin_map, &full[n % ST],
-                  p * C::QK_PANEL, pair % prm.Nkv, j * C::BN, pair / prm.Nkv);
-  };
-  auto publish = [&](int n) {  // publisher: block n's store has completed (the leader saw it)
-    fence_proxy_async_global();
-    red_release_add(prm.counters + 2 + unit(n) / prm.vt_blocks, 1);
-  };
-  if (leader)
-    for (int n = 0; n < ST - 1 && n < count; ++n) load(n);
-  for (int n = 0; n < count; ++n) {
-    const int s = n % ST;
-    if (publisher && n - 1 >= LAG) publish(n - 1 - LAG);  // the leader's wait last iteration
-    mbar_wait(&full[s], (n / ST) & 1);
-    transpose_v_block<C>(v_in + s * C::K_BYTES, vt_out(n), threadIdx.x / 32, C::THREADS / 32,
-                         threadIdx.x % 32);
-    fence_proxy_async_smem();
-    __syncthreads();  // V^T block written; its V slot read
-    if (leader) {
-      const int u = unit(n), pair = u / prm.vt_blocks, j = u % prm.vt_blocks;
-      tma_store_4d(vt_map, vt_out(n), j * C::BN, 0, pair % prm.Nkv, pair / prm.Nkv);
-      bulk_commit();
-      bulk_wait_read<2>();  // stores n - 2 and older have read: V^T slot n + 1 is free
-      bulk_wait<LAG>();          // stores n - LAG and older have completed
-      if (n + ST - 1 < count) load(n + ST - 1);  // into the V slot read last iteration
-    }
-    __syncthreads();
-  }
-  if (leader) bulk_wait<0>();
-  __syncthreads();
-  if (publisher)
-    for (int n = count - 1 - LAG < 0 ? 0 : count - 1 - LAG; n < count; ++n) publish(n);
-}
-
 template <int D, bool CAUSAL>
 __global__ void __launch_bounds__(384, 1)
     prefill_fp8_kernel(const __grid_constant__ CUtensorMap q_map,
                        const __grid_constant__ CUtensorMap k_map,
                        const __grid_constant__ CUtensorMap v_map,
-                       const __grid_constant__ CUtensorMap vin_map,
                        const __grid_constant__ CUtensorMap o_map, const PrefillParams prm) {
   using C = PrefillConfig<D>;
   constexpr int BM = C::BM, BN = C::BN, STAGES = C::STAGES;
@@ -420,7 +299,6 @@ __global__ void __launch_bounds__(384, 1)
   uint64_t* k_full = bars + 2 * QS;  // [STAGES]
   uint64_t* v_full = k_full + STAGES;
   uint64_t* empty = v_full + STAGES;
-  uint64_t* vt_in_full = empty + STAGES;  // [2 STAGES] transposers: a V block is loaded
   __shared__ int tile_slot[QS];  // tile index, -1: no more
 
   const int wg = threadIdx.x / 128;
@@ -428,7 +306,6 @@ __global__ void __launch_bounds__(384, 1)
     prefetch_tensormap(&q_map);
     prefetch_tensormap(&k_map);
     prefetch_tensormap(&v_map);
-    prefetch_tensormap(&vin_map);
     prefetch_tensormap(&o_map);
     for (int i = 0; i < QS; ++i) {
       mbar_init(&q_full[i], 1);
@@ -438,8 +315,6 @@ __global__ void __launch_bounds__(384, 1)
       mbar_init(&k_full[s], 1);
       mbar_init(&v_full[s], 1);
       mbar_init(&empty[s], 8);  // one arrival per consumer warp
-      mbar_init(&vt_in_full[2 * s], 1);
-      mbar_init(&vt_in_full[2 * s + 1], 1);
     }
     fence_barrier_init();
   }
@@ -448,20 +323,16 @@ __global__ void __launch_bounds__(384, 1)
     fence_proxy_async_smem();  // read by wgmma (the async proxy)
   }
   __syncthreads();
-  const bool transposer = int(blockIdx.x) < prm.transposers;
-  if (transposer) make_vt<C>(&vin_map, &v_map, k_tiles, q_tiles, o_tiles, vt_in_full, prm);
 
   if (wg == 0) {  // ------------------------------------------------------- producer
     setmaxnreg_dec<40>();
     if (threadIdx.x == 0) {
-      int ready_pair = -1;  // the (batch, kv head) whose V^T is known complete
+      bool vt_ready = false;  // the transpose kernel's V^T is complete (we are its dependent)
       int it = 0;  // K/V blocks issued so far: ring position across tiles
       for (int n = 0;; ++n) {
         const int qs = n % QS;
         if (n >= QS) mbar_wait(&q_empty[qs], ((n / QS) - 1) & 1);
-        const int first = int(gridDim.x) - prm.transposers;  // tiles handed out by blockIdx
-        const int t = n == 0 && !transposer ? int(blockIdx.x) - prm.transposers
-                                            : first + atomicAdd(prm.counters, 1);
+        const int t = n == 0 ? int(blockIdx.x) : int(gridDim.x) + atomicAdd(prm.tile_counter, 1);
         tile_slot[qs] = t < prm.num_tiles ? t : -1;
         if (t >= prm.num_tiles) {
           mbar_arrive(&q_full[qs]);
@@ -487,10 +358,9 @@ __global__ void __launch_bounds__(384, 1)
           for (int p = 0; p < D / C::QK_PANEL; ++p)
             tma_load_4d(kt + p * BN * C::QK_PANEL, &k_map, &k_full[stage], p * C::QK_PANEL,
                         x.hk, j * BN, x.b);
-          if (prm.transposers > 0 && x.b * prm.Nkv + x.hk != ready_pair) {  // V^T all there?
-            ready_pair = x.b * prm.Nkv + x.hk;
-            while (ld_acquire(prm.counters + 2 + ready_pair) < prm.vt_blocks) __nanosleep(64);
-            fence_proxy_async_global();  // order the TMA (async proxy) reads after it
+          if (!vt_ready) {  // launched as the transpose's dependent: wait for its V^T
+            pdl_wait_previous_grid();
+            vt_ready = true;
           }
           mbar_expect_tx(&v_full[stage], C::V_BYTES);
           tma_load_4d(v_tiles + stage * C::V_BYTES, &v_map, &v_full[stage], j * BN, 0, x.hk,

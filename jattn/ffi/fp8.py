@@ -120,14 +120,12 @@ VT_KEYS = 128  # kVtKeys in csrc/prefill_fp8.cuh: the V^T workspace's keys are p
 
 
 def prefill_result_shapes(B, T, S, Nq, Nkv, D):
-  """The prefill handler's outputs: o, lse, and two workspaces the call discards: V^T, which
-  the kernel's first CTAs fill ([B, Nkv, D, Sp], Sp = S rounded up to 128), and the
-  kernel's counters (int32 [2 + B Nkv])."""
+  """The prefill handler's outputs: o, lse and the V^T workspace its transpose kernel fills
+  ([B, Nkv, D, Sp], Sp = S rounded up to 128; discarded)."""
   Sp = -(-S // VT_KEYS) * VT_KEYS
   return (jax.ShapeDtypeStruct((B, T, Nq, D), jnp.bfloat16),
           jax.ShapeDtypeStruct((B, T, Nq), jnp.float32),
-          jax.ShapeDtypeStruct((B, Nkv, D, Sp), E4M3),
-          jax.ShapeDtypeStruct((2 + B * Nkv,), jnp.int32))
+          jax.ShapeDtypeStruct((B, Nkv, D, Sp), E4M3))
 
 
 def _fail(msg):
@@ -164,8 +162,8 @@ def attention(q, k, v, *, sm_scale, variant, q_lengths=None, kv_lengths=None, q_
   wgmma = False if os.environ.get("JATTN_FP8_MMA") == "sync" else None
   name = _target(build.prefill_kernel(D, causal, arch, wgmma), arch)
   call = jax.ffi.ffi_call(name, prefill_result_shapes(B, T, S, Nq, Nkv, D))
-  o, lse, _, _ = call(q, k, v, q_scale, k_scale, v_scale, sm_scale=np.float32(sm_scale),
-                      causal=causal)
+  o, lse, _ = call(q, k, v, q_scale, k_scale, v_scale, sm_scale=np.float32(sm_scale),
+                   causal=causal)
   return o, lse
 
 
