@@ -278,7 +278,8 @@ def main():
   ap.add_argument("--build-check", action="store_true")
   ap.add_argument("--ncu", choices=("prefill", "decode"), default=None)
   ap.add_argument("--only", choices=("prefill", "decode"), default=None)
-  ap.add_argument("--rounds", type=int, default=1, help="interleaved rounds of the timed rows (median)")
+  ap.add_argument("--rounds", type=int, default=1,
+                  help="interleaved rounds of the timed rows (median)")
   ap.add_argument("--decode-dims", default="128", help="head dims of the decode rows, e.g. 64,128,256")
   ap.add_argument("--decode-shapes", default="",
                   help="more D128 decode shapes B:S:Hq:Hkv, comma-separated (e.g. 256:4096:4:1)")

@@ -151,7 +151,6 @@ template <bool READ> __device__ __forceinline__ void bulk_wait_all() {
   if (READ) asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
   else asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
 }
-// Make this thread's generic-proxy shared-memory writes visible to TMA (async proxy).
 // Programmatic dependent launch (sm_90+): the running grid lets the next kernel of the stream
 // (launched with cudaLaunchAttributeProgrammaticStreamSerialization) start early, and that
 // kernel waits for the previous grid's completion and memory before it reads its output.
@@ -162,6 +161,7 @@ __device__ __forceinline__ void pdl_wait_previous_grid() {
   asm volatile("griddepcontrol.wait;" ::: "memory");
 }
 
+// Make this thread's generic-proxy shared-memory writes visible to TMA (async proxy).
 __device__ __forceinline__ void fence_proxy_async_smem() {
   asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
 }

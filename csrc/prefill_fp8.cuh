@@ -418,10 +418,11 @@ __global__ void __launch_bounds__(384, 1)
       if (CAUSAL) first_masked = min(first_masked, max(0, m0 + offset + 1) / BN);
       const int n_masked = n_blocks - min(first_masked, n_blocks);
 
-      // Online softmax of block j held in s: masks if `mask`, updates m and l, writes e4m3
-      // probabilities to pd and the factors that rescale o to the new maximum to alpha.
-      // The row max and sum run as 4 independent chains each (one serial chain of 32
-      // dependent instructions per row was exposed: one warp per scheduler is in here).
+      // Online softmax of block j held in s: masks if `mask`, updates m, leaves the
+      // probabilities in s (pack_p makes them e4m3; their row sums come from the P.V step)
+      // and the factors that rescale o and lsum to the new maximum in alpha. The row max
+      // runs as 4 independent chains (one serial chain of 32 dependent instructions per row
+      // was exposed: one warp per scheduler is in here).
       // (Called with a constant mask: after inlining, each call site is specialized.)
       auto softmax = [&](int j, bool mask, float (&alpha)[2]) {
         const int key0 = j * BN + 2 * t;
