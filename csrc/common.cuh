@@ -151,18 +151,6 @@ template <bool READ> __device__ __forceinline__ void bulk_wait_all() {
   if (READ) asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
   else asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
 }
-// cp.async of 4 bytes global -> shared (no register staging), its commit and wait.
-__device__ __forceinline__ void cp_async_4(void* dst, const void* src) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(smem_u32(dst)), "l"(src)
-               : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() {
-  asm volatile("cp.async.commit_group;" ::: "memory");
-}
-template <int N> __device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
-}
-
 // Programmatic dependent launch (sm_90+): the running grid lets the next kernel of the stream
 // (launched with cudaLaunchAttributeProgrammaticStreamSerialization) start early, and that
 // kernel waits for the previous grid's completion and memory before it reads its output.

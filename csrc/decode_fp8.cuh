@@ -86,12 +86,6 @@ constexpr int kStageTokens = 32 * kDecodeWarps;  // tokens per TMA ring stage
 #ifndef JATTN_DECODE_TMA_PROMOTION
 #define JATTN_DECODE_TMA_PROMOTION 256
 #endif
-// JATTN_DECODE_IDS_AHEAD: stages of page ids the TMA path's producer fetches ahead (cp.async
-// into shared memory, so no register waits on them); 0: one stage ahead in registers, whose
-// clamp waited for the load before the stage's copies were issued (NOTES, session 11).
-#ifndef JATTN_DECODE_IDS_AHEAD
-#define JATTN_DECODE_IDS_AHEAD 3
-#endif
 template <int D>
 constexpr int kL2AheadFor = JATTN_DECODE_L2_PREFETCH >= 0 ? JATTN_DECODE_L2_PREFETCH : (D <= 128 ? 1 : 0);
 template <int D>
@@ -498,32 +492,19 @@ __global__ void __launch_bounds__((kDecodeWarps + 1) * 32, 2)  // two CTAs per S
 
   if (!compute) {
     // Producer warp: lane j < pages per stage copies page j of each stage; lane 0 first
-    // arms the stage's barrier with the bytes of both tensors. Page ids are fetched
-    // IDS_AHEAD stages ahead into a small ring in shared memory (each lane its own slots).
+    // arms the stage's barrier with the bytes of both tensors. Page ids are read one
+    // stage ahead.
     const int ps = prm.page_size, pages = kStageTokens / ps;
     const int* table = prm.page_table + size_t(b) * prm.M;
-    auto table_entry = [&](int i) {
+    auto page_id = [&](int i) {
       const int tok = begin + i * kStageTokens + lane * ps;
-      return table + min(prm.page_shift >= 0 ? tok >> prm.page_shift : tok / ps, prm.M - 1);
+      const int page = min(prm.page_shift >= 0 ? tok >> prm.page_shift : tok / ps, prm.M - 1);
+      return min(max(__ldg(table + page), 0), prm.P - 1);
     };
-    auto page_id = [&](int i) { return min(max(__ldg(table_entry(i)), 0), prm.P - 1); };
-    constexpr int AHEAD = JATTN_DECODE_IDS_AHEAD;
-    __shared__ int ids[AHEAD + 1][32];
-    auto fetch = [&](int i) {  // stage i's page id into ids[i % (AHEAD + 1)][lane]
-      if (lane < pages && i < n_stages) cp_async_4(&ids[i % (AHEAD + 1)][lane], table_entry(i));
-      cp_async_commit();
-    };
-    if (AHEAD > 0)
-      for (int i = 0; i < AHEAD; ++i) fetch(i);
-    int pid = AHEAD == 0 && lane < pages && n_stages > 0 ? page_id(0) : 0;
+    int pid = lane < pages && n_stages > 0 ? page_id(0) : 0;
     for (int i = 0; i < n_stages; ++i) {
-      if (AHEAD > 0) {
-        fetch(i + AHEAD);  // into the slot stage i - 1 used
-        cp_async_wait<AHEAD>();  // this lane's fetches up to stage i have landed
-        pid = min(max(ids[i % (AHEAD + 1)][lane], 0), prm.P - 1);
-      }
       const int s = i % kTmaStages;
-      const int pid_next = AHEAD == 0 && lane < pages && i + 1 < n_stages ? page_id(i + 1) : 0;
+      const int pid_next = lane < pages && i + 1 < n_stages ? page_id(i + 1) : 0;
       if (i >= kTmaStages) mbar_wait(&empty[s], ((i / kTmaStages) - 1) & 1);
       if (lane == 0) mbar_expect_tx(&full[s], 2 * kStageBytes);
       __syncwarp();
@@ -531,7 +512,7 @@ __global__ void __launch_bounds__((kDecodeWarps + 1) * 32, 2)  // two CTAs per S
         tma_load_4d(k_ring + s * kStageBytes + lane * ps * D, &k_map, &full[s], 0, hk, 0, pid);
         tma_load_4d(v_ring + s * kStageBytes + lane * ps * D, &v_map, &full[s], 0, hk, 0, pid);
       }
-      if (AHEAD == 0) pid = pid_next;
+      pid = pid_next;
     }
   } else {
     uint32_t qa[KW][4];
