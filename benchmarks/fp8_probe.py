@@ -282,7 +282,8 @@ def main():
                   help="interleaved rounds of the timed rows (median)")
   ap.add_argument("--decode-dims", default="128", help="head dims of the decode rows, e.g. 64,128,256")
   ap.add_argument("--decode-shapes", default="",
-                  help="more D128 decode shapes B:S:Hq:Hkv, comma-separated (e.g. 256:4096:4:1)")
+                  help="more D128 decode shapes B:S:Hq:Hkv[:page], comma-separated (e.g. "
+                       "256:4096:4:1, 32:4096:32:8:64; pages of 16 unless given)")
   args = ap.parse_args()
   dev = jax.devices()[0]
   log("device", dev.device_kind, getattr(dev, "compute_capability", "?"))
@@ -305,9 +306,9 @@ def main():
     if d != 128 and args.only != "prefill":
       res[f"decode_d{d}"] = decode_bench(D=d, rounds=args.rounds)
   for shape in filter(None, args.decode_shapes.split(",")):
-    B, S, Hq, Hkv = (int(x) for x in shape.split(":"))
-    res[f"decode_b{B}_s{S}_hq{Hq}_hkv{Hkv}"] = decode_bench(B=B, S=S, Hq=Hq, Hkv=Hkv,
-                                                          rounds=args.rounds)
+    B, S, Hq, Hkv, page = ([int(x) for x in shape.split(":")] + [16])[:5]
+    res[f"decode_b{B}_s{S}_hq{Hq}_hkv{Hkv}_p{page}"] = decode_bench(
+        B=B, S=S, Hq=Hq, Hkv=Hkv, page=page, rounds=args.rounds)
   with open(os.path.join(args.out, "fp8_probe.json"), "w") as f:
     json.dump(res, f, indent=1, default=str)
   p, d = res["prefill"], res["decode"]
