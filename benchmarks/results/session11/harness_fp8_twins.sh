@@ -1,4 +1,5 @@
-# Session 11, device call 10: the final code's float8 GPU tests, then the harness's float8
+# Session 11, device calls 10-12 (outputs call10_* .. call12_*, harness runs 8aa93b6d,
+# e519b2ab, 213ecabb): the final code's float8 GPU tests, then the harness's float8
 # twins with their bf16 twins (prefill B4 T4096 D128 causal, decode B32 S4096 pages of
 # 16), merged into today's results file for the card.
 set -u

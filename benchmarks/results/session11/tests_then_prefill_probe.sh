@@ -1,6 +1,8 @@
-# Session 11, device call 5 (H100): V^T made by the kernel's first CTAs. GPU tests and
-# sanitizers on the new default, then the probe (5 rounds) against the separate transpose
-# kernel (TRANSPOSERS=0) and 16 transposers.
+# Session 11, device calls 5-9 (H100), one per version of the in-kernel V^T transposers
+# (commits 8c0083f..2a704b2; outputs call5_* .. call9_*): the float8 GPU tests and
+# sanitizers on that version's default, then the probe (5 rounds) with the variants of
+# fp8_probe.PREFILL_VARIANTS at that commit (TRANSPOSERS=0, the separate transpose kernel;
+# 16; from call 6 also 4).
 set -u
 export PYTHONPATH=. PYTHONUNBUFFERED=1 JATTN_CACHE_DIR=$PWD/.jattn-cache
 nvidia-smi --query-gpu=name --format=csv,noheader

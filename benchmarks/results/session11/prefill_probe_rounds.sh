@@ -1,5 +1,7 @@
-# Session 11, device call 4 (H100): the float8 prefill probe, 5 interleaved rounds, with the
-# schedule knobs (PIN_ARRIVE 3, with RESCALE_TAU_X100 75 and 40) next to the default.
+# Session 11, device calls 3 and 4 (H100; outputs call3_*, call4_*): the float8 prefill
+# probe, 5 interleaved rounds, with the schedule knobs of fp8_probe.PREFILL_VARIANTS at that
+# commit next to the default (call 3: PIN_ARRIVE 1/2, RESCALE_TAU_X100 75, both; call 4:
+# PIN_ARRIVE 3 alone and with RESCALE_TAU_X100 75 and 40).
 set -u
 export PYTHONPATH=. PYTHONUNBUFFERED=1 JATTN_CACHE_DIR=$PWD/.jattn-cache
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm --format=csv,noheader
