@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jattn
-from benchmarks.timing import bench, ceilings, log, more_rounds
+from benchmarks.timing import bench, ceilings, device_span, log, more_rounds
 from jattn.bench.definitions import rel_err
 from jattn import reference, variants as V
 from jattn.ffi import build, fp8
@@ -64,7 +64,7 @@ def build_check() -> dict:
 
 # Kernel variants timed next to the defaults: extra (macro, value) build parameters.
 PREFILL_VARIANTS = ()
-DECODE_VARIANTS = ((("DECODE_PDL", 0),), (("DECODE_TMA", 0),))
+DECODE_VARIANTS = ((("DECODE_PDL", 0),),)
 
 
 def variant(kernel: build.Kernel, extra) -> build.Kernel:
@@ -138,7 +138,22 @@ def prefill_bench(B=4, T=4096, H=32, D=128, rounds=1) -> dict:
   return res
 
 
-def decode_bench(B=32, S=4096, Hq=32, Hkv=8, D=128, page=16, rounds=1) -> dict:
+def timing_check(fn, args, us: float) -> dict:
+  """The same function timed three ways: `us` (the harness's bench, at most 20 calls per
+  repetition), bench with up to 400 calls, and the device's span and summed kernel time
+  per call over 100 calls (benchmarks.timing.device_span)."""
+  many = bench(fn, args, max_calls=400)
+  span = device_span(fn, args)
+  out = dict(us_20calls=us, us_400calls=many.median_s * 1e6, calls_400=many.calls,
+             span_us=span.get("span_s", float("nan")) * 1e6,
+             busy_us=span.get("busy_s", float("nan")) * 1e6,
+             kernels=span.get("kernels"), lines=span.get("lines"), error=span.get("error"))
+  log("timing check", json.dumps(out))
+  return out
+
+
+def decode_bench(B=32, S=4096, Hq=32, Hkv=8, D=128, page=16, rounds=1,
+                 check_timing=False) -> dict:
   key = jax.random.key(1)
   kq, kk, kv = jax.random.split(key, 3)
   q = jax.random.normal(kq, (B, Hq, D), jnp.float32).astype(jnp.bfloat16)
@@ -205,6 +220,10 @@ def decode_bench(B=32, S=4096, Hq=32, Hkv=8, D=128, page=16, rounds=1) -> dict:
       r.update(us=med * 1e6, gbps=nbytes / med / 1e9, tokens_per_s=B / med,
                rounds_us=[x * 1e3 for x in r.pop("ms_rounds")])
       log(f"decode {name:24s} {med * 1e6:8.1f} us (median of {len(r['rounds_us'])})")
+  if check_timing:
+    for name, (fn, args, _) in cands.items():
+      if "us" in res.get(name, {}):
+        res[name]["timing_check"] = timing_check(fn, args, res[name]["us"])
   for name in outs:
     if "fp8" in name and "cudnn_bf16_dense" in outs:
       res[f"rel_err_{name}_vs_cudnn_bf16"] = rel_err(outs[name], outs["cudnn_bf16_dense"])
@@ -279,6 +298,9 @@ def main():
   ap.add_argument("--only", choices=("prefill", "decode"), default=None)
   ap.add_argument("--rounds", type=int, default=1,
                   help="interleaved rounds of the timed rows (median)")
+  ap.add_argument("--timing-check", action="store_true",
+                  help="decode rows and the copy also timed with 400 calls per repetition "
+                       "and by the device's clock (benchmarks.timing.device_span)")
   ap.add_argument("--decode-dims", default="128", help="head dims of the decode rows, e.g. 64,128,256")
   ap.add_argument("--decode-shapes", default="",
                   help="more D128 decode shapes B:S:Hq:Hkv[:page], comma-separated (e.g. "
@@ -298,16 +320,21 @@ def main():
   res = dict(device=dev.device_kind)
   res["ceilings"] = ceilings()
   log("ceilings", res["ceilings"])
+  if args.timing_check:   # the copy ceiling's own pass, as ceilings() times it
+    x = jnp.ones((1 << 30,), jnp.bfloat16) * 1.5
+    res["ceilings"]["copy_timing_check"] = timing_check(
+        jax.jit(lambda x: -x), [(x,)], res["ceilings"]["copy_ms"] * 1e3)
+    del x
   res["prefill"] = prefill_bench(rounds=args.rounds) if args.only != "decode" else {}
   dims = [int(d) for d in args.decode_dims.split(",")]
-  res["decode"] = decode_bench(rounds=args.rounds) if args.only != "prefill" and 128 in dims else {}
+  res["decode"] = decode_bench(rounds=args.rounds, check_timing=args.timing_check) if args.only != "prefill" and 128 in dims else {}
   for d in dims:
     if d != 128 and args.only != "prefill":
       res[f"decode_d{d}"] = decode_bench(D=d, rounds=args.rounds)
   for shape in filter(None, args.decode_shapes.split(",")):
     B, S, Hq, Hkv, page = ([int(x) for x in shape.split(":")] + [16])[:5]
     res[f"decode_b{B}_s{S}_hq{Hq}_hkv{Hkv}_p{page}"] = decode_bench(
-        B=B, S=S, Hq=Hq, Hkv=Hkv, page=page, rounds=args.rounds)
+        B=B, S=S, Hq=Hq, Hkv=Hkv, page=page, rounds=args.rounds, check_timing=args.timing_check)
   with open(os.path.join(args.out, "fp8_probe.json"), "w") as f:
     json.dump(res, f, indent=1, default=str)
   p, d = res["prefill"], res["decode"]

@@ -17,8 +17,11 @@ cuBLASLt's float8 GEMM takes, bf16 out): the ceiling of the float8 workloads.
 
 from __future__ import annotations
 
+import glob
 import json
+import os
 import statistics
+import tempfile
 import time
 
 import jax
@@ -68,6 +71,34 @@ def write_probe(res: dict, path: str, timing_line) -> None:
   print("\n== timing (", res["device"], ") ==")
   for r in res["timing"]:
     print(timing_line(r))
+
+
+def device_span(fn, args: list[tuple], calls: int = 100) -> dict:
+  """The device's own clock over `calls` back-to-back calls (after a warm-up call), from
+  the profiler's kernel records on the GPU streams: `span_s` = (last kernel end - first
+  kernel start) / calls, the time per call with the launch gaps but without the host's
+  first dispatch and the final synchronisation; `busy_s` = summed kernel time / calls;
+  `kernels` per call; `lines`, the stream lines read."""
+  jax.block_until_ready(fn(*args[0]))
+  d = tempfile.mkdtemp(prefix="jattn-prof-")
+  with jax.profiler.trace(d):
+    for i in range(calls):
+      last = fn(*args[i % len(args)])
+    jax.block_until_ready(last)
+  (path,) = glob.glob(os.path.join(d, "**", "*.xplane.pb"), recursive=True)
+  events, lines = [], []
+  for plane in jax.profiler.ProfileData.from_file(path).planes:
+    if plane.name.startswith("/device:GPU"):
+      for line in plane.lines:
+        if line.name.startswith("Stream"):
+          lines.append(line.name)
+          events += [(e.start_ns, e.duration_ns) for e in line.events]
+  if not events:
+    return dict(error="no kernel records on a GPU stream line", lines=lines)
+  start = min(s for s, _ in events)
+  end = max(s + d for s, d in events)
+  return dict(span_s=(end - start) * 1e-9 / calls, busy_s=sum(d for _, d in events) * 1e-9 / calls,
+              kernels=len(events) / calls, lines=sorted(set(lines)))
 
 
 def ceilings(*, tiny: bool = False, reps: int = 7) -> dict:
