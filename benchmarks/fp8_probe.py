@@ -64,7 +64,7 @@ def build_check() -> dict:
 
 # Kernel variants timed next to the defaults: extra (macro, value) build parameters.
 PREFILL_VARIANTS = ()
-DECODE_VARIANTS = ((("DECODE_PDL", 0),),)
+DECODE_VARIANTS = ()
 
 
 def variant(kernel: build.Kernel, extra) -> build.Kernel:

@@ -119,7 +119,7 @@ def time_workload(name, B, S, H, T, ps, ceil, tiny):
   ref = None
   for label, fn in impls:
     try:
-      t = bench(fn, sets, reps=3 if tiny else 7, max_calls=20)
+      t = bench(fn, sets, reps=3 if tiny else 7)
       o = np.asarray(t.out[0], np.float32)
       if ref is None:
         ref = np.asarray(jax.block_until_ready(xla_fn()(*sets[0]))[0], np.float32)

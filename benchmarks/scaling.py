@@ -223,8 +223,8 @@ def main(argv=None) -> str:
   shapes = TINY if args.tiny else FULL
   dtype = jnp.float32 if args.tiny else jnp.bfloat16
   cfg = (dict(reps=2, max_calls=2, budget_s=0.02) if args.tiny else
-         dict(reps=3, max_calls=10, budget_s=0.5) if args.quick else
-         dict(reps=7, max_calls=20, budget_s=1.5))
+         dict(reps=3, max_calls=100, budget_s=0.5) if args.quick else
+         dict(reps=7, max_calls=timing.MAX_CALLS, budget_s=1.5))
 
   dev = jax.devices()[0]
   kind = getattr(dev, "device_kind", dev.platform)

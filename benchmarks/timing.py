@@ -27,7 +27,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from jattn.bench.timing import Timing, bench  # noqa: F401  (re-exported for the harness)
+from jattn.bench.timing import MAX_CALLS, Timing, bench  # noqa: F401  (re-exported for the harness)
 
 _T0 = time.time()
 
@@ -107,19 +107,19 @@ def ceilings(*, tiny: bool = False, reps: int = 7) -> dict:
   n_mm = 256 if tiny else 8192
   key = jax.random.key(42, impl="rbg")
   x = jax.jit(lambda k: jax.random.normal(k, (n_copy,), jnp.float32).astype(jnp.bfloat16))(key)
-  copy = bench(jax.jit(lambda x: -x), [(x,)], reps=reps, max_calls=10, budget_s=1.0)
+  copy = bench(jax.jit(lambda x: -x), [(x,)], reps=reps, max_calls=100, budget_s=1.0)
   copy_bytes = 2 * x.size * x.dtype.itemsize
-  read = bench(jax.jit(jnp.max), [(x,)], reps=reps, max_calls=10, budget_s=1.0)
+  read = bench(jax.jit(jnp.max), [(x,)], reps=reps, max_calls=100, budget_s=1.0)
   del x
   ka, kb = jax.random.split(key)
   a = jax.random.normal(ka, (n_mm, n_mm), jnp.float32).astype(jnp.bfloat16)
   b = jax.random.normal(kb, (n_mm, n_mm), jnp.float32).astype(jnp.bfloat16)
-  mm = bench(jax.jit(jnp.matmul), [(a, b), (b, a)], reps=reps, max_calls=10, budget_s=1.0)
+  mm = bench(jax.jit(jnp.matmul), [(a, b), (b, a)], reps=reps, max_calls=100, budget_s=1.0)
   a8, b8 = a.astype(jnp.float8_e4m3fn), b.astype(jnp.float8_e4m3fn)
   del a, b
   abt = jax.jit(lambda x, y: jax.lax.dot_general(x, y, (((1,), (1,)), ((), ())),
                                                  preferred_element_type=jnp.bfloat16))
-  mm8 = bench(abt, [(a8, b8), (b8, a8)], reps=reps, max_calls=10, budget_s=1.0)
+  mm8 = bench(abt, [(a8, b8), (b8, a8)], reps=reps, max_calls=100, budget_s=1.0)
   del a8, b8
   return dict(copy_gbps=copy_bytes / copy.median_s / 1e9,
               copy_bytes=copy_bytes, copy_ms=copy.median_s * 1e3,

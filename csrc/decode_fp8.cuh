@@ -71,10 +71,6 @@ constexpr int kStageTokens = 32 * kDecodeWarps;  // tokens per TMA ring stage
 // 108), off for D256 (it spills more).
 // JATTN_DECODE_TMA=0: never take the TMA path. JATTN_DECODE_TMA_STAGES: its ring depth.
 // JATTN_DECODE_TMA_PROMOTION: the L2 promotion of its tensor maps (bytes: 0, 64, 128, 256).
-// JATTN_DECODE_PDL=1: the kernels are launched as programmatic dependents of the previous
-// kernel in the stream: their CTAs start and set up while it drains, and wait for it
-// (griddepcontrol.wait, a no-op otherwise) before their first global read or write; once
-// their loads are done they let the next kernel's CTAs do the same.
 #ifndef JATTN_DECODE_L2_PREFETCH
 #define JATTN_DECODE_L2_PREFETCH -1
 #endif
@@ -86,9 +82,6 @@ constexpr int kStageTokens = 32 * kDecodeWarps;  // tokens per TMA ring stage
 #endif
 #ifndef JATTN_DECODE_TMA_STAGES
 #define JATTN_DECODE_TMA_STAGES 3
-#endif
-#ifndef JATTN_DECODE_PDL
-#define JATTN_DECODE_PDL 1
 #endif
 #ifndef JATTN_DECODE_TMA_PROMOTION
 #define JATTN_DECODE_TMA_PROMOTION 256
@@ -327,7 +320,6 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_fp8_kernel(const Dec
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
 
-  pdl_wait_previous_grid();
   const int max_len = prm.M * prm.page_size;
   const int kv_len = min(max(prm.kv_lens[b], 0), max_len);
   const int begin = split * prm.split_tokens;
@@ -446,7 +438,6 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_fp8_kernel(const Dec
     }
   }
 
-  pdl_launch_dependents();  // every load is in: the next kernel may start its set-up
   extern __shared__ float o_w[];  // [warps][GH][D]
   merge_warps<D, HT>(prm, true, warp, g, t, b, hk, split, G, o, m, l, o_w);
 }
@@ -470,6 +461,12 @@ __global__ void __launch_bounds__((kDecodeWarps + 1) * 32, 2)  // two CTAs per S
   const int g = lane / 4, t = lane % 4;
   const bool compute = warp < kDecodeWarps;
 
+  const int max_len = prm.M * prm.page_size;
+  const int kv_len = min(max(prm.kv_lens[b], 0), max_len);
+  const int begin = split * prm.split_tokens;
+  const int end = min(kv_len, begin + prm.split_tokens);
+  const int n_stages = end > begin ? (end - begin + kStageTokens - 1) / kStageTokens : 0;
+
   extern __shared__ uint8_t smem_raw[];
   uint8_t* ring = smem_raw + smem_align_1024(smem_raw);
   uint8_t* k_ring = ring;                                  // [stages][128 tokens][D]
@@ -480,15 +477,7 @@ __global__ void __launch_bounds__((kDecodeWarps + 1) * 32, 2)  // two CTAs per S
     for (int s = 0; s < kTmaStages; ++s) mbar_init(&full[s], 1), mbar_init(&empty[s], kDecodeWarps);
     fence_barrier_init();
   }
-  if (threadIdx.x == kDecodeWarps * 32) prefetch_tensormap(&k_map), prefetch_tensormap(&v_map);
   __syncthreads();
-  pdl_wait_previous_grid();  // (set-up above overlaps the previous kernel's tail)
-
-  const int max_len = prm.M * prm.page_size;
-  const int kv_len = min(max(prm.kv_lens[b], 0), max_len);
-  const int begin = split * prm.split_tokens;
-  const int end = min(kv_len, begin + prm.split_tokens);
-  const int n_stages = end > begin ? (end - begin + kStageTokens - 1) / kStageTokens : 0;
 
   float o[HT][D / 16][4];
   float m[HT], l[HT];
@@ -559,7 +548,6 @@ __global__ void __launch_bounds__((kDecodeWarps + 1) * 32, 2)  // two CTAs per S
     }
   }
   __syncthreads();  // every stage consumed: the ring becomes the merge buffer
-  pdl_launch_dependents();
   merge_warps<D, HT>(prm, compute, warp, g, t, b, hk, split, G, o, m, l,
                      reinterpret_cast<float*>(ring));
 }
@@ -568,7 +556,6 @@ __global__ void __launch_bounds__((kDecodeWarps + 1) * 32, 2)  // two CTAs per S
 template <int D>
 __global__ void __launch_bounds__(D) decode_combine_kernel(const DecodeParams prm) {
   const int row = blockIdx.x, d = threadIdx.x;  // row = b * Nq + head
-  pdl_wait_previous_grid();
   const float* lse = prm.part_lse + size_t(row) * prm.splits;
   float mx = -INFINITY;
   for (int s = 0; s < prm.splits; ++s) mx = fmaxf(mx, lse[s]);

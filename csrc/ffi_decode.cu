@@ -16,7 +16,6 @@ namespace {
 
 constexpr int kD = JATTN_HEAD_DIM;
 constexpr int kHT = JATTN_HEAD_TILES;
-constexpr bool kPdl = JATTN_DECODE_PDL;
 
 ffi::Error bad(const std::string& what) {
   return ffi::Error::InvalidArgument("jattn fp8 decode (head_dim " + std::to_string(kD) +
@@ -100,9 +99,10 @@ ffi::Error Decode(cudaStream_t stream, ffi::Buffer<ffi::BF16> q, ffi::AnyBuffer 
       auto kernel = jattn::decode_fp8_tma_kernel<kD, kHT>;
       const int smem = jattn::tma_smem_bytes<kD>();
       e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-      if (e == cudaSuccess)
-        e = jattn::launch(kernel, grid, (jattn::kDecodeWarps + 1) * 32, smem, stream, kPdl,
-                          k_map, v_map, prm);
+      if (e == cudaSuccess) {
+        kernel<<<grid, (jattn::kDecodeWarps + 1) * 32, smem, stream>>>(k_map, v_map, prm);
+        e = cudaGetLastError();
+      }
       launched = true;
     }
   }
@@ -110,12 +110,15 @@ ffi::Error Decode(cudaStream_t stream, ffi::Buffer<ffi::BF16> q, ffi::AnyBuffer 
     auto kernel = jattn::decode_fp8_kernel<kD, kHT>;
     const int smem = jattn::kDecodeWarps * 8 * kHT * kD * sizeof(float);
     e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-    if (e == cudaSuccess)
-      e = jattn::launch(kernel, grid, jattn::kDecodeWarps * 32, smem, stream, kPdl, prm);
+    if (e == cudaSuccess) {
+      kernel<<<grid, jattn::kDecodeWarps * 32, smem, stream>>>(prm);
+      e = cudaGetLastError();
+    }
   }
-  if (e == cudaSuccess && splits > 1)
-    e = jattn::launch(jattn::decode_combine_kernel<kD>, unsigned(B * Nq), kD, 0, stream, kPdl,
-                      prm);
+  if (e == cudaSuccess && splits > 1) {
+    jattn::decode_combine_kernel<kD><<<unsigned(B * Nq), kD, 0, stream>>>(prm);
+    e = cudaGetLastError();
+  }
   if (e != cudaSuccess)
     return ffi::Error::Internal(std::string("jattn fp8 decode launch: ") + cudaGetErrorString(e));
   return ffi::Error::Success();

@@ -130,8 +130,17 @@ ffi::Error Prefill(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyB
   const int64_t ctas = std::min<int64_t>(num_tiles, sms);  // persistent: at most one per SM
   // A programmatic dependent of the transpose: its CTAs start (barriers, Q and K loads) as
   // SMs leave the transpose, and wait for the whole V^T only before their first V load.
-  e = jattn::launch(kernel, unsigned(ctas), Cfg::THREADS, Cfg::SMEM, stream, true, q_map, k_map,
-                    v_map, o_map, prm);
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(unsigned(ctas));
+  cfg.blockDim = dim3(Cfg::THREADS);
+  cfg.dynamicSmemBytes = Cfg::SMEM;
+  cfg.stream = stream;
+  cudaLaunchAttribute pdl[1];
+  pdl[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  pdl[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = pdl;
+  cfg.numAttrs = 1;
+  e = cudaLaunchKernelEx(&cfg, kernel, q_map, k_map, v_map, o_map, prm);
   if (e != cudaSuccess)
     return ffi::Error::Internal(std::string("jattn fp8 prefill launch: ") + cudaGetErrorString(e));
   return ffi::Error::Success();

@@ -1,6 +1,6 @@
-// Host-side helpers: TMA descriptor creation and launches. cuTensorMapEncodeTiled is a
-// driver API; it is fetched through the runtime (cudaGetDriverEntryPointByVersion) so that
-// the shared object needs no link against libcuda.
+// Host-side TMA descriptor creation. cuTensorMapEncodeTiled is a driver API; it is
+// fetched through the runtime (cudaGetDriverEntryPointByVersion) so that the shared
+// object needs no link against libcuda.
 #pragma once
 
 #include <cuda.h>
@@ -10,7 +10,6 @@
 #include <array>
 #include <cstdint>
 #include <string>
-#include <utility>
 
 namespace jattn {
 
@@ -54,25 +53,6 @@ inline bool make_map_4d(CUtensorMap* map, const void* ptr, std::array<uint64_t, 
     return false;
   }
   return true;
-}
-
-// Launches kernel<<<grid, block, smem, stream>>>(args...), as a programmatic dependent of
-// the stream's previous kernel when `pdl` (the kernel must griddepcontrol.wait before it
-// touches memory that kernel may write or read).
-template <typename... Params, typename... Args>
-cudaError_t launch(void (*kernel)(Params...), dim3 grid, dim3 block, int smem,
-                   cudaStream_t stream, bool pdl, Args&&... args) {
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = grid;
-  cfg.blockDim = block;
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = pdl ? 1 : 0;
-  return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
 }
 
 }  // namespace jattn

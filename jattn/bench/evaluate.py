@@ -26,7 +26,7 @@ from jattn.bench.definitions import Definition, Workload, definition as get_defi
 from jattn.bench.solutions import Solution
 
 STATUSES = ("passed", "incorrect", "error", "unsupported")
-TIMING = dict(reps=7, max_calls=20, budget_s=0.5)
+TIMING = dict(reps=7, max_calls=timing.MAX_CALLS, budget_s=0.5)
 TIMING_TINY = dict(reps=1, max_calls=1, budget_s=0.0)
 
 

@@ -7,6 +7,12 @@ to `block_until_ready` on the last output (the device runs one stream in order).
 figure is the median over repetitions of (repetition time / calls). `calls` is at most
 `max_calls`, fewer for slow functions so one implementation takes about `budget_s`.
 
+Each repetition also carries the host's dispatch of its first call and the wake-up after
+the last (~140 µs together on the lent H100 machine), so a repetition must be long: with
+at most 20 calls a B32 S4096 float8 decode measured 111 µs where 400 calls and the
+device's own clock (profiler span over 100 calls) both gave 104 µs (session 12,
+`benchmarks/NOTES.md`). Hence up to `MAX_CALLS` calls per repetition.
+
 Inputs rotate over `num_input_sets(bytes of one set)` sets so that repeated calls do not
 measure a warm L2 (a set smaller than ~2x L2 gets company, up to 4 sets).
 """
@@ -22,6 +28,7 @@ import jax
 
 L2_BYTES = 64 << 20          # rotate inputs until a set of them outgrows ~2x this (H100 50 MB, H200 60 MB)
 MAX_INPUT_SETS = 4
+MAX_CALLS = 400
 
 
 def num_input_sets(set_bytes: float) -> int:
@@ -43,7 +50,7 @@ class Timing:
     return (self.max_s - self.min_s) / self.median_s if self.median_s > 0 else 0.0
 
 
-def bench(fn, args: list[tuple], *, reps: int = 7, max_calls: int = 20,
+def bench(fn, args: list[tuple], *, reps: int = 7, max_calls: int = MAX_CALLS,
           budget_s: float = 1.5) -> Timing:
   n = len(args)
   t0 = time.perf_counter()
