@@ -71,7 +71,7 @@ def _short(e: BaseException) -> str:
   return text[:400]
 
 
-def measure(wl, data, label, family, build, ceil, cfg) -> dict:
+def measure(wl, data, label, family, build, ceil, cfg, span: bool = False) -> dict:
   ceil_tflops = ceil["matmul_fp8_tflops"] if wl.fp8 else ceil["matmul_tflops"]
   row = dict(workload=wl.name, suite=wl.suite, shape=wl.shape_str(), shape_info=wl.shape(),
              dtype="float8_e4m3fn" if wl.fp8 else jax.numpy.dtype(W.DTYPE).name, impl=label,
@@ -96,6 +96,12 @@ def measure(wl, data, label, family, build, ceil, cfg) -> dict:
     row["check_s"] = round(time.time() - t0, 2)     # reference slices and the comparison
     del out
     sec = t.median_s
+    if span:   # the device's clock beside the host's (--device-span)
+      sp = timing.device_span(prep.fn, prep.args, calls=max(10, min(100, t.calls)))
+      row["device_span"] = dict(
+          span_ms=sp.get("span_s", float("nan")) * 1e3, busy_ms=sp.get("busy_s", float("nan")) * 1e3,
+          kernels=sp.get("kernels"), error=sp.get("error"),
+          by_kernel_ms={k[:80]: v * 1e3 for k, v in list(sp.get("by_kernel", {}).items())[:6]})
     flops = prep.flops or wl.flops()
     t_flops = flops / (ceil_tflops * 1e12)
     t_bytes = wl.bytes() / (ceil["copy_gbps"] * 1e9)
@@ -184,9 +190,16 @@ def _fmt(r) -> str:
   chosen = f" ({r['chosen']})" if r.get("chosen") else ""
   err = (f"err {r['max_rel_err']:.1e}{' !' if r['err_flag'] else ''}"
          if r["max_rel_err"] is not None else "err n/a (baseline: another op)")
-  return (f"  {r['impl']:28s} {r['median_ms']:9.3f} ms {metric} {r['frac_ceiling']:6.1%}"
+  line = (f"  {r['impl']:28s} {r['median_ms']:9.3f} ms {metric} {r['frac_ceiling']:6.1%}"
           f"  {err}  compile {r['compile_s']:.1f}s setup {r['setup_s']:.1f}s "
           f"check {r['check_s']:.1f}s{chosen}")
+  sp = r.get("device_span")
+  if sp:
+    kern = ", ".join(f"{k[:40]} {v * 1e3:.1f}" for k, v in sp["by_kernel_ms"].items())
+    line += (f"\n    device clock: span {sp['span_ms']:.3f} ms, kernels {sp['busy_ms']:.3f} ms "
+             f"({sp['kernels']} a call; us: {kern})" if not sp.get("error") else
+             f"\n    device clock: {sp['error']}")
+  return line
 
 
 def main(argv=None) -> int:
@@ -203,6 +216,9 @@ def main(argv=None) -> int:
   ap.add_argument("--xla-cap-gib", type=float, default=impls.XLA_CAP_GIB["fwd"],
                   help="largest float32 intermediate the forward XLA reference may build")
   ap.add_argument("--no-report", action="store_true", help="JSON only")
+  ap.add_argument("--device-span", action="store_true",
+                  help="also time each row by the device's clock (profiler kernel records: "
+                       "span and kernel time per call, the largest kernels)")
   args = ap.parse_args(argv)
 
   start = time.time()
@@ -260,7 +276,7 @@ def main(argv=None) -> int:
                  impl=label, family=family, status="skipped",
                  reason=f"--deadline {args.deadline:g}s reached")
       else:
-        r = measure(wl, data, label, family, build, ceil, cfg)
+        r = measure(wl, data, label, family, build, ceil, cfg, args.device_span)
         if family == "jattn":
           r["auto"] = auto.get(label.split("[")[0].split(".")[1])
       r.update(base)

@@ -78,7 +78,8 @@ def device_span(fn, args: list[tuple], calls: int = 100) -> dict:
   the profiler's kernel records on the GPU streams: `span_s` = (last kernel end - first
   kernel start) / calls, the time per call with the launch gaps but without the host's
   first dispatch and the final synchronisation; `busy_s` = summed kernel time / calls;
-  `kernels` per call; `lines`, the stream lines read."""
+  `kernels` per call; `by_kernel`: {kernel name: seconds per call}, largest first;
+  `lines`, the stream lines read."""
   jax.block_until_ready(fn(*args[0]))
   d = tempfile.mkdtemp(prefix="jattn-prof-")
   with jax.profiler.trace(d):
@@ -92,13 +93,17 @@ def device_span(fn, args: list[tuple], calls: int = 100) -> dict:
       for line in plane.lines:
         if line.name.startswith("Stream"):
           lines.append(line.name)
-          events += [(e.start_ns, e.duration_ns) for e in line.events]
+          events += [(e.start_ns, e.duration_ns, e.name) for e in line.events]
   if not events:
     return dict(error="no kernel records on a GPU stream line", lines=lines)
-  start = min(s for s, _ in events)
-  end = max(s + d for s, d in events)
-  return dict(span_s=(end - start) * 1e-9 / calls, busy_s=sum(d for _, d in events) * 1e-9 / calls,
-              kernels=len(events) / calls, lines=sorted(set(lines)))
+  start = min(s for s, _, _ in events)
+  end = max(s + d for s, d, _ in events)
+  by_kernel = {}
+  for _, d, name in events:
+    by_kernel[name] = by_kernel.get(name, 0.0) + d * 1e-9 / calls
+  return dict(span_s=(end - start) * 1e-9 / calls, busy_s=sum(d for _, d, _ in events) * 1e-9 / calls,
+              kernels=len(events) / calls, lines=sorted(set(lines)),
+              by_kernel=dict(sorted(by_kernel.items(), key=lambda kv: -kv[1])))
 
 
 def ceilings(*, tiny: bool = False, reps: int = 7) -> dict:
