@@ -84,7 +84,7 @@ def prefill_inputs(key, B, T, H, D, n=2):
   return sets
 
 
-def prefill_bench(B=4, T=4096, H=32, D=128, rounds=1) -> dict:
+def prefill_bench(B=4, T=4096, H=32, D=128, rounds=1, check_timing=False) -> dict:
   key = jax.random.key(0)
   f32 = prefill_inputs(key, B, T, H, D)
   bf = [tuple(x.astype(jnp.bfloat16) for x in s) for s in f32]
@@ -132,6 +132,10 @@ def prefill_bench(B=4, T=4096, H=32, D=128, rounds=1) -> dict:
       r["tflops"] = flops / r["ms"] / 1e9
       log(f"prefill {name:24s} {r['ms']:8.3f} ms {r['tflops']:7.1f} TFLOP/s "
           f"(rounds {', '.join(f'{x:.3f}' for x in r['ms_rounds'])})")
+  if check_timing:
+    for name, (fn, args) in cands.items():
+      if "ms" in res.get(name, {}):
+        res[name]["timing_check"] = timing_check(fn, args, res[name]["ms"] * 1e3)
   for name in outs:  # every fp8 output against cuDNN's on the same (rounded) data
     if "cudnn" not in name and "cudnn_bf16" in outs:
       res[f"rel_err_{name}_vs_cudnn_bf16"] = rel_err(outs[name], outs["cudnn_bf16"])
@@ -139,15 +143,21 @@ def prefill_bench(B=4, T=4096, H=32, D=128, rounds=1) -> dict:
 
 
 def timing_check(fn, args, us: float) -> dict:
-  """The same function timed three ways: `us` (the harness's bench, at most 20 calls per
-  repetition), bench with up to 400 calls, and the device's span and summed kernel time
-  per call over 100 calls (benchmarks.timing.device_span)."""
-  many = bench(fn, args, max_calls=400)
+  """The same function timed four ways, in this order: `us` (bench's default, already
+  measured), bench at most 20 calls a repetition (the harness before session 12), bench
+  with ~200 ms repetitions (1.4 s of back-to-back calls: a sustained load), and the
+  device's span and kernel time per call over 100 calls after a 1 s pause
+  (benchmarks.timing.device_span)."""
+  old = bench(fn, args, max_calls=20)
+  sustained = bench(fn, args, max_calls=100000, rep_s=0.2)
+  time.sleep(1.0)
   span = device_span(fn, args)
-  out = dict(us_20calls=us, us_400calls=many.median_s * 1e6, calls_400=many.calls,
+  out = dict(us_default=us, us_20calls=old.median_s * 1e6,
+             us_sustained=sustained.median_s * 1e6, calls_sustained=sustained.calls,
              span_us=span.get("span_s", float("nan")) * 1e6,
              busy_us=span.get("busy_s", float("nan")) * 1e6,
-             kernels=span.get("kernels"), lines=span.get("lines"), error=span.get("error"))
+             kernels=span.get("kernels"), error=span.get("error"),
+             by_kernel_us={k[:60]: v * 1e6 for k, v in list(span.get("by_kernel", {}).items())[:4]})
   log("timing check", json.dumps(out))
   return out
 
@@ -299,8 +309,8 @@ def main():
   ap.add_argument("--rounds", type=int, default=1,
                   help="interleaved rounds of the timed rows (median)")
   ap.add_argument("--timing-check", action="store_true",
-                  help="decode rows and the copy also timed with 400 calls per repetition "
-                       "and by the device's clock (benchmarks.timing.device_span)")
+                  help="every row and the copy also timed at <= 20 calls a repetition, as a "
+                       "sustained load, and by the device's clock (fp8_probe.timing_check)")
   ap.add_argument("--decode-dims", default="128", help="head dims of the decode rows, e.g. 64,128,256")
   ap.add_argument("--decode-shapes", default="",
                   help="more D128 decode shapes B:S:Hq:Hkv[:page], comma-separated (e.g. "
@@ -325,7 +335,7 @@ def main():
     res["ceilings"]["copy_timing_check"] = timing_check(
         jax.jit(lambda x: -x), [(x,)], res["ceilings"]["copy_ms"] * 1e3)
     del x
-  res["prefill"] = prefill_bench(rounds=args.rounds) if args.only != "decode" else {}
+  res["prefill"] = prefill_bench(rounds=args.rounds, check_timing=args.timing_check) if args.only != "decode" else {}
   dims = [int(d) for d in args.decode_dims.split(",")]
   res["decode"] = decode_bench(rounds=args.rounds, check_timing=args.timing_check) if args.only != "prefill" and 128 in dims else {}
   for d in dims:

@@ -4,14 +4,19 @@
 measures roughly one call, then `reps` repetitions of `calls` back-to-back calls over the
 rotated input sets, each repetition timed on the host clock from before the first launch
 to `block_until_ready` on the last output (the device runs one stream in order). The
-figure is the median over repetitions of (repetition time / calls). `calls` is at most
-`max_calls`, fewer for slow functions so one implementation takes about `budget_s`.
+figure is the median over repetitions of (repetition time / calls). A repetition lasts
+about `rep_s` (`calls` from a short calibration burst), at most `max_calls` calls, and
+fewer for slow functions so one implementation takes about `budget_s`.
 
-Each repetition also carries the host's dispatch of its first call and the wake-up after
-the last (~140 µs together on the lent H100 machine), so a repetition must be long: with
-at most 20 calls a B32 S4096 float8 decode measured 111 µs where 400 calls and the
-device's own clock (profiler span over 100 calls) both gave 104 µs (session 12,
-`benchmarks/NOTES.md`). Hence up to `MAX_CALLS` calls per repetition.
+Why ~25 ms (session 12, `benchmarks/NOTES.md`): each repetition also carries the host's
+dispatch of its first call and the wake-up after the last (~140 µs on the lent H100
+machine), so it must be long against that: at 20 calls a repetition, a B32 S4096 float8
+decode measured 111 µs where 400 calls and the device's own clock both gave 104 µs. But
+much longer repetitions turn a compute-bound kernel's burst into a sustained load that
+the GPU's power limit slows (a float8 prefill: 0.687 ms by the device clock right after
+an idle pause, 0.746 ms averaged over 1.5 s of back-to-back calls). 25 ms keeps the
+host's share under 1 % for calls of 100 µs and more, and each row's total timed work
+(~175 ms) close to what `triton.testing.do_bench` (25 ms warm-up, 100 ms) times.
 
 Inputs rotate over `num_input_sets(bytes of one set)` sets so that repeated calls do not
 measure a warm L2 (a set smaller than ~2x L2 gets company, up to 4 sets).
@@ -29,6 +34,7 @@ import jax
 L2_BYTES = 64 << 20          # rotate inputs until a set of them outgrows ~2x this (H100 50 MB, H200 60 MB)
 MAX_INPUT_SETS = 4
 MAX_CALLS = 400
+REP_S = 0.025
 
 
 def num_input_sets(set_bytes: float) -> int:
@@ -51,15 +57,23 @@ class Timing:
 
 
 def bench(fn, args: list[tuple], *, reps: int = 7, max_calls: int = MAX_CALLS,
-          budget_s: float = 1.5) -> Timing:
+          budget_s: float = 1.5, rep_s: float = REP_S) -> Timing:
   n = len(args)
   t0 = time.perf_counter()
   out = jax.block_until_ready(fn(*args[0]))
   compile_s = time.perf_counter() - t0
   t0 = time.perf_counter()
   jax.block_until_ready(fn(*args[1 % n]))
-  one = max(time.perf_counter() - t0, 1e-6)
-  calls = int(max(1, min(max_calls, budget_s / (reps * one))))
+  one = max(time.perf_counter() - t0, 1e-6)   # one call, with the dispatch and wake-up
+  burst = int(max(1, min(10, max_calls, rep_s / one)))
+  if burst > 1:   # a call's time without them, roughly
+    t0 = time.perf_counter()
+    for i in range(burst):
+      last = fn(*args[i % n])
+    jax.block_until_ready(last)
+    del last
+    one = max((time.perf_counter() - t0) / burst, 1e-6)
+  calls = int(max(1, min(max_calls, rep_s / one, budget_s / (reps * one))))
   times = []
   for _ in range(reps):
     t0 = time.perf_counter()
