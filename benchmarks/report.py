@@ -86,6 +86,7 @@ def header(res) -> str:
         f" bf16 matmul {c['matmul_n']}³ {c['matmul_tflops']:.0f} TFLOP/s"
         + (f", float8 {c['matmul_fp8_tflops']:.0f}" if c.get("matmul_fp8_tflops") else "")
         + f" · {m['timing']['reps']} reps × ≤{m['timing']['max_calls']} calls"
+        + (f" (~{m['timing']['rep_s'] * 1e3:.0f} ms)" if m["timing"].get("rep_s") else "")
         + (" · QUICK" if m.get("quick") else "") + (" · TINY (CPU test)" if m.get("tiny") else "")
         + f" · run `{m['run_id']}`")
   return "\n".join(lines)

@@ -232,9 +232,9 @@ def main(argv=None) -> int:
   if args.tiny:
     cfg = dict(reps=2, max_calls=3, budget_s=0.05)
   elif args.quick:
-    cfg = dict(reps=3, max_calls=100, budget_s=0.5)
+    cfg = dict(reps=3, max_calls=100, budget_s=0.5, rep_s=timing.REP_S)
   else:
-    cfg = dict(reps=7, max_calls=timing.MAX_CALLS, budget_s=1.5)
+    cfg = dict(reps=7, max_calls=timing.MAX_CALLS, budget_s=1.5, rep_s=timing.REP_S)
 
   dev = jax.devices()[0]
   kind = getattr(dev, "device_kind", dev.platform)

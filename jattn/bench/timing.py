@@ -11,12 +11,12 @@ fewer for slow functions so one implementation takes about `budget_s`.
 Why ~25 ms (session 12, `benchmarks/NOTES.md`): each repetition also carries the host's
 dispatch of its first call and the wake-up after the last (~140 µs on the lent H100
 machine), so it must be long against that: at 20 calls a repetition, a B32 S4096 float8
-decode measured 111 µs where 400 calls and the device's own clock both gave 104 µs. But
-much longer repetitions turn a compute-bound kernel's burst into a sustained load that
-the GPU's power limit slows (a float8 prefill: 0.687 ms by the device clock right after
-an idle pause, 0.746 ms averaged over 1.5 s of back-to-back calls). 25 ms keeps the
-host's share under 1 % for calls of 100 µs and more, and each row's total timed work
-(~175 ms) close to what `triton.testing.do_bench` (25 ms warm-up, 100 ms) times.
+decode measured 110 µs where 25 ms repetitions, 1.4 s of back-to-back calls and the
+device's own clock all gave 103-104 µs. Longer repetitions change nothing more, and keep
+a row's timing short (~175 ms of calls). Compute-bound rows run at the board's power limit
+within ~100 ms of back-to-back calls, whatever the repetition (an H100 at 690-700 W, SM
+clock 1550-1770 MHz instead of 1980, during the prefill rows): the figure is that steady,
+power-limited rate, not the boost clock of a first burst after an idle pause.
 
 Inputs rotate over `num_input_sets(bytes of one set)` sets so that repeated calls do not
 measure a warm L2 (a set smaller than ~2x L2 gets company, up to 4 sets).
