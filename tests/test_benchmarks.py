@@ -196,6 +196,40 @@ def test_probe_rounds_interleave_and_take_the_median():
   assert stopped == dict(ms_rounds=[2.0], ms=2.0)
 
 
+def test_bench_sizes_repetitions_by_time():
+  """`bench`: a repetition holds about `rep_s` of calls (from a calibration burst, not the
+  first single call, which carries the host's dispatch and wake-up), at most `max_calls`,
+  one for slow functions; the figure is per call."""
+  import time as _time
+  import jax.numpy as jnp
+  from jattn.bench.timing import bench
+
+  counter = {"n": 0}
+
+  def slow(x):   # ~4 ms a call on the host clock
+    counter["n"] += 1
+    _time.sleep(0.004)
+    return x + 1
+
+  x = jnp.ones(4)
+  t = bench(slow, [(x,)], reps=2, rep_s=0.04)
+  assert 5 <= t.calls <= 12 and 0.003 < t.median_s < 0.02
+  assert counter["n"] >= 2 + 2 * t.calls + 2   # two single calls, a burst, the repetitions
+  assert bench(slow, [(x,)], reps=2, rep_s=0.04, max_calls=3).calls == 3
+  assert bench(slow, [(x,)], reps=2, rep_s=0.001).calls == 1
+
+
+def test_device_span_without_gpu_says_so():
+  """`device_span` reads kernel records from GPU stream lines only; on the CPU it returns
+  an error instead of a figure (the harness's `--device-span` rows then carry it)."""
+  import jax.numpy as jnp
+  from benchmarks.timing import device_span
+  if jax.default_backend() == "gpu":
+    pytest.skip("CPU behaviour")
+  r = device_span(jax.jit(lambda x: x * 2), [(jnp.ones(8),)], calls=3)
+  assert r["error"].startswith("no kernel records") and "span_s" not in r
+
+
 def test_kernel_trace_summary():
   """benchmarks.kernel_trace: region lengths per consumer (cycles from the trace's ts,
   which is (ns + cycles) / 1e3), the producer's trace ignored, gaps between items."""
