@@ -63,7 +63,7 @@ def build_check() -> dict:
 
 
 # Kernel variants timed next to the defaults: extra (macro, value) build parameters.
-PREFILL_VARIANTS = ()
+PREFILL_VARIANTS = ((("PREFILL_BN", 192),),)
 DECODE_VARIANTS = ()
 
 
