@@ -63,7 +63,7 @@ def build_check() -> dict:
 
 
 # Kernel variants timed next to the defaults: extra (macro, value) build parameters.
-PREFILL_VARIANTS = ((("PREFILL_BN", 192),),)
+PREFILL_VARIANTS = ()
 DECODE_VARIANTS = ()
 
 

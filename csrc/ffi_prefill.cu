@@ -76,7 +76,7 @@ ffi::Error Prefill(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyB
 
   CUtensorMap q_map, k_map, v_map, o_map;
   std::string err;
-  // Boxes: Q [BM rows x panel], K [BN rows x panel], V^T [D rows x V_PANEL] (keys innermost).
+  // Boxes: Q [BM rows x panel], K [BN rows x panel], V^T [D rows x BN] (keys innermost).
   if (!jattn::make_map_4d(&q_map, q.untyped_data(), {uint64_t(kD), uint64_t(Nq), uint64_t(T),
                                                      uint64_t(B)},
                           {Cfg::QK_PANEL, 1, Cfg::BM, 1}, Cfg::QK_PANEL, &err) ||
@@ -85,7 +85,7 @@ ffi::Error Prefill(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyB
                           {Cfg::QK_PANEL, 1, Cfg::BN, 1}, Cfg::QK_PANEL, &err) ||
       !jattn::make_map_4d(&v_map, vt->untyped_data(), {uint64_t(Sp), uint64_t(kD),
                                                       uint64_t(Nkv), uint64_t(B)},
-                          {Cfg::V_PANEL, kD, 1, 1}, Cfg::V_PANEL, &err) ||
+                          {Cfg::BN, kD, 1, 1}, Cfg::V_PANEL, &err) ||
       // O as bytes: rows of 2 D bytes, boxes of 64 rows x 128 bytes (64 bf16 columns).
       !jattn::make_map_4d(&o_map, o->untyped_data(), {uint64_t(2 * kD), uint64_t(Nq),
                                                       uint64_t(T), uint64_t(B)},

@@ -53,20 +53,14 @@ __host__ __device__ constexpr int key_of_slot(int k) {
   return (k & 16) + 8 * ((k >> 1) & 1) + 2 * ((k >> 2) & 3) + (k & 1);
 }
 
-// JATTN_PREFILL_BN (D128 only): keys per block, 128 (default) or 192; 192 takes a 3-deep
-// ring and V^T in panels of 64 keys.
-#ifndef JATTN_PREFILL_BN
-#define JATTN_PREFILL_BN 128
-#endif
-
 template <int D_> struct PrefillConfig {
   static constexpr int D = D_;
   static constexpr int BM = 128;                  // query rows per CTA
-  static constexpr int BN = D == 128 ? JATTN_PREFILL_BN : D < 128 ? 128 : 64;  // keys per block
-  static constexpr int STAGES = BN * D <= 128 * 128 ? 4 : 3;  // K/V ring depth
+  static constexpr int BN = D <= 128 ? 128 : 64;  // keys per block
+  static constexpr int STAGES = 4;  // K/V ring depth: a TMA load has 3 blocks of lead
   static constexpr int Q_SLOTS = D <= 128 ? 2 : 1;  // D256: one, to fit the O staging
   static constexpr int QK_PANEL = D < 128 ? D : 128;  // swizzle width of Q / K rows (bytes)
-  static constexpr int V_PANEL = BN <= 128 ? BN : 64;  // V^T: panels of V_PANEL keys
+  static constexpr int V_PANEL = BN;                  // V^T rows are BN bytes (<= 128)
   static constexpr int Q_BYTES = BM * D;
   static constexpr int K_BYTES = BN * D;
   static constexpr int V_BYTES = D * BN;
@@ -167,8 +161,7 @@ __device__ __forceinline__ void gemm_pv(float (&o)[C::D / 2], float (&lsum)[4],
 #if JATTN_WGMMA
 #pragma unroll
   for (int kk = 0; kk < C::BN / 32; ++kk) {
-    const int panel = kk * 32 / C::V_PANEL, col = kk * 32 % C::V_PANEL;
-    uint64_t db = wgmma_desc(v_tile + panel * C::D * C::V_PANEL + col, C::V_PANEL);
+    uint64_t db = wgmma_desc(v_tile + kk * 32, C::V_PANEL);
     Wgmma<C::D>::rs(o, p[kk], db, 1);
     Wgmma<8>::rs(lsum, p[kk], wgmma_desc(ones, 128), 1);
   }
@@ -370,10 +363,8 @@ __global__ void __launch_bounds__(384, 1)
             vt_ready = true;
           }
           mbar_expect_tx(&v_full[stage], C::V_BYTES);
-#pragma unroll
-          for (int p = 0; p < BN / C::V_PANEL; ++p)
-            tma_load_4d(v_tiles + stage * C::V_BYTES + p * D * C::V_PANEL, &v_map,
-                        &v_full[stage], j * BN + p * C::V_PANEL, 0, x.hk, x.b);
+          tma_load_4d(v_tiles + stage * C::V_BYTES, &v_map, &v_full[stage], j * BN, 0, x.hk,
+                      x.b);
         }
       }
     }
