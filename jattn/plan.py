@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 
 DEFAULT_NUM_SMS = 132          # H100 SXM; used when the device cannot be asked
+WAVE_CHOICES = (1, 2, 4)       # `waves=None`: the plan takes the best of these splits
+CTA_COST_TILES = 2             # a CTA's fixed cost in the split estimate, in 64-key tiles
 
 
 def block_kv(page_size: int) -> Optional[int]:
@@ -71,8 +73,9 @@ def default_num_sms() -> int:
 
 def plan_decode(kv_lens, page_size: int, num_q_heads: int, num_kv_heads: int,
                 head_dim: int, *, max_kv_len: Optional[int] = None,
-                num_sms: Optional[int] = None, ctas_per_sm: int = 2, waves: int = 4,
-                min_unit_keys: int = 256, split: Optional[bool] = None) -> DecodePlan:
+                num_sms: Optional[int] = None, ctas_per_sm: int = 2,
+                waves: Optional[int] = None, min_unit_keys: int = 256,
+                split: Optional[bool] = None) -> DecodePlan:
   """Split the decode step's keys into units of about equal work.
 
   kv_lens int32 [B]: numpy (the plan is computed on the host) or a jax array (also
@@ -81,10 +84,17 @@ def plan_decode(kv_lens, page_size: int, num_q_heads: int, num_kv_heads: int,
   merge). Otherwise every sequence is cut into chunks of L tiles, L chosen so that
   `num_kv_heads * units` is about `waves` waves of `ctas_per_sm * num_sms` CTAs but no
   unit is shorter than `min_unit_keys`; a sequence's chunks are equal to within a tile.
-  `split=True/False` forces either choice. The plan has
-  `ceil(waves * ctas_per_sm * num_sms / num_kv_heads) + B` unit slots, a fixed size, so
-  it can be made under jit. `num_q_heads` and `head_dim` are accepted for the uniform
-  plan signature (the split depends on lengths and kv heads only).
+  `waves=None` (the default) estimates the time of the splits for 1, 2 and 4 waves and
+  takes the shortest: CTAs run longest first, so the time is about
+  max(ceil(n_big / slots) * L, keys / slots) + cost * ceil(CTAs / slots) tiles, n_big the
+  CTAs of at least L / 2 tiles (they come in whole rounds), keys / slots the even share,
+  `CTA_COST_TILES` a CTA's fixed cost (H100, session 12: one wave beat four by 7 % on the
+  harness's skewed batch and by 18 % on B2 S32768; four stay best where fewer would leave
+  a nearly empty last round). `split=True/False` forces either choice. The plan has
+  `ceil(w * ctas_per_sm * num_sms / num_kv_heads) + B` unit slots, w the largest of the
+  waves considered, a fixed size, so it can be made under jit. `num_q_heads` and
+  `head_dim` are accepted for the uniform plan signature (the split depends on lengths
+  and kv heads only).
   Pass the same kv_lens to `decode`: units must cover every key of every sequence.
   """
   del num_q_heads, head_dim
@@ -97,12 +107,25 @@ def plan_decode(kv_lens, page_size: int, num_q_heads: int, num_kv_heads: int,
   B = lens.shape[0]
   hi = np.iinfo(np.int32).max if max_kv_len is None else max_kv_len
   lens = xp.clip(lens, 0, hi)
-  target = -(-waves * ctas_per_sm * num_sms // max(num_kv_heads, 1))
-  U = target + B
+  H = max(num_kv_heads, 1)
+  slots = ctas_per_sm * num_sms
+  cands = WAVE_CHOICES if waves is None else (waves,)
+  U = -(-max(cands) * slots // H) + B
   tiles = (lens + bk - 1) // bk                                        # [B]
   total = xp.sum(tiles)
   longest = xp.maximum(xp.max(tiles), 1)
-  L = xp.maximum(max(1, -(-min_unit_keys // bk)), (total + target - 1) // target)
+  rounds = lambda n: (n + slots - 1) // slots   # noqa: E731  (CTA rounds on the slots)
+  L, best = None, None
+  for w in cands:
+    target = -(-w * slots // H)
+    L_w = xp.maximum(max(1, -(-min_unit_keys // bk)), (total + target - 1) // target)
+    chunks = xp.maximum((tiles + L_w - 1) // L_w, 1)
+    n_big = H * xp.sum(xp.where(2 * tiles >= chunks * L_w, chunks, 0))
+    est = (xp.maximum(rounds(n_big) * L_w, total * H / slots) +
+           CTA_COST_TILES * rounds(H * xp.sum(chunks)))
+    take = True if best is None else est < best
+    L = L_w if L is None else xp.where(take, L_w, L)
+    best = est if best is None else xp.where(take, est, best)
   if split is not True:
     whole = (B * num_kv_heads >= num_sms) & (2 * B * longest <= 3 * total)
     L = xp.where(whole | (split is False), longest, L)
@@ -117,7 +140,6 @@ def plan_decode(kv_lens, page_size: int, num_q_heads: int, num_kv_heads: int,
   n, c = tiles[b], chunks[b]
   units = xp.stack([xp.where(active, b, -1), xp.where(active, (i * n) // c, 0),
                     xp.where(active, ((i + 1) * n) // c, 0)], axis=1).astype(np.int32)
-  H = max(num_kv_heads, 1)
   cta = xp.arange(U * H, dtype=np.int32)
   if xp is np:   # longest first; then kv head, then unit (idle slots last)
     row, head = cta % U, cta // U

@@ -1,7 +1,9 @@
-"""Session 12, call 12: the host plan's `waves` (and `min_unit_keys`) on the harness's
-skewed-lengths decode and on two more split shapes, interleaved rounds in one process.
+"""Session 12, calls 12-13: the host plan's `waves` (and `min_unit_keys`) on the harness's
+skewed-lengths decode and on more split shapes, interleaved rounds in one process.
+Call 12: CONFIGS as below (`CALL` = 12); call 13: `waves=None` (the chooser) against 1
+and 4, on four shapes.
 
-  PYTHONPATH=. python3 benchmarks/results/session12/plan_waves.py OUT_DIR
+  PYTHONPATH=. python3 benchmarks/results/session12/plan_waves.py OUT_DIR [13]
 """
 
 import dataclasses
@@ -15,20 +17,24 @@ import jattn
 from benchmarks import impls, workloads as W
 from benchmarks.timing import bench, log, more_rounds
 
-CONFIGS = [dict(waves=w) for w in (1, 2, 3, 4, 6)] + [dict(waves=2, min_unit_keys=1024)]
+CONFIGS = {12: [dict(waves=w) for w in (1, 2, 3, 4, 6)] + [dict(waves=2, min_unit_keys=1024)],
+           13: [dict(waves=None), dict(waves=1), dict(waves=4)]}
 
 
-def main(out):
+def main(out, call=12):
   base = next(w for w in W.STANDARD if w.name == "decode_skewed_lengths")
   shapes = [base,
             dataclasses.replace(base, name="skewed_b16_mean8192", batch=16, mean_len=8192),
             dataclasses.replace(base, name="b2_s32768", batch=2, skewed=False, mean_len=None)]
+  if call == 13:
+    shapes[1] = dataclasses.replace(base, name="mha_b1_s32768", batch=1, skewed=False,
+                                    mean_len=None, num_q_heads=32, num_kv_heads=32)
   res, timed = {}, []
   f = jax.jit(lambda q, c, t, kl, plan: jattn.decode(q, c, t, kl, plan=plan,
                                                      implementation="pallas"))
   for wl in shapes:
     data = impls.Data(wl)
-    for cfg in CONFIGS:
+    for cfg in CONFIGS[call]:
       args = []
       for p in data.paged:
         plan = jattn.plan_decode(np.asarray(p["kv_lens"]), wl.pages, wl.num_q_heads,
@@ -50,4 +56,4 @@ def main(out):
 
 
 if __name__ == "__main__":
-  main(sys.argv[1])
+  main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 12)
