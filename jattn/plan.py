@@ -90,11 +90,13 @@ def plan_decode(kv_lens, page_size: int, num_q_heads: int, num_kv_heads: int,
   CTAs of at least L / 2 tiles (they come in whole rounds), keys / slots the even share,
   `CTA_COST_TILES` a CTA's fixed cost (H100, session 12: one wave beat four by 7 % on the
   harness's skewed batch and by 18 % on B2 S32768; four stay best where fewer would leave
-  a nearly empty last round). `split=True/False` forces either choice. The plan has
-  `ceil(w * ctas_per_sm * num_sms / num_kv_heads) + B` unit slots, w the largest of the
-  waves considered, a fixed size, so it can be made under jit. `num_q_heads` and
-  `head_dim` are accepted for the uniform plan signature (the split depends on lengths
-  and kv heads only).
+  a nearly empty last round). That order is the host plan's; a plan made under jit keeps
+  its units in sequence order, so there `waves=None` means 4 (with one wave, long units
+  late in that order cost 9 % on the skewed batch). `split=True/False` forces either
+  choice. The plan has `ceil(w * ctas_per_sm * num_sms / num_kv_heads) + B` unit slots,
+  w the largest of the waves considered, a fixed size, so it can be made under jit.
+  `num_q_heads` and `head_dim` are accepted for the uniform plan signature (the split
+  depends on lengths and kv heads only).
   Pass the same kv_lens to `decode`: units must cover every key of every sequence.
   """
   del num_q_heads, head_dim
@@ -109,7 +111,8 @@ def plan_decode(kv_lens, page_size: int, num_q_heads: int, num_kv_heads: int,
   lens = xp.clip(lens, 0, hi)
   H = max(num_kv_heads, 1)
   slots = ctas_per_sm * num_sms
-  cands = WAVE_CHOICES if waves is None else (waves,)
+  # (under jit the CTAs are not sorted longest first, which the estimate assumes: 4 there)
+  cands = (waves,) if waves is not None else WAVE_CHOICES if xp is np else (4,)
   U = -(-max(cands) * slots // H) + B
   tiles = (lens + bk - 1) // bk                                        # [B]
   total = xp.sum(tiles)

@@ -97,7 +97,7 @@ class DecodeConfig:
 
   stages: Optional[int] = None         # TMA pipeline depth (None: the most that fit)
   num_sms: Optional[int] = None        # for plans made inside `decode`
-  waves: Optional[int] = None          # plan_decode's waves (default: the best of 1, 2, 4)
+  waves: Optional[int] = None          # plan_decode's waves (None: its default)
   min_unit_keys: Optional[int] = None  # plan_decode's min_unit_keys (default 256)
   float8_qk: Optional[bool] = None     # False: convert float8 K to f16 as V (A/B runs)
   q_first: Optional[bool] = None       # stage Q before the ring is allocated (None:
