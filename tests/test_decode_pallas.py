@@ -165,6 +165,29 @@ def test_plan_on_host_equals_plan_under_jit():
                                num_sms=132).split
 
 
+def test_plan_chooses_its_waves():
+  """`waves=None` on the host: one wave where its units fill whole rounds (B2 S32768,
+  8 kv heads: 256 CTAs on 264 slots), four where one wave would spill a few CTAs into a
+  second round (B1 S32768 with 32 kv heads: 9 units x 32 = 288 CTAs); under jit, where the
+  CTAs are not sorted longest first, always four. The unit slots are sized for four
+  waves either way, so the plan's shapes do not depend on the choice."""
+  def plan(lens, H, **kw):
+    return jattn.plan_decode(lens, 16, 32, H, 128, num_sms=132, **kw)
+
+  def unit_tiles(p):
+    u = np.asarray(p.units)[:int(p.batch_units[-1])]
+    return sorted((u[:, 2] - u[:, 1]).tolist())
+
+  two = np.full(2, 32768, np.int32)
+  assert unit_tiles(plan(two, 8)) == unit_tiles(plan(two, 8, waves=1)) == [32] * 32
+  one_mha = np.full(1, 32768, np.int32)
+  assert unit_tiles(plan(one_mha, 32)) == unit_tiles(plan(one_mha, 32, waves=4))
+  assert len(unit_tiles(plan(one_mha, 32, waves=1))) == 9
+  assert plan(two, 8).max_units == plan(two, 8, waves=4).max_units
+  dev = jax.jit(lambda l: plan(l, 8))(two)
+  np.testing.assert_array_equal(dev.units, plan(two, 8, waves=4).units)
+
+
 def test_merge_states_kernel(rng):
   shape = (3, 37, 2, 64)   # 222 rows: the last 64-row tile runs past the end
   oa, ob = randn(rng, shape, jnp.bfloat16), randn(rng, shape, jnp.bfloat16)
