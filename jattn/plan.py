@@ -117,7 +117,10 @@ def plan_decode(kv_lens, page_size: int, num_q_heads: int, num_kv_heads: int,
   tiles = (lens + bk - 1) // bk                                        # [B]
   total = xp.sum(tiles)
   longest = xp.maximum(xp.max(tiles), 1)
-  rounds = lambda n: (n + slots - 1) // slots   # noqa: E731  (CTA rounds on the slots)
+
+  def rounds(n):   # rounds of CTAs on the slots
+    return (n + slots - 1) // slots
+
   L, best = None, None
   for w in cands:
     target = -(-w * slots // H)
