@@ -118,20 +118,22 @@ def plan_decode(kv_lens, page_size: int, num_q_heads: int, num_kv_heads: int,
   total = xp.sum(tiles)
   longest = xp.maximum(xp.max(tiles), 1)
 
-  def rounds(n):   # rounds of CTAs on the slots
-    return (n + slots - 1) // slots
+  min_tiles = max(1, -(-min_unit_keys // bk))
 
-  L, best = None, None
-  for w in cands:
+  def unit_tiles(w):   # L for `w` waves of CTAs
     target = -(-w * slots // H)
-    L_w = xp.maximum(max(1, -(-min_unit_keys // bk)), (total + target - 1) // target)
-    chunks = xp.maximum((tiles + L_w - 1) // L_w, 1)
-    n_big = H * xp.sum(xp.where(2 * tiles >= chunks * L_w, chunks, 0))
-    est = (xp.maximum(rounds(n_big) * L_w, total * H / slots) +
-           CTA_COST_TILES * rounds(H * xp.sum(chunks)))
-    take = True if best is None else est < best
-    L = L_w if L is None else xp.where(take, L_w, L)
-    best = est if best is None else xp.where(take, est, best)
+    return xp.maximum(min_tiles, (total + target - 1) // target)
+
+  def est_tiles(L_w):  # the time estimate above, in tiles (host plans only: numpy)
+    chunks = np.maximum((tiles + L_w - 1) // L_w, 1)
+    n_big = H * np.sum(np.where(2 * tiles >= chunks * L_w, chunks, 0))
+    n_all = H * np.sum(chunks)
+    rounds_big, rounds_all = -(-n_big // slots), -(-n_all // slots)   # CTA rounds on the slots
+    return max(rounds_big * L_w, total * H / slots) + CTA_COST_TILES * rounds_all
+
+  # One candidate unless the host chooses; ties keep the fewer waves.
+  L = unit_tiles(min(cands, key=lambda w: est_tiles(unit_tiles(w))) if len(cands) > 1
+                 else cands[0])
   if split is not True:
     whole = (B * num_kv_heads >= num_sms) & (2 * B * longest <= 3 * total)
     L = xp.where(whole | (split is False), longest, L)

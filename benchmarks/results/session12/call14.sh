@@ -1,5 +1,6 @@
-# Session 12, device call 14: the plan's wave chooser: the Pallas decode GPU tests, then the
-# harness's decode workloads (and the float8 decode twin), merged into today's results.
+# Session 12, device calls 14 and 15 (the wave chooser on host and jit, then on the host
+# only, jit keeping 4): the Pallas decode GPU tests, then the harness's decode workloads
+# (and the float8 decode twin), merged into today's results.
 set -u
 export PYTHONPATH=. PYTHONUNBUFFERED=1 JATTN_CACHE_DIR=$PWD/.jattn-cache
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader); echo "$GPU"
