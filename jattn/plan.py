@@ -40,19 +40,14 @@ class DecodePlan:
   block_kv (static): keys per tile; `decode` checks it matches the cache's pages.
   split (static): False when every sequence is one unit (known on the host only); the
   kernel then writes the output itself and no merge runs.
-  work [CTAs, 5] int32: one row per CTA, in dispatch order: (sequence, first tile, end
-  tile, row of `units`, kv head); the kernel's grid is these rows. A host plan that does
-  not split lists only its B * num_kv_heads real CTAs (idle CTAs would still be launched
-  and cost the tail of the grid); otherwise there are U * num_kv_heads rows, idle slots
-  last, so the shape does not depend on the lengths. A host plan sorts by unit length, longest
+  work [U * num_kv_heads, 5] int32: one row per CTA, in dispatch order: (sequence, first
+  tile, end tile, row of `units`, kv head). A host plan sorts by unit length, longest
   first (the GPU's in-order CTA dispatch then schedules longest-first and short units
   fill the last wave), kv-head-major among units of equal length (CTAs dispatched
   together read different sequences; the 8 heads of one unit together ran 6-8 % slower
   on an H100, decode run 4). A plan made under jit puts the real units first,
   kv-head-major in `units` order (a sort would cost launches), then the idle slots: the
   GPU dispatches CTAs in order, so no real unit waits behind idle ones.
-  num_kv_heads (static): the kv heads `work` was made for; `decode` with another count
-  rebuilds the rows from `units`.
   """
 
   units: Any
@@ -60,7 +55,6 @@ class DecodePlan:
   block_kv: int = dataclasses.field(metadata=dict(static=True))
   split: bool = dataclasses.field(default=True, metadata=dict(static=True))
   work: Any = None
-  num_kv_heads: Optional[int] = dataclasses.field(default=None, metadata=dict(static=True))
 
   @property
   def max_units(self) -> int:
@@ -168,7 +162,5 @@ def plan_decode(kv_lens, page_size: int, num_q_heads: int, num_kv_heads: int,
     head = xp.where(idle < 0, cta // xp.maximum(n, 1), idle // m)
   work = xp.concatenate([units[row], row[:, None], head[:, None]], axis=1).astype(np.int32)
   is_split = True if xp is jnp else bool(np.max(chunks) > 1)
-  if not is_split:   # one unit per sequence, the real CTAs first: launch only those
-    work = work[:B * H]
   return DecodePlan(jnp.asarray(units), jnp.asarray(batch_units), bk, is_split,
-                    jnp.asarray(work), H)
+                    jnp.asarray(work))

@@ -110,18 +110,11 @@ def test_plan_splits_skewed_lengths(rng):
 
 
 def test_plan_unsplit_writes_output_directly(rng):
-  """split=False: the kernel writes o and lse itself (no merge); G = 3 heads per kv head.
-  The plan launches only its B * num_kv_heads real CTAs; a plan made for another number
-  of kv heads has its CTA rows rebuilt from its units."""
+  """split=False: the kernel writes o and lse itself (no merge); G = 3 heads per kv head."""
   q, cache, table, lens = _case(rng, B=2, Nq=6, Nkv=2, S=300, lens=[300, 0])
   plan = jattn.plan_decode(np.asarray(lens), 16, 6, 2, 64, num_sms=1, split=False)
-  assert not plan.split and plan.work.shape == (2 * 2, 5) and plan.num_kv_heads == 2
-  assert sorted(map(tuple, np.asarray(plan.work)[:, [0, 4]].tolist())) == [
-      (0, 0), (0, 1), (1, 0), (1, 1)]
+  assert not plan.split
   _check(q, cache, table, lens, plan=plan)
-  other = jattn.plan_decode(np.asarray(lens), 16, 6, 1, 64, num_sms=1, split=False)
-  assert other.work.shape == (2, 5)
-  _check(q, cache, table, lens, plan=other)
 
 
 @pytest.mark.parametrize("kv_dtype,q_first", [(jnp.bfloat16, True), (jnp.float8_e4m3fn, False)],

@@ -40,7 +40,6 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
@@ -535,7 +534,7 @@ def _variant_params(variant: Variant, Nkv: int, G: int):
   """Per-query-head params as float32 [Nkv, n, 64] (row r of kv head k is head k*G+r)."""
   names = tuple(sorted(variant.params))
   if not names:
-    return names, (), jnp.asarray(np.zeros((Nkv, 1, ROWS), np.float32))   # a constant
+    return names, (), jnp.zeros((Nkv, 1, ROWS), jnp.float32)
   vals = [jnp.asarray(variant.params[k]) for k in names]
   stacked = jnp.stack([v.astype(jnp.float32).reshape(Nkv, G) for v in vals], axis=1)
   stacked = jnp.pad(stacked, ((0, 0), (0, 0), (0, ROWS - G)))
@@ -579,11 +578,11 @@ def decode(q, cache, page_table, kv_lens, *, sm_scale: float, variant: Variant,
   stages = _stages(config, bk, D, Dv, q.dtype, cache.dtype, staged, qk8)
   q_first = _q_first(config, qk8)
   scales = (jnp.stack([cache.k_scale, cache.v_scale]).astype(jnp.float32) if f8
-            else jnp.asarray(np.ones((2, Nkv), np.float32)))   # a constant, not a kernel
+            else jnp.ones((2, Nkv), jnp.float32))
   names, dtypes, params = _variant_params(variant, Nkv, G)
   U = plan.max_units
   work = plan.work
-  if work is None or plan.num_kv_heads != Nkv:   # by hand: kv-head-major, units in order
+  if work is None or work.shape[0] != U * Nkv:   # by hand: kv-head-major, units in order
     c = jnp.arange(U * Nkv, dtype=jnp.int32)
     work = jnp.concatenate([plan.units[c % U], (c % U)[:, None], (c // U)[:, None]], axis=1)
   GL = -(-G // 4) * 4      # lse rows per kv head as written (16-byte TMA rows)
@@ -608,7 +607,7 @@ def decode(q, cache, page_table, kv_lens, *, sm_scale: float, variant: Variant,
                 (jax.ShapeDtypeStruct((U, Nkv, -(-G // 8) * 8, Dv), jnp.float32),
                  jax.ShapeDtypeStruct((U, Nkv, ROWS), jnp.float32))),
       scratch_types=(q_tiles, plgpu.Barrier()),
-      grid=(work.shape[0],), grid_names=("cta",),
+      grid=(U * Nkv,), grid_names=("cta",),
       compiler_params=plgpu.CompilerParams(approx_math=True),
       interpret=interp,
   )(q.reshape(B * Nq, D), cache.k_pages, cache.v_pages, page_table, kv_lens, work,
