@@ -63,7 +63,7 @@ def build_check() -> dict:
 
 
 # Kernel variants timed next to the defaults: extra (macro, value) build parameters.
-PREFILL_VARIANTS = ((("EXP_POLY", 2),), (("EXP_POLY", 4),), (("EXP_POLY", 8),))
+PREFILL_VARIANTS = ()
 DECODE_VARIANTS = ()
 
 

@@ -53,23 +53,6 @@ __host__ __device__ constexpr int key_of_slot(int k) {
   return (k & 16) + 8 * ((k >> 1) & 1) + 2 * ((k >> 2) & 3) + (k & 1);
 }
 
-// Probe knob (session 13): of every 16 n8 blocks of S, EXP_POLY have their exponentials
-// computed on the FMA pipe (exp2_poly) instead of the MUFU pipe, evenly spread.
-#ifndef JATTN_EXP_POLY
-#define JATTN_EXP_POLY 0
-#endif
-
-// 2^x for x <= ~8 on the FMA/ALU pipes: x = n + f with n = rint(x), f in [-0.5, 0.5];
-// 2^f by its cubic Taylor polynomial (relative error < 4e-4, far inside e4m3's 6 %), n
-// added to the exponent field. x is clamped at -125 (2^-125 rounds to 0 in e4m3).
-__device__ __forceinline__ float exp2_poly(float x) {
-  x = fmaxf(x, -125.f);
-  const float j = x + 12582912.f;  // 1.5 * 2^23: rint(x) lands in j's low mantissa bits
-  const float f = x - (j - 12582912.f);
-  const float p = fmaf(fmaf(fmaf(0.0555041f, f, 0.2402265f), f, 0.6931472f), f, 1.f);
-  return __int_as_float(__float_as_int(p) + (__float_as_int(j) << 23));
-}
-
 template <int D_> struct PrefillConfig {
   static constexpr int D = D_;
   static constexpr int BM = 128;                  // query rows per CTA
@@ -474,10 +457,7 @@ __global__ void __launch_bounds__(384, 1)
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
               const int i = nt * 4 + 2 * h + e;
-              if ((nt * JATTN_EXP_POLY) % 16 < JATTN_EXP_POLY)
-                s[i] = exp2_poly(fmaf(s[i], scale_log2, bias));
-              else
-                s[i] = exp2_approx(fmaf(s[i], scale_log2, bias));
+              s[i] = exp2_approx(fmaf(s[i], scale_log2, bias));
             }
         }
       };
