@@ -152,13 +152,23 @@ template <bool READ> __device__ __forceinline__ void bulk_wait_all() {
   else asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
 }
 // Programmatic dependent launch (sm_90+): the running grid lets the next kernel of the stream
-// (launched with cudaLaunchAttributeProgrammaticStreamSerialization) start early, and that
-// kernel waits for the previous grid's completion and memory before it reads its output.
+// (launched with cudaLaunchAttributeProgrammaticStreamSerialization) start early; that
+// kernel then reads the running grid's output only after a release / acquire handshake.
 __device__ __forceinline__ void pdl_launch_dependents() {
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 }
-__device__ __forceinline__ void pdl_wait_previous_grid() {
-  asm volatile("griddepcontrol.wait;" ::: "memory");
+// *p += v with release semantics at GPU scope.
+__device__ __forceinline__ void red_release_add(int* p, int v) {
+  asm volatile("red.release.gpu.global.add.s32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+__device__ __forceinline__ int ld_acquire(const int* p) {
+  int v;
+  asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+// Order this thread's global accesses through the generic and the async (TMA) proxies.
+__device__ __forceinline__ void fence_proxy_async_global() {
+  asm volatile("fence.proxy.async.global;" ::: "memory");
 }
 
 // Make this thread's generic-proxy shared-memory writes visible to TMA (async proxy).

@@ -2,8 +2,8 @@
 // shared object: the JIT build (jattn/ffi/build.py) defines
 //   JATTN_HEAD_DIM (64 | 128 | 256), JATTN_CAUSAL (0 | 1), JATTN_WGMMA (0 | 1).
 // Exported symbol: JattnFp8Prefill. Launches transpose_v_kernel (V -> the V^T workspace,
-// the call's third output) and then, as its programmatic dependent, the persistent
-// attention kernel, one CTA per SM at most. Every shape problem or CUDA error is returned
+// the call's third output; a few CTAs) and then, as its programmatic dependent, the
+// persistent attention kernel, one CTA per SM at most, which runs beside the transpose. Every shape problem or CUDA error is returned
 // as an ffi::Error, which XLA raises as a Python exception.
 #include <algorithm>
 #include <optional>
@@ -69,8 +69,10 @@ ffi::Error Prefill(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyB
       vt->element_count() != size_t(B * Nkv * kD * Sp))
     return bad("the third output (V^T workspace) must be float8_e4m3fn [B, Nkv, D, Sp], Sp = S "
                "rounded up to " + std::to_string(jattn::kVtKeys));
-  // The tile counter: scratch memory, the call's own.
-  std::optional<void*> counter = scratch.Allocate(sizeof(int), sizeof(int));
+  // The tile counter and the V^T ready counts (one per (batch, kv head)): scratch memory,
+  // the call's own.
+  const size_t counters_bytes = sizeof(int) * size_t(1 + B * Nkv);
+  std::optional<void*> counter = scratch.Allocate(counters_bytes, sizeof(int));
   if (!counter)
     return ffi::Error::Internal("jattn fp8 prefill: no scratch memory for the tile counter");
 
@@ -108,15 +110,23 @@ ffi::Error Prefill(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyB
   prm.sm_scale = sm_scale;
 
   prm.tile_counter = static_cast<int*>(*counter);  // zeroed on the stream below
+  prm.vt_ready = prm.tile_counter + 1;
+  prm.vt_units = int(Sp / jattn::kVtKeys);
   int dev = 0, sms = 0;
   cudaError_t e = cudaGetDevice(&dev);
   if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-  if (e == cudaSuccess) e = cudaMemsetAsync(prm.tile_counter, 0, sizeof(int), stream);
+  if (e == cudaSuccess) e = cudaMemsetAsync(prm.tile_counter, 0, counters_bytes, stream);
+  const int vt_smem = jattn::kVtGroups * kD * jattn::kVtKeys;
+  if (e == cudaSuccess)
+    e = cudaFuncSetAttribute(jattn::transpose_v_kernel<kD>,
+                             cudaFuncAttributeMaxDynamicSharedMemorySize, vt_smem);
   if (e == cudaSuccess) {
-    const dim3 grid(unsigned(Sp / jattn::kVtKeys), unsigned(Nkv), unsigned(B));
-    jattn::transpose_v_kernel<kD><<<grid, 256, 0, stream>>>(
+    const int64_t units = B * Nkv * (Sp / jattn::kVtKeys);
+    const int64_t vt_ctas = std::min<int64_t>(JATTN_VT_CTAS, (units + jattn::kVtGroups - 1) /
+                                                                 jattn::kVtGroups);
+    jattn::transpose_v_kernel<kD><<<unsigned(vt_ctas), 256 * jattn::kVtGroups, vt_smem, stream>>>(
         static_cast<const uint8_t*>(v.untyped_data()), static_cast<uint8_t*>(vt->untyped_data()),
-        int(S), int(Sp), int(Nkv));
+        int(S), int(Sp), int(Nkv), int(B), prm.tile_counter + 1);
     e = cudaGetLastError();
   }
   if (e != cudaSuccess)
@@ -128,8 +138,8 @@ ffi::Error Prefill(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyB
   if (e != cudaSuccess)
     return ffi::Error::Internal(std::string("jattn fp8 prefill: ") + cudaGetErrorString(e));
   const int64_t ctas = std::min<int64_t>(num_tiles, sms);  // persistent: at most one per SM
-  // A programmatic dependent of the transpose: its CTAs start (barriers, Q and K loads) as
-  // SMs leave the transpose, and wait for the whole V^T only before their first V load.
+  // A programmatic dependent of the transpose: its CTAs start on the SMs the transpose
+  // leaves free, and wait for a (batch, kv head)'s V^T (its ready count) before loading it.
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(unsigned(ctas));
   cfg.blockDim = dim3(Cfg::THREADS);

@@ -79,6 +79,8 @@ struct PrefillParams {
   const float* k_scale;
   const float* v_scale;
   int* tile_counter;  // zero at launch: tiles handed out after each CTA's first
+  const int* vt_ready;  // [B * Nkv] V^T units written per (batch, kv head), zero at launch
+  int vt_units;         // units per (batch, kv head): Sp / kVtKeys
   int B, T, S, Nq, Nkv;
   int m_blocks, num_tiles;  // m_blocks = ceil(T / BM); num_tiles = B * Nq * m_blocks
   float sm_scale;
@@ -221,26 +223,29 @@ __device__ __forceinline__ void commit_and_wait(float (&s)[C::BN / 2], float (&o
   wait_groups<C>(s, o, lsum);
 }
 
-// V [B, S, Nkv, D] -> vt [B, Nkv, D, Sp], the layout above. One CTA = kVtKeys keys of one
-// (batch, kv head). A warp unit is 16 keys x 4 bytes of D per lane, read straight from
-// global memory (the lanes read consecutive words of one key row: coalesced) and permuted
-// with PRMT into 16-key pieces of 4 rows of V^T, which go to a shared tile (row d: 128
-// bytes, 16-byte chunk c at c ^ (d % 8); lane pairs start at rotated rows, so 8 lanes store
-// to 8 chunks: no bank conflicts); the CTA then writes the tile out in whole rows.
+// V [B, S, Nkv, D] -> vt [B, Nkv, D, Sp], the layout above, in units of kVtKeys keys of
+// one (batch, kv head), handled by 256 threads. A warp unit is 16 keys x 4 bytes of D per
+// lane, read straight from global memory (the lanes read consecutive words of one key row:
+// coalesced) and permuted with PRMT into 16-key pieces of 4 rows of V^T, which go to a
+// shared tile (row d: 128 bytes, 16-byte chunk c at c ^ (d % 8); lane pairs start at
+// rotated rows, so 8 lanes store to 8 chunks: no bank conflicts); the 256 threads then
+// write the tile out in whole rows.
 constexpr int kVtKeys = 128;
+#ifndef JATTN_VT_CTAS
+#define JATTN_VT_CTAS 16  // transpose CTAs; the attention kernel takes the other SMs meanwhile
+#endif
+constexpr int kVtGroups = 4;  // units in flight per transpose CTA (256 threads each)
 
 template <int D>
-__global__ void __launch_bounds__(256)
-    transpose_v_kernel(const uint8_t* __restrict__ v, uint8_t* __restrict__ vt, int S, int Sp,
-                       int Nkv) {
-  __shared__ __align__(16) uint8_t tile[D * kVtKeys];
+__device__ __forceinline__ void transpose_unit(const uint8_t* __restrict__ v,
+                                               uint8_t* __restrict__ vt, int S, int Sp, int Nkv,
+                                               int k0, int hk, int b, uint8_t* tile, int tid,
+                                               int bar) {
   constexpr int WPR = D / 4;            // 32-bit words per key row
   constexpr int LW = WPR < 32 ? WPR : 32;  // lanes per group of 16 keys
   constexpr int KGW = 32 / LW;          // key groups per warp unit
   constexpr int KG_UNITS = kVtKeys / 16 / KGW, UNITS = KG_UNITS * (WPR / LW);
-  pdl_launch_dependents();  // the attention kernel may start its prologue and Q/K loads
-  const int k0 = blockIdx.x * kVtKeys, hk = blockIdx.y, b = blockIdx.z;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int warp = tid / 32, lane = tid % 32;
   const int dwl = lane % LW, kgs = lane / LW;
   const uint32_t rot = (lane >> 1) & 3;
   const uint8_t* vb = v + (size_t(b) * S * Nkv + hk) * D;
@@ -268,12 +273,38 @@ __global__ void __launch_bounds__(256)
           make_uint4(out[0], out[1], out[2], out[3]);
     }
   }
-  __syncthreads();
+  named_sync(bar, 256);
   uint8_t* out = vt + (size_t(b) * Nkv + hk) * D * size_t(Sp) + k0;
-  for (int i = threadIdx.x; i < D * kVtKeys / 16; i += 256) {
+  for (int i = tid; i < D * kVtKeys / 16; i += 256) {
     const int d = i / 8, c = i % 8;
     *reinterpret_cast<uint4*>(out + size_t(d) * Sp + c * 16) =
         *reinterpret_cast<const uint4*>(tile + d * kVtKeys + ((c ^ (d & 7)) * 16));
+  }
+  named_sync(bar, 256);  // the tile is read out: the next unit may overwrite it
+}
+
+// A few persistent CTAs (JATTN_VT_CTAS) walk the units in the attention kernel's order
+// ((batch, kv head) major), kVtGroups at a time, and count each (batch, kv head)'s
+// finished units in ready[b * Nkv + hk] (release): the attention kernel, launched as this
+// kernel's programmatic dependent on the remaining SMs, waits for a pair's count to reach
+// Sp / kVtKeys (acquire) before its first V^T load of that pair. Dynamic shared memory:
+// kVtGroups tiles of D * kVtKeys bytes.
+template <int D>
+__global__ void __launch_bounds__(256 * kVtGroups)
+    transpose_v_kernel(const uint8_t* __restrict__ v, uint8_t* __restrict__ vt, int S, int Sp,
+                       int Nkv, int B, int* __restrict__ ready) {
+  extern __shared__ __align__(16) uint8_t vt_tiles[];
+  pdl_launch_dependents();  // the attention kernel may start on the other SMs
+  const int group = threadIdx.x / 256, tid = threadIdx.x % 256;
+  const int nkb = Sp / kVtKeys, units = B * Nkv * nkb;
+  for (int u = blockIdx.x * kVtGroups + group; u < units; u += gridDim.x * kVtGroups) {
+    const int bh = u / nkb;
+    transpose_unit<D>(v, vt, S, Sp, Nkv, (u % nkb) * kVtKeys, bh % Nkv, bh / Nkv,
+                      vt_tiles + group * D * kVtKeys, tid, 1 + group);
+    if (tid == 0) {  // the group's stores are ordered before the count (cumulative fence)
+      __threadfence();
+      red_release_add(ready + bh, 1);
+    }
   }
 }
 
@@ -327,7 +358,7 @@ __global__ void __launch_bounds__(384, 1)
   if (wg == 0) {  // ------------------------------------------------------- producer
     setmaxnreg_dec<40>();
     if (threadIdx.x == 0) {
-      bool vt_ready = false;  // the transpose kernel's V^T is complete (we are its dependent)
+      int ready_pair = -1;  // the (batch, kv head) whose V^T is known complete
       int it = 0;  // K/V blocks issued so far: ring position across tiles
       for (int n = 0;; ++n) {
         const int qs = n % QS;
@@ -358,9 +389,10 @@ __global__ void __launch_bounds__(384, 1)
           for (int p = 0; p < D / C::QK_PANEL; ++p)
             tma_load_4d(kt + p * BN * C::QK_PANEL, &k_map, &k_full[stage], p * C::QK_PANEL,
                         x.hk, j * BN, x.b);
-          if (!vt_ready) {  // launched as the transpose's dependent: wait for its V^T
-            pdl_wait_previous_grid();
-            vt_ready = true;
+          if (x.b * prm.Nkv + x.hk != ready_pair) {  // this pair's V^T all written?
+            ready_pair = x.b * prm.Nkv + x.hk;
+            while (ld_acquire(prm.vt_ready + ready_pair) < prm.vt_units) __nanosleep(64);
+            fence_proxy_async_global();  // order the TMA (async proxy) reads after it
           }
           mbar_expect_tx(&v_full[stage], C::V_BYTES);
           tma_load_4d(v_tiles + stage * C::V_BYTES, &v_map, &v_full[stage], j * BN, 0, x.hk,
