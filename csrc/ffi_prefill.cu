@@ -76,7 +76,7 @@ ffi::Error Prefill(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyB
   if (!counter)
     return ffi::Error::Internal("jattn fp8 prefill: no scratch memory for the tile counter");
 
-  CUtensorMap q_map, k_map, v_map, o_map;
+  CUtensorMap q_map, k_map, v_map, o_map, v_raw_map;
   std::string err;
   // Boxes: Q [BM rows x panel], K [BN rows x panel], V^T [D rows x BN] (keys innermost).
   if (!jattn::make_map_4d(&q_map, q.untyped_data(), {uint64_t(kD), uint64_t(Nq), uint64_t(T),
@@ -88,6 +88,10 @@ ffi::Error Prefill(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyB
       !jattn::make_map_4d(&v_map, vt->untyped_data(), {uint64_t(Sp), uint64_t(kD),
                                                       uint64_t(Nkv), uint64_t(B)},
                           {Cfg::BN, kD, 1, 1}, Cfg::V_PANEL, &err) ||
+      // V as the transpose reads it: kVtKeys keys x one panel of D.
+      !jattn::make_map_4d(&v_raw_map, v.untyped_data(), {uint64_t(kD), uint64_t(Nkv),
+                                                         uint64_t(S), uint64_t(B)},
+                          {jattn::VtPanel<kD>, 1, jattn::kVtKeys, 1}, jattn::VtPanel<kD>, &err) ||
       // O as bytes: rows of 2 D bytes, boxes of 64 rows x 128 bytes (64 bf16 columns).
       !jattn::make_map_4d(&o_map, o->untyped_data(), {uint64_t(2 * kD), uint64_t(Nq),
                                                       uint64_t(T), uint64_t(B)},
@@ -116,17 +120,16 @@ ffi::Error Prefill(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyB
   cudaError_t e = cudaGetDevice(&dev);
   if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
   if (e == cudaSuccess) e = cudaMemsetAsync(prm.tile_counter, 0, counters_bytes, stream);
-  const int vt_smem = jattn::kVtGroups * kD * jattn::kVtKeys;
+  constexpr int vt_smem = jattn::VtSmem<kD>, vt_groups = jattn::VtGroups<kD>;
   if (e == cudaSuccess)
     e = cudaFuncSetAttribute(jattn::transpose_v_kernel<kD>,
                              cudaFuncAttributeMaxDynamicSharedMemorySize, vt_smem);
   if (e == cudaSuccess) {
     const int64_t units = B * Nkv * (Sp / jattn::kVtKeys);
-    const int64_t vt_ctas = std::min<int64_t>(JATTN_VT_CTAS, (units + jattn::kVtGroups - 1) /
-                                                                 jattn::kVtGroups);
-    jattn::transpose_v_kernel<kD><<<unsigned(vt_ctas), 256 * jattn::kVtGroups, vt_smem, stream>>>(
-        static_cast<const uint8_t*>(v.untyped_data()), static_cast<uint8_t*>(vt->untyped_data()),
-        int(S), int(Sp), int(Nkv), int(B), prm.tile_counter + 1);
+    const int64_t vt_ctas = std::min<int64_t>(JATTN_VT_CTAS, (units + vt_groups - 1) / vt_groups);
+    jattn::transpose_v_kernel<kD><<<unsigned(vt_ctas), 256 * vt_groups, vt_smem, stream>>>(
+        v_raw_map, static_cast<uint8_t*>(vt->untyped_data()), int(Sp), int(Nkv), int(B),
+        prm.tile_counter + 1);
     e = cudaGetLastError();
   }
   if (e != cudaSuccess)

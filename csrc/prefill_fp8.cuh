@@ -224,23 +224,28 @@ __device__ __forceinline__ void commit_and_wait(float (&s)[C::BN / 2], float (&o
 }
 
 // V [B, S, Nkv, D] -> vt [B, Nkv, D, Sp], the layout above, in units of kVtKeys keys of
-// one (batch, kv head), handled by 256 threads. A warp unit is 16 keys x 4 bytes of D per
-// lane, read straight from global memory (the lanes read consecutive words of one key row:
-// coalesced) and permuted with PRMT into 16-key pieces of 4 rows of V^T, which go to a
-// shared tile (row d: 128 bytes, 16-byte chunk c at c ^ (d % 8); lane pairs start at
-// rotated rows, so 8 lanes store to 8 chunks: no bank conflicts); the 256 threads then
-// write the tile out in whole rows.
+// one (batch, kv head), each handled by a group of 256 threads. The unit's V rows arrive
+// by TMA (box: kVtKeys keys x D bytes, swizzled column panels of VtPanel<D> bytes, zeros
+// past S) in a kVtStages-deep ring per group, issued kVtStages units ahead by the group's
+// first thread. A warp unit is 16 keys x 4 bytes of D per lane, read from the staged rows
+// (a warp reads 32 words of one row: no bank conflicts) and permuted with PRMT into
+// 16-key pieces of 4 rows of V^T, which go to the group's out tile (row d: 128 bytes,
+// 16-byte chunk c at c ^ (d % 8); lane pairs start at rotated rows, so 8 lanes store to 8
+// chunks: no bank conflicts); the group then writes the tile out in whole rows.
 constexpr int kVtKeys = 128;
+constexpr int kVtStages = 2;
 #ifndef JATTN_VT_CTAS
 #define JATTN_VT_CTAS 16  // transpose CTAs; the attention kernel takes the other SMs meanwhile
 #endif
-constexpr int kVtGroups = 4;  // units in flight per transpose CTA (256 threads each)
+template <int D> constexpr int VtPanel = D < 128 ? D : 128;    // bytes per staged row panel
+template <int D> constexpr int VtGroups = D <= 128 ? 4 : 2;    // groups (units in flight) per CTA
+template <int D> constexpr int VtGroupBytes = (kVtStages + 1) * D * kVtKeys;  // ring + out tile
+template <int D> constexpr int VtSmem = VtGroups<D> * VtGroupBytes<D> + 1024 + 64;
 
 template <int D>
-__device__ __forceinline__ void transpose_unit(const uint8_t* __restrict__ v,
-                                               uint8_t* __restrict__ vt, int S, int Sp, int Nkv,
-                                               int k0, int hk, int b, uint8_t* tile, int tid,
-                                               int bar) {
+__device__ __forceinline__ void transpose_unit(const uint8_t* staged, uint8_t* tile,
+                                               uint8_t* __restrict__ vt, int Sp, int Nkv,
+                                               int k0, int hk, int b, int tid, int bar) {
   constexpr int WPR = D / 4;            // 32-bit words per key row
   constexpr int LW = WPR < 32 ? WPR : 32;  // lanes per group of 16 keys
   constexpr int KGW = 32 / LW;          // key groups per warp unit
@@ -248,18 +253,14 @@ __device__ __forceinline__ void transpose_unit(const uint8_t* __restrict__ v,
   const int warp = tid / 32, lane = tid % 32;
   const int dwl = lane % LW, kgs = lane / LW;
   const uint32_t rot = (lane >> 1) & 3;
-  const uint8_t* vb = v + (size_t(b) * S * Nkv + hk) * D;
   for (int u = warp; u < UNITS; u += 8) {
     const int kg = (u % KG_UNITS) * KGW + kgs;  // keys k0 + [16 kg, 16 kg + 16)
     const int dw = (u / KG_UNITS) * LW + dwl;   // D bytes [4 dw, 4 dw + 4)
     uint32_t w[16];                             // w[k]: the 4 bytes of key 16 kg + k
 #pragma unroll
-    for (int k = 0; k < 16; ++k) {
-      const int key = k0 + kg * 16 + k;
-      w[k] = key < S ? __ldg(reinterpret_cast<const uint32_t*>(vb + size_t(key) * Nkv * D +
-                                                                dw * 4))
-                     : 0u;
-    }
+    for (int k = 0; k < 16; ++k)
+      w[k] = *reinterpret_cast<const uint32_t*>(
+          staged + tile_offset<VtPanel<D>>(kVtKeys, kg * 16 + k, dw * 4));
 #pragma unroll
     for (int r = 0; r < 4; ++r) {
       const uint32_t rr = (r + rot) & 3, sel = rr | ((rr + 4) << 4);
@@ -273,7 +274,7 @@ __device__ __forceinline__ void transpose_unit(const uint8_t* __restrict__ v,
           make_uint4(out[0], out[1], out[2], out[3]);
     }
   }
-  named_sync(bar, 256);
+  named_sync(bar, 256);  // the staged rows are read: the ring slot may be refilled
   uint8_t* out = vt + (size_t(b) * Nkv + hk) * D * size_t(Sp) + k0;
   for (int i = tid; i < D * kVtKeys / 16; i += 256) {
     const int d = i / 8, c = i % 8;
@@ -284,26 +285,50 @@ __device__ __forceinline__ void transpose_unit(const uint8_t* __restrict__ v,
 }
 
 // A few persistent CTAs (JATTN_VT_CTAS) walk the units in the attention kernel's order
-// ((batch, kv head) major), kVtGroups at a time, and count each (batch, kv head)'s
+// ((batch, kv head) major), VtGroups<D> at a time, and count each (batch, kv head)'s
 // finished units in ready[b * Nkv + hk] (release): the attention kernel, launched as this
 // kernel's programmatic dependent on the remaining SMs, waits for a pair's count to reach
-// Sp / kVtKeys (acquire) before its first V^T load of that pair. Dynamic shared memory:
-// kVtGroups tiles of D * kVtKeys bytes.
+// Sp / kVtKeys (acquire) before its first V^T load of that pair. v_map: V as bytes
+// [B][S][Nkv][D], box (VtPanel, 1, kVtKeys, 1) with the VtPanel swizzle.
 template <int D>
-__global__ void __launch_bounds__(256 * kVtGroups)
-    transpose_v_kernel(const uint8_t* __restrict__ v, uint8_t* __restrict__ vt, int S, int Sp,
-                       int Nkv, int B, int* __restrict__ ready) {
-  extern __shared__ __align__(16) uint8_t vt_tiles[];
+__global__ void __launch_bounds__(256 * VtGroups<D>)
+    transpose_v_kernel(const __grid_constant__ CUtensorMap v_map, uint8_t* __restrict__ vt,
+                       int Sp, int Nkv, int B, int* __restrict__ ready) {
+  extern __shared__ uint8_t vt_smem_raw[];
+  uint8_t* smem = vt_smem_raw + smem_align_1024(vt_smem_raw);
   pdl_launch_dependents();  // the attention kernel may start on the other SMs
   const int group = threadIdx.x / 256, tid = threadIdx.x % 256;
+  uint8_t* ring = smem + group * VtGroupBytes<D>;  // kVtStages staged units, then the out tile
+  uint8_t* tile = ring + kVtStages * D * kVtKeys;
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem + VtGroups<D> * VtGroupBytes<D>) +
+                   group * kVtStages;
   const int nkb = Sp / kVtKeys, units = B * Nkv * nkb;
-  for (int u = blockIdx.x * kVtGroups + group; u < units; u += gridDim.x * kVtGroups) {
+  const int first = blockIdx.x * VtGroups<D> + group, step = gridDim.x * VtGroups<D>;
+  auto issue = [&](int u, int slot) {  // unit u's rows into ring slot `slot`
     const int bh = u / nkb;
-    transpose_unit<D>(v, vt, S, Sp, Nkv, (u % nkb) * kVtKeys, bh % Nkv, bh / Nkv,
-                      vt_tiles + group * D * kVtKeys, tid, 1 + group);
-    if (tid == 0) {  // the group's stores are ordered before the count (cumulative fence)
-      __threadfence();
-      red_release_add(ready + bh, 1);
+    mbar_expect_tx(&full[slot], D * kVtKeys);
+#pragma unroll
+    for (int p = 0; p < D / VtPanel<D>; ++p)
+      tma_load_4d(ring + slot * D * kVtKeys + p * kVtKeys * VtPanel<D>, &v_map, &full[slot],
+                  p * VtPanel<D>, bh % Nkv, (u % nkb) * kVtKeys, bh / Nkv);
+  };
+  if (tid == 0) {
+    prefetch_tensormap(&v_map);
+    for (int i = 0; i < kVtStages; ++i) mbar_init(&full[i], 1);
+    fence_barrier_init();
+    for (int i = 0; i < kVtStages && first + i * step < units; ++i) issue(first + i * step, i);
+  }
+  named_sync(1 + group, 256);  // the barriers are initialized
+  int n = 0;
+  for (int u = first; u < units; u += step, ++n) {
+    const int slot = n % kVtStages, bh = u / nkb;
+    mbar_wait(&full[slot], (n / kVtStages) & 1);
+    transpose_unit<D>(ring + slot * D * kVtKeys, tile, vt, Sp, Nkv, (u % nkb) * kVtKeys,
+                      bh % Nkv, bh / Nkv, tid, 1 + group);
+    if (tid == 0) {
+      const int next = u + kVtStages * step;
+      if (next < units) issue(next, slot);  // the slot was read before the first barrier
+      red_release_add(ready + bh, 1);  // after the group's stores (barriers above)
     }
   }
 }
