@@ -328,7 +328,11 @@ __global__ void __launch_bounds__(256 * VtGroups<D>)
     if (tid == 0) {
       const int next = u + kVtStages * step;
       if (next < units) issue(next, slot);  // the slot was read before the first barrier
+#ifdef JATTN_VT_RELAXED  // session 13 probe (timing only, unordered): the release's cost
+      asm volatile("red.relaxed.gpu.global.add.s32 [%0], %1;" ::"l"(ready + bh), "r"(1) : "memory");
+#else
       red_release_add(ready + bh, 1);  // after the group's stores (barriers above)
+#endif
     }
   }
 }
