@@ -245,7 +245,8 @@ template <int D> constexpr int VtSmem = VtGroups<D> * VtGroupBytes<D> + 1024 + 6
 template <int D>
 __device__ __forceinline__ void transpose_unit(const uint8_t* staged, uint8_t* tile,
                                                uint8_t* __restrict__ vt, int Sp, int Nkv,
-                                               int k0, int hk, int b, int tid, int bar) {
+                                               int k0, int hk, int b, int tid, int bar,
+                                               int* done) {
   constexpr int WPR = D / 4;            // 32-bit words per key row
   constexpr int LW = WPR < 32 ? WPR : 32;  // lanes per group of 16 keys
   constexpr int KGW = 32 / LW;          // key groups per warp unit
@@ -275,6 +276,9 @@ __device__ __forceinline__ void transpose_unit(const uint8_t* staged, uint8_t* t
     }
   }
   named_sync(bar, 256);  // the staged rows are read: the ring slot may be refilled
+  // The previous unit's stores left a unit ago (barrier since): raise its count now, when
+  // the release need not wait for stores in flight (it waited ~1 us right after them).
+  if (tid == 0 && done) red_release_add(done, 1);
   uint8_t* out = vt + (size_t(b) * Nkv + hk) * D * size_t(Sp) + k0;
   for (int i = tid; i < D * kVtKeys / 16; i += 256) {
     const int d = i / 8, c = i % 8;
@@ -286,7 +290,7 @@ __device__ __forceinline__ void transpose_unit(const uint8_t* staged, uint8_t* t
 
 // A few persistent CTAs (JATTN_VT_CTAS) walk the units in the attention kernel's order
 // ((batch, kv head) major), VtGroups<D> at a time, and count each (batch, kv head)'s
-// finished units in ready[b * Nkv + hk] (release): the attention kernel, launched as this
+// finished units in ready[b * Nkv + hk] (release, one unit late): the attention kernel, launched as this
 // kernel's programmatic dependent on the remaining SMs, waits for a pair's count to reach
 // Sp / kVtKeys (acquire) before its first V^T load of that pair. v_map: V as bytes
 // [B][S][Nkv][D], box (VtPanel, 1, kVtKeys, 1) with the VtPanel swizzle.
@@ -320,21 +324,19 @@ __global__ void __launch_bounds__(256 * VtGroups<D>)
   }
   named_sync(1 + group, 256);  // the barriers are initialized
   int n = 0;
+  int* done = nullptr;  // the count of the group's previous unit, raised during this one
   for (int u = first; u < units; u += step, ++n) {
     const int slot = n % kVtStages, bh = u / nkb;
     mbar_wait(&full[slot], (n / kVtStages) & 1);
     transpose_unit<D>(ring + slot * D * kVtKeys, tile, vt, Sp, Nkv, (u % nkb) * kVtKeys,
-                      bh % Nkv, bh / Nkv, tid, 1 + group);
+                      bh % Nkv, bh / Nkv, tid, 1 + group, done);
     if (tid == 0) {
       const int next = u + kVtStages * step;
       if (next < units) issue(next, slot);  // the slot was read before the first barrier
-#ifdef JATTN_VT_RELAXED  // session 13 probe (timing only, unordered): the release's cost
-      asm volatile("red.relaxed.gpu.global.add.s32 [%0], %1;" ::"l"(ready + bh), "r"(1) : "memory");
-#else
-      red_release_add(ready + bh, 1);  // after the group's stores (barriers above)
-#endif
     }
+    done = ready + bh;
   }
+  if (tid == 0 && done) red_release_add(done, 1);
 }
 
 template <int D, bool CAUSAL>
