@@ -135,9 +135,6 @@ ffi::Error Prefill(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyB
   if (e != cudaSuccess)
     return ffi::Error::Internal(std::string("jattn fp8 prefill: ") + cudaGetErrorString(e));
 
-#ifdef JATTN_VT_ONLY  // session 13 probe: the transpose alone
-  return ffi::Error::Success();
-#endif
   auto kernel = jattn::prefill_fp8_kernel<kD, kCausal>;
   // Per call: the attribute is per device, and setting it costs about a microsecond.
   e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::SMEM);
