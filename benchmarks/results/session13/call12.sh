@@ -1,0 +1,12 @@
+# Session 13, device call 12 (an H100): the final float8 prefill's GPU tests, then the
+# harness's float8 prefill twin and its bf16 twin with the device clock, merged into
+# today's H100 results.
+set -u
+export PYTHONPATH=. PYTHONUNBUFFERED=1 JATTN_CACHE_DIR=$PWD/.jattn-cache XLA_PYTHON_CLIENT_PREALLOCATE=false
+GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader); echo "$GPU"
+timeout 200 python3 -m pytest tests/test_fp8_gpu.py -q -p no:cacheprovider -k prefill > $OUT/pytest.log 2>&1; echo "pytest rc=$?" >> $OUT/pytest.log; tail -2 $OUT/pytest.log
+case "$GPU" in *H100*) cp benchmarks/results/2026-11-26-h100-80gb-hbm3.json $OUT/ ;; *H200*) cp benchmarks/results/2026-11-26-h200.json $OUT/ 2>/dev/null ;; esac
+bash scripts/gpu_check.sh --no-tests --bench --budget 250 -- --workloads prefill_causal_b4_t4096_h32_d128_fp8,prefill_causal_b4_t4096_h32_d128 --device-span > /dev/null 2>&1
+grep -E "^## |^  (jattn|cudnn|tokamax)|device clock|run id" $OUT/bench.log | grep -v unavailable | cut -c1-200
+grep -E "^\| \`prefill_causal_b4_t4096_h32_d128" $OUT/*.md | grep -o "[0-9.]*× ([a-z.]*)\|[0-9.]*× bf16 jattn, [0-9.]*× bf16 peer"
+rm -f $OUT/*.png $OUT/gpu_tests.log
