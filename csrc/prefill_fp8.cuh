@@ -2,9 +2,10 @@
 //
 // Layouts (BTNH, as jattn.attention):
 //   q  [B, T, Nq, D]   e4m3      k [B, S, Nkv, D] e4m3
-//   vt [B, Nkv, D, Sp] e4m3: V transposed by transpose_v_kernel (below) before the
-//      attention kernel, keys contiguous, and inside each group of 32 keys permuted by
-//      `key_of_slot`, Sp = S rounded up to 128 (zeros past S).
+//   vt [B, Nkv, D, Sp] e4m3: V transposed by transpose_v_kernel (below), keys contiguous,
+//      and inside each group of 32 keys permuted by `key_of_slot`, Sp = S rounded up to
+//      128 (zeros past S). The transpose runs on JATTN_VT_CTAS SMs while the attention
+//      kernel runs on the others; a (batch, kv head)'s V^T is read once its count is full.
 //   q_scale [Nq], k_scale [Nkv], v_scale [Nkv] float32 (real value = stored * scale)
 //   o  [B, T, Nq, D] bf16, lse [B, T, Nq] float32 (natural log; -inf for empty rows)
 // Query head h reads kv head h / (Nq / Nkv). Causal is bottom-right aligned: query t
@@ -22,8 +23,8 @@
 // loops over tiles, handed out in head-major, longest-first order (the first by
 // blockIdx.x, the rest from an atomic counter), so a few heads' K/V stay in L2.
 // Warpgroup 0 is the producer: one thread fetches the next tile, publishes it in a Q slot
-// (Q_SLOTS of them) and issues TMA loads of its Q and of the K / V^T blocks into a
-// STAGES-deep ring, running ahead of the consumers across tiles (the next tile's loads
+// (Q_SLOTS of them) and issues TMA loads of its Q and of the K / V^T blocks (V^T once the
+// transpose has counted the pair complete) into a STAGES-deep ring, running ahead of the consumers across tiles (the next tile's loads
 // overlap the current tile's last P.V and epilogue). Warpgroups 1 and 2 each own 64 rows
 // of a tile. In its turn (ping-pong through named barriers 1 and 2; the turns continue
 // across tiles) a consumer issues S_j = Q K_j^T, waits for it, issues

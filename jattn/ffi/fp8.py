@@ -13,10 +13,11 @@ the XLA attention, and logs why). Each call compiles
 `jax.ffi.register_ffi_target(..., platform="CUDA")` and calls it with
 `jax.ffi.ffi_call`; shapes are checked here at trace time and again in C++.
 
-Prefill takes q, k, v as they are; the handler transposes V with a small kernel of its
-own into a workspace (the call's third, discarded output) and launches the attention
-kernel as that kernel's programmatic dependent (the FP8 wgmma needs V^T, keys contiguous,
-as its B operand; see csrc/prefill_fp8.cuh). Decode streams the pages through a TMA ring
+Prefill takes q, k, v as they are; the handler transposes V with a kernel of its own on
+16 SMs into a workspace (the call's third, discarded output) and launches the attention
+kernel as that kernel's programmatic dependent on the other SMs, where it waits for each
+(batch, kv head)'s V^T before reading it (the FP8 wgmma needs V^T, keys contiguous, as its
+B operand; see csrc/prefill_fp8.cuh). Decode streams the pages through a TMA ring
 at head_dim 128 with pages of 8-128 tokens, and loads them straight into registers
 otherwise (`csrc/decode_fp8.cuh`).
 """
