@@ -3,8 +3,9 @@
 //   JATTN_HEAD_DIM (64 | 128 | 256), JATTN_CAUSAL (0 | 1), JATTN_WGMMA (0 | 1).
 // Exported symbol: JattnFp8Prefill. Launches transpose_v_kernel (V -> the V^T workspace,
 // the call's third output; a few CTAs) and then, as its programmatic dependent, the
-// persistent attention kernel, one CTA per SM at most, which runs beside the transpose. Every shape problem or CUDA error is returned
-// as an ffi::Error, which XLA raises as a Python exception.
+// persistent attention kernel, one CTA per SM at most, which runs beside the transpose.
+// Every shape problem or CUDA error is returned as an ffi::Error, which XLA raises as a
+// Python exception.
 #include <algorithm>
 #include <optional>
 #include <string>

@@ -24,8 +24,9 @@
 // blockIdx.x, the rest from an atomic counter), so a few heads' K/V stay in L2.
 // Warpgroup 0 is the producer: one thread fetches the next tile, publishes it in a Q slot
 // (Q_SLOTS of them) and issues TMA loads of its Q and of the K / V^T blocks (V^T once the
-// transpose has counted the pair complete) into a STAGES-deep ring, running ahead of the consumers across tiles (the next tile's loads
-// overlap the current tile's last P.V and epilogue). Warpgroups 1 and 2 each own 64 rows
+// transpose has counted the pair complete) into a STAGES-deep ring, running ahead of the
+// consumers across tiles (the next tile's loads overlap the current tile's last P.V and
+// epilogue). Warpgroups 1 and 2 each own 64 rows
 // of a tile. In its turn (ping-pong through named barriers 1 and 2; the turns continue
 // across tiles) a consumer issues S_j = Q K_j^T, waits for it, issues
 // O += P_{j-1} V_{j-1} and hands the turn over; then it runs the softmax of S_j while its
@@ -291,9 +292,11 @@ __device__ __forceinline__ void transpose_unit(const uint8_t* staged, uint8_t* t
 
 // A few persistent CTAs (JATTN_VT_CTAS) walk the units in the attention kernel's order
 // ((batch, kv head) major), VtGroups<D> at a time, and count each (batch, kv head)'s
-// finished units in ready[b * Nkv + hk] (release, one unit late): the attention kernel, launched as this
-// kernel's programmatic dependent on the remaining SMs, waits for a pair's count to reach
-// Sp / kVtKeys (acquire) before its first V^T load of that pair. v_map: V as bytes
+// finished units in ready[b * Nkv + hk] (release, one unit late): the attention kernel,
+// launched as this kernel's programmatic dependent on the remaining SMs, waits for a
+// pair's count to reach Sp / kVtKeys (acquire) before its first V^T load of that pair.
+// No deadlock: every transpose CTA is resident (it triggers the dependent launch first
+// thing) and waits on nothing. v_map: V as bytes
 // [B][S][Nkv][D], box (VtPanel, 1, kVtKeys, 1) with the VtPanel swizzle.
 template <int D>
 __global__ void __launch_bounds__(256 * VtGroups<D>)
