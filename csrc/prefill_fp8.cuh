@@ -447,7 +447,8 @@ __global__ void __launch_bounds__(384, 1)
   const int offset = prm.S - prm.T;  // bottom-right alignment
   auto sched_wait = [&] { named_sync(1 + cw, 256); };
   auto sched_arrive = [&] { named_arrive(2 - cw, 256); };
-  auto release_q = [&](int qs) {
+  auto release_q = [&](int qs) {  // (all 128 threads: their reads of tile_slot come first)
+    named_sync(3 + cw, 128);
     if (threadIdx.x % 128 == 0) mbar_arrive(&q_empty[qs]);
   };
   if (cw == 1) named_arrive(1, 256);  // consumer 0 issues first
