@@ -81,19 +81,19 @@ def device_span(fn, args: list[tuple], calls: int = 100) -> dict:
   `kernels` per call; `by_kernel`: {kernel name: seconds per call}, largest first;
   `lines`, the stream lines read."""
   jax.block_until_ready(fn(*args[0]))
-  d = tempfile.mkdtemp(prefix="jattn-prof-")
-  with jax.profiler.trace(d):
-    for i in range(calls):
-      last = fn(*args[i % len(args)])
-    jax.block_until_ready(last)
-  (path,) = glob.glob(os.path.join(d, "**", "*.xplane.pb"), recursive=True)
-  events, lines = [], []
-  for plane in jax.profiler.ProfileData.from_file(path).planes:
-    if plane.name.startswith("/device:GPU"):
-      for line in plane.lines:
-        if line.name.startswith("Stream"):
-          lines.append(line.name)
-          events += [(e.start_ns, e.duration_ns, e.name) for e in line.events]
+  with tempfile.TemporaryDirectory(prefix="jattn-prof-") as d:   # a trace per row: not kept
+    with jax.profiler.trace(d):
+      for i in range(calls):
+        last = fn(*args[i % len(args)])
+      jax.block_until_ready(last)
+    (path,) = glob.glob(os.path.join(d, "**", "*.xplane.pb"), recursive=True)
+    events, lines = [], []
+    for plane in jax.profiler.ProfileData.from_file(path).planes:
+      if plane.name.startswith("/device:GPU"):
+        for line in plane.lines:
+          if line.name.startswith("Stream"):
+            lines.append(line.name)
+            events += [(e.start_ns, e.duration_ns, e.name) for e in line.events]
   if not events:
     return dict(error="no kernel records on a GPU stream line", lines=lines)
   start = min(s for s, _, _ in events)
