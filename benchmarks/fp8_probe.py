@@ -63,9 +63,10 @@ def build_check() -> dict:
 
 
 # Kernel variants timed next to the defaults: extra (macro, value) build parameters.
-# VT_CTAS=132: the V transpose on every SM before the attention kernel can start, close
-# to the schedule before session 13 (which waited for the whole transpose grid).
-PREFILL_VARIANTS = ((("VT_CTAS", 132),),)
+# (P_BIAS, RESCALE_TAU): p's exponent offset and the lazy-rescale threshold; (8, 0)
+# rescales whenever a row's max rises (the kernel before session 14).
+PREFILL_VARIANTS = tuple(((("P_BIAS", f"{b}f"), ("RESCALE_TAU", f"{t}f")),)
+                         for b, t in ((8.0, 0.0), (8.0, 0.75), (6.75, 2.0), (4.75, 4.0)))
 DECODE_VARIANTS = ()
 
 

@@ -234,6 +234,20 @@ __device__ __forceinline__ void commit_and_wait(float (&s)[C::BN / 2], float (&o
 // 16-key pieces of 4 rows of V^T, which go to the group's out tile (row d: 128 bytes,
 // 16-byte chunk c at c ^ (d % 8); lane pairs start at rotated rows, so 8 lanes store to 8
 // chunks: no bank conflicts); the group then writes the tile out in whole rows.
+// Lazy rescaling: a row's running max m is raised only when a block's max exceeds it by
+// more than kRescaleTau (base 2); otherwise m stays and that block's p may reach
+// 2^(kPBias + kRescaleTau), which must stay within e4m3's 448. A warp rescales its o and l
+// only when one of its 16 rows raised m. The result is the same softmax (o and l share m).
+#ifndef JATTN_P_BIAS
+#define JATTN_P_BIAS 5.75f
+#endif
+#ifndef JATTN_RESCALE_TAU
+#define JATTN_RESCALE_TAU 3.f
+#endif
+constexpr float kPBias = JATTN_P_BIAS;
+constexpr float kRescaleTau = JATTN_RESCALE_TAU;
+static_assert(kPBias + kRescaleTau <= 8.75f, "p must stay below e4m3's 448");
+
 constexpr int kVtKeys = 128;
 constexpr int kVtStages = 2;
 #ifndef JATTN_VT_CTAS
@@ -494,6 +508,7 @@ __global__ void __launch_bounds__(384, 1)
       // (Called with a constant mask: after inlining, each call site is specialized.)
       auto softmax = [&](int j, bool mask, float (&alpha)[2]) {
         const int key0 = j * BN + 2 * t;
+        bool raised = false;
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           if (mask) {
@@ -515,11 +530,13 @@ __global__ void __launch_bounds__(384, 1)
           float mx = fmaxf(fmaxf(mx4[0], mx4[1]), fmaxf(mx4[2], mx4[3]));
           mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
           mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
-          const float m_new = fmaxf(m[h], mx * scale_log2);  // m is kept in log2 units
+          const float m_blk = mx * scale_log2;  // m is kept in log2 units
+          const float m_new = m_blk > m[h] + kRescaleTau ? m_blk : m[h];
           const float m_use = m_new == -INFINITY ? 0.f : m_new;
           alpha[h] = exp2_approx(m[h] - m_use);
+          raised |= m_new != m[h];
           m[h] = m_new;
-          const float bias = 8.f - m_use;
+          const float bias = kPBias - m_use;
 #pragma unroll
           for (int nt = 0; nt < BN / 8; ++nt)
 #pragma unroll
@@ -528,6 +545,7 @@ __global__ void __launch_bounds__(384, 1)
               s[i] = exp2_approx(fmaf(s[i], scale_log2, bias));
             }
         }
+        return __any_sync(0xffffffff, raised);  // warp-uniform: rescale o?
       };
       auto pack_p = [&](uint32_t (&pd)[BN / 32][4]) {
 #pragma unroll
@@ -590,11 +608,11 @@ __global__ void __launch_bounds__(384, 1)
         gemm_pv<C>(o, lsum, p, v_tiles + prev * C::V_BYTES, ones);
         commit_group<C>();
         sched_arrive();
-        softmax(n_blocks - 1 - it, mask, alpha);
+        const bool raised = softmax(n_blocks - 1 - it, mask, alpha);
         wait_groups<C>(s, o, lsum);
         release(prev);
         pack_p(p);
-        rescale_o(alpha);
+        if (raised) rescale_o(alpha);
       };
       int it = 1;
       for (; it < n_masked; ++it) step(it, true);
@@ -632,7 +650,7 @@ __global__ void __launch_bounds__(384, 1)
             f32x2_to_bf16x2(o[dt * 4 + 2 * h] * inv, o[dt * 4 + 2 * h + 1] * inv);
       if (t == 0 && row < prm.T)
         prm.lse[(size_t(x.b) * prm.T + row) * prm.Nq + x.hq] =
-            lt > 0.f ? (m[h] + __log2f(lt) - 8.f) * kLn2 : -INFINITY;
+            lt > 0.f ? (m[h] + __log2f(lt) - kPBias) * kLn2 : -INFINITY;
     }
     fence_proxy_async_smem();
     named_sync(3 + cw, 128);
