@@ -1,7 +1,6 @@
 """Where the backward's time goes (B4 T4096 H32 D128 causal): its two kernels alone (dK/dV
-and dQ), against the whole `flash_backward` (with its XLA pre-pass), by default (MHA: dQ
-summed inside the dK/dV kernel, `prefill_bwd.fuses_dq`) and with the two kernels.
-Interleaved rounds, one process.
+and dQ), against the whole `flash_backward` (with its XLA pre-pass). Interleaved rounds,
+one process.
 
   PYTHONPATH=. python3 -m benchmarks.bwd_probe [--rounds 3] [--nkv 8] [--only S] [--out DIR]
 """
@@ -41,12 +40,10 @@ def main():
   rows = {   # name -> (function, its arguments)
       "dK/dV kernel": (lambda *a: PB._dkv(*a, *base[6:]), base[:6]),
       "dQ kernel": (lambda *a: PB._dq(*a, *base[6:]), base[:6]),
-      **{f"flash_backward ({name} + XLA pre-pass)": (
-          lambda q, k, v, o, lse, do, cfg=cfg: PB.flash_backward(
-              q, k, v, None, c, o, lse, do, jnp.zeros_like(lse), sm_scale=sc, config=cfg),
-          (q, k, v, o, lse, do))
-         for name, cfg in (("default: dQ fused where fuses_dq", PB.BwdConfig()),
-                           ("two kernels", PB.BwdConfig(fuse_dq=False)))},
+      "flash_backward (both + XLA pre-pass)": (
+          lambda q, k, v, o, lse, do: PB.flash_backward(
+              q, k, v, None, c, o, lse, do, jnp.zeros_like(lse), sm_scale=sc),
+          (q, k, v, o, lse, do)),
   }
   results, timed = probe_results(), []
   time_ms = lambda fn, fargs: bench(fn, fargs) * 1e3

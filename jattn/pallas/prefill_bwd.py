@@ -1,4 +1,4 @@
-"""Backward of the prefill/attention kernel: Pallas Mosaic GPU kernels.
+"""Backward of the prefill/attention kernel: two Pallas Mosaic GPU kernels.
 
 Inputs as the forward saw them (after the per-token transforms): q [B,T,Nq,D],
 k [B,S,Nkv,D], v [B,S,Nkv,Dv], the forward's o and lse [B,Nq,T] (natural log), the
@@ -16,10 +16,6 @@ Kernels (2 consumer warpgroups + 1 TMA producer warpgroup each):
     GQA group and every query tile inside the band, so the group's contributions are summed
     in registers (no atomics, one write of dk and dv).
   * dQ: one CTA per 2 * block_q query rows of one head; it walks the band's KV tiles.
-    It recomputes S and dP: 7 products per tile pair instead of 5.
-  * MHA at head_dim 128 (`fuses_dq`): no dQ kernel. The dK/dV kernel also forms dQ: its
-    consumers exchange dS^T in SMEM, each forms half of the head dim of dS K over both
-    key tiles, and the producer TMA-reduce-adds the staged block into a float32 buffer.
 Block-sparse (`SparseLists`): dQ walks each q tile's kv-tile list and dK/dV each kv tile's
 q-tile list (per head of the group); a ring slot holds one tile per consumer warpgroup.
 Rows with lse = -inf (past q_len, or seeing no key) get lse = +inf here, hence p = 0, and
@@ -27,10 +23,13 @@ contribute nothing. Only tiles inside the band are visited; tiles wholly inside 
 and below kv_len skip the mask, edge tiles (every tile with a custom mask) evaluate it.
 dV and dP^T are issued as one wgmma group (one wait for both).
 
-Measured (H100, B4 T4096 D128 causal, benchmarks/NOTES.md "Session 9", one process):
-the fused backward 3-5 % faster than the two kernels on MHA (H32), 10-13 % slower on GQA
-32/8 (a CTA walks the group's 4 heads: 4x the serial dS -> SMEM -> wgmma -> stage -> add
-chains per CTA), hence MHA only. Not tried: ping-pong scheduling of the two consumers.
+Measured (H100, B4 T4096 H32 D128 causal, benchmarks/NOTES.md): forward + backward
+4.4-4.6 ms against cuDNN's 4.3-4.4 ms; the dK/dV kernel ~1.9 ms, the dQ kernel ~1.45 ms
+(`benchmarks/bwd_probe.py`). The dQ kernel recomputes S and dP (7 products per tile pair
+instead of 5). Summing dQ inside the dK/dV kernel instead (dS^T exchanged in SMEM, TMA
+reduce-adds into float32) was built and measured in session 9: 3-5 % faster on MHA,
+10-13 % slower on GQA 32/8, so not kept (NOTES, "Session 9"; code in the history). Not
+tried: ping-pong scheduling of the two consumer warpgroups.
 
 Limits: head_dim and v_head_dim <= 128 (dK and dV accumulators of both must fit in one
 warpgroup's registers); wider heads fall back to `jax.vjp` of the XLA reference, which
@@ -75,22 +74,9 @@ def split_refs(refs, n_front, has_lens, n_params, n_out):
 
 @dataclasses.dataclass(frozen=True)
 class BwdConfig:
-  """Tiles of the backward kernels. fuse_dq: where `fuses_dq` allows, dQ is summed inside
-  the dK/dV kernel (TMA reduce-adds into a float32 buffer) instead of by the dQ kernel.
-  Tiles: a fused dK/dV CTA takes 2 * block_kv keys and block_q query rows per step."""
-
   block_q: int = 64
   block_kv: int = 64
   num_stages: int = 2
-  fuse_dq: bool = True
-
-
-def fuses_dq(cfg: BwdConfig, head_dim: int, group: int, sparse) -> bool:
-  """Whether the dK/dV kernel also sums dQ: dense tiles (both consumers see the same q
-  tile), each consumer's half of the head dim is whole 128-byte swizzle tiles of the K
-  buffer, which is head_dim 128 (16-bit), and MHA (group 1: with GQA the fused kernel
-  was slower than the two kernels, see the module docstring)."""
-  return cfg.fuse_dq and sparse is None and head_dim == 128 and group == 1
 
 
 def bwd_supports(head_dim: int, v_head_dim: int) -> Optional[str]:
@@ -167,19 +153,12 @@ def copy_or_arrive(active, src, dst, bar):
 
 def _dkv_body(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, lens_ref, param_refs,
               dk_ref, dv_ref, scratch, *, cfg, variant, sm_scale, group, param_names,
-              interpret, static_lens, lists=None, dq_ref=None):
+              interpret, static_lens, lists=None):
   """lists: None (dense: the band's q tiles) or (cols table ref, per_head, header) for
   block-sparse: consumer c walks, per head of the group, the q tiles that its kv tile's
-  list names; ring slots hold one q/do/lse/delta tile per consumer (see SparseLists).
-  dq_ref (dense only, `fuses_dq`): float32 [P, B, Tp, Nq, D] that each step's dS K is
-  added to (compiled: P = 1 and TMA reduce-adds; interpreted, which has no reduce-add:
-  P = kv CTAs and plain stores into this CTA's slice, each (q tile, head) once).
-  Registers per thread, consumers / producer: 232 / 40; fused, 240 / 24 (it spilled 648 B
-  at 232, 552 at 240, and ran faster there: NOTES, "Session 9")."""
+  list names; ring slots hold one q/do/lse/delta tile per consumer (see SparseLists)."""
   bq, bkv, stages = cfg.block_q, cfg.block_kv, cfg.num_stages
-  (k_smem2, v_smem2, q_smem, do_smem, lse_smem, delta_smem, kv_bar, in_bar, in_free,
-   *fused) = scratch
-  regs = (232, 40) if dq_ref is None else (240, 24)
+  (k_smem2, v_smem2, q_smem, do_smem, lse_smem, delta_smem, kv_bar, in_bar, in_free) = scratch
   dtype = k_ref.dtype
   b = lax.axis_index("b")
   g = lax.axis_index("g")
@@ -204,7 +183,7 @@ def _dkv_body(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, lens_ref, param_r
 
   @pl.when(wg < 2)
   def _consumer():
-    plgpu.set_max_registers(regs[0], action="increase")
+    plgpu.set_max_registers(232, action="increase")
     w0 = k0 + wg * bkv
     k_smem, v_smem = k_smem2.at[wg], v_smem2.at[wg]
     plgpu.copy_gmem_to_smem(k_ref.at[b, pl.ds(w0, bkv), g], k_smem, kv_bar.at[wg])
@@ -214,36 +193,9 @@ def _dkv_body(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, lens_ref, param_r
     def iota(d):
       return plgpu.broadcasted_iota(jnp.int32, (bkv, bq), d, layout=_WGMMA)
 
-    def dk_and_dq(dk, ds16, qs, s):
-      """dK += dS^T Q, and this warpgroup's half of the head dim of step s's dQ: dS K
-      summed over both warpgroups' keys (their dS^T meet in SMEM, buffer s % 2), staged
-      for the producer, which adds it to dq_ref."""
-      ds_smem, dq_stage, ds_ready, dq_full, dq_free = fused
-      half, par = dq_stage.shape[-1], lax.rem(s, 2)
-      ds_smem.at[par, wg][...] = ds16
-      plgpu.commit_smem()
-      plgpu.barrier_arrive(ds_ready)
-      cols = pl.ds(wg * half, half)
-
-      # dK first, to its end: dS^T's registers are free before dQ's accumulator is live.
-      dk = mma_acc(dk, ds16, qs, interpret)
-
-      def dq_products(acc_ref):
-        plgpu.barrier_wait(ds_ready)   # the other warpgroup's dS^T is in SMEM
-        for c in range(2):
-          plgpu.wgmma(acc_ref, ds_smem.at[par, c].T, k_smem2.at[c, :, cols])
-        return acc_ref[...]
-
-      dq = pl.run_scoped(dq_products, plgpu.ACC((bq, half), jnp.float32))
-      pl.when(s > 0)(lambda: plgpu.barrier_wait(dq_free.at[wg]))   # the last add read it
-      dq_stage.at[wg][...] = dq
-      plgpu.commit_smem()
-      plgpu.barrier_arrive(dq_full.at[wg])
-      return dk
-
-    def tile(carry, slot, hq, q0, masked, at, s=None):
-      """Query rows [q0(), q0() + bq) of head hq (ring slot `slot`, step s of the dense
-      walk) against this warpgroup's keys; `at(ref)` picks the warpgroup's tile of a slot."""
+    def tile(carry, slot, hq, q0, masked, at):
+      """Query rows [q0(), q0() + bq) of head hq (ring slot `slot`) against this
+      warpgroup's keys; `at(ref)` picks the warpgroup's tile of a ring slot."""
       dk, dv = carry
       plgpu.barrier_wait(in_bar.at[slot])
       qs, dos = at(q_smem.at[slot]), at(do_smem.at[slot])
@@ -264,10 +216,7 @@ def _dkv_body(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, lens_ref, param_r
       delta = plgpu.load(at(delta_smem.at[slot]), layout=_COL)
       dsT = pT * (dpT - lax.broadcast_in_dim(delta, dpT.shape, [1]))
       dsT = _transform_grad(variant, ctx, s_raw, dsT)
-      if dq_ref is None:
-        dk = mma_acc(dk, dsT.astype(dtype), qs, interpret)
-      else:
-        dk = dk_and_dq(dk, dsT.astype(dtype), qs, s)
+      dk = mma_acc(dk, dsT.astype(dtype), qs, interpret)
       plgpu.barrier_arrive(in_free.at[slot])
       return dk, dv
 
@@ -276,9 +225,8 @@ def _dkv_body(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, lens_ref, param_r
 
       def step(i, carry, j, masked):
         """Query tile i of the group's j-th head against this warpgroup's keys."""
-        s = j * n_tiles + (i - qlo)
-        return tile(carry, lax.rem(s, stages), g * group + j, lambda: i * bq, masked,
-                    lambda r: r, s=s)
+        slot = lax.rem(j * n_tiles + (i - qlo), stages)
+        return tile(carry, slot, g * group + j, lambda: i * bq, masked, lambda r: r)
 
       def head(j, carry):
         carry = lax.fori_loop(qlo, a, functools.partial(step, j=j, masked=True), carry)
@@ -318,10 +266,6 @@ def _dkv_body(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, lens_ref, param_r
       dk, dv = lax.fori_loop(0, group, head, (dk, dv))
     else:
       dk, dv, _ = lax.fori_loop(0, group, head, (dk, dv, 0))
-    if dq_ref is not None:   # the other warpgroup's last dQ product has read this K tile,
-      plgpu.barrier_arrive(fused[2])   # and the producer's last add has read the stage
-      plgpu.barrier_wait(fused[2])
-      pl.when(steps > 0)(lambda: plgpu.barrier_wait(fused[4].at[wg]))
     k_smem[...] = (dk * sm_scale).astype(dtype)
     v_smem[...] = dv.astype(dtype)
     plgpu.commit_smem()
@@ -330,7 +274,7 @@ def _dkv_body(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, lens_ref, param_r
     plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
   def _sparse_producer():
-    plgpu.set_max_registers(regs[1], action="decrease")
+    plgpu.set_max_registers(40, action="decrease")
     table, per_head, header = lists
     col = lax.div(k0, bkv)
 
@@ -367,7 +311,7 @@ def _dkv_body(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, lens_ref, param_r
       plgpu.barrier_wait(in_free.at[lax.rem(s, stages)])
 
   def _producer():
-    plgpu.set_max_registers(regs[1], action="decrease")
+    plgpu.set_max_registers(40, action="decrease")
 
     def load(s, slot):
       hq, i = coords(s)
@@ -377,19 +321,6 @@ def _dkv_body(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, lens_ref, param_r
       plgpu.copy_gmem_to_smem(do_ref.at[b, rows, hq], do_smem.at[slot], bar)
       plgpu.copy_gmem_to_smem(lse_ref.at[b, hq, rows], lse_smem.at[slot], bar)
       plgpu.copy_gmem_to_smem(delta_ref.at[b, hq, rows], delta_smem.at[slot], bar)
-
-    def add_dq(s):
-      """Step s's dQ halves, staged by the consumers, added into dq_ref (see _dkv_body)."""
-      _, dq_stage, _, dq_full, dq_free = fused
-      hq, i = coords(s)
-      half = dq_stage.shape[-1]
-      for c in range(2):
-        plgpu.barrier_wait(dq_full.at[c])
-        dst = dq_ref.at[kt if interpret else 0, b, pl.ds(i * bq, bq), hq, pl.ds(c * half, half)]
-        plgpu.copy_smem_to_gmem(dq_stage.at[c], dst, reduction_op=None if interpret else "add")
-      plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-      for c in range(2):
-        plgpu.barrier_arrive(dq_free.at[c])
 
     for i in range(stages):
       pl.when(i < steps)(functools.partial(load, i, i))
@@ -403,27 +334,22 @@ def _dkv_body(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, lens_ref, param_r
       def _():
         load(s + stages, slot)
 
-      if dq_ref is not None:
-        add_dq(s)
-
   pl.when(wg == 2)(_producer if lists is None else _sparse_producer)
 
 
 def _dkv(q, k, v, do, lse2, delta, lens, variant, sm_scale, cfg, interpret, static_lens,
-         sparse=None, dq_acc=None):
+         sparse=None):
   B, Tp, Nq, D = q.shape
   _, Sp, Nkv, Dv = v.shape
   names = tuple(sorted(variant.params))
   params = tuple(jnp.asarray(variant.params[n]) for n in names)
   dtype = k.dtype
   front = (q, k, v, do, lse2, delta) + (() if sparse is None else (sparse.cols,))
-  front += () if dq_acc is None else (dq_acc,)
 
   def entry(*refs):
     fr, lens_ref, param_refs, (dk_ref, dv_ref), _ = split_refs(
         refs, len(front), lens is not None, len(names), 2)
     lists = None if sparse is None else (fr[6], sparse.per_head, sparse.header)
-    dq_ref = None if dq_acc is None else fr[6]
     st = cfg.num_stages
     ring = (st,) if sparse is None else (st, 2)    # sparse: one tile per consumer
     scratch = (
@@ -437,16 +363,10 @@ def _dkv(q, k, v, do, lse2, delta, lens, variant, sm_scale, cfg, interpret, stat
         plgpu.Barrier(num_arrivals=4 * len(ring), num_barriers=st),
         plgpu.Barrier(num_arrivals=2, num_barriers=st),
     )
-    if dq_ref is not None:   # dS^T of both warpgroups (two steps), dQ stage, dS ready,
-      scratch += (_tiled_smem((2, 2, cfg.block_kv, cfg.block_q), dtype),  # stage full/free
-                  _tiled_smem((2, cfg.block_q, D // 2), jnp.float32),
-                  plgpu.Barrier(num_arrivals=2),
-                  plgpu.Barrier(num_arrivals=1, num_barriers=2),
-                  plgpu.Barrier(num_arrivals=1, num_barriers=2))
     body = functools.partial(_dkv_body, *fr[:6], lens_ref, param_refs, dk_ref, dv_ref,
                              cfg=cfg, variant=variant, sm_scale=sm_scale, group=Nq // Nkv,
                              param_names=names, interpret=bool(interpret),
-                             static_lens=static_lens, lists=lists, dq_ref=dq_ref)
+                             static_lens=static_lens, lists=lists)
     pl.run_scoped(lambda *s: body(s), *scratch, collective_axes="wg")
 
   return plgpu.kernel(
@@ -686,12 +606,6 @@ def flash_backward(q, k, v, lens, variant: Variant, o, lse, do, dlse, *, sm_scal
   delta = _pad_to(delta, 2, rows)
   kp, vp = _pad_to(k, 1, rows), _pad_to(v, 1, rows)
   args = (qp, kp, vp, dop, lse2, delta, lens, variant, sm_scale, cfg, interpret, (T, S))
-  if not fuses_dq(cfg, D, Nq // k.shape[2], sparse):
-    dk, dv = _dkv(*args, sparse=sparse)
-    dq = _dq(*args, sparse=sparse)
-    return dq[:, :T], dk[:, :S], dv[:, :S]
-  parts = kp.shape[1] // (2 * cfg.block_kv) if interpret else 1   # see _dkv_body's dq_ref
-  dq_acc = jax.new_ref(jnp.zeros((parts,) + qp.shape, jnp.float32))
-  dk, dv = _dkv(*args, dq_acc=dq_acc)
-  dq = (dq_acc[...].sum(axis=0) * sm_scale).astype(q.dtype)
+  dk, dv = _dkv(*args, sparse=sparse)
+  dq = _dq(*args, sparse=sparse)
   return dq[:, :T], dk[:, :S], dv[:, :S]
