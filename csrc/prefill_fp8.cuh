@@ -158,10 +158,16 @@ __device__ __forceinline__ void gemm_qk(float (&s)[C::BN / 2], const uint8_t* q_
 }
 
 // O[64 x D] += P[64 x BN] V[BN x D]; P in registers (e4m3 A fragments), V^T tile [D x BN].
-// And the row sums lsum += P . ones[BN x 8]: every column of that n8 accumulator is the sum
-// of its row of P (lsum[0]: row g, lsum[2]: row g + 8).
+// And this block's row sums lblk = P . ones[BN x 8], from zero (JATTN_L_FRESH): every
+// column of that n8 accumulator is the sum of its row of P (lblk[0]: row g, lblk[2]: row
+// g + 8). The caller adds them to float32 row sums: the FP8 wgmma adds into its
+// accumulator with ~14 mantissa bits, truncating, so a sum carried over thousands of keys
+// lost the small terms (l 12 % low on 8192-key rows, NOTES "Session 14").
+#ifndef JATTN_L_FRESH
+#define JATTN_L_FRESH 1
+#endif
 template <class C>
-__device__ __forceinline__ void gemm_pv(float (&o)[C::D / 2], float (&lsum)[4],
+__device__ __forceinline__ void gemm_pv(float (&o)[C::D / 2], float (&lblk)[4],
                                         const uint32_t (&p)[C::BN / 32][4],
                                         const uint8_t* v_tile, const uint8_t* ones) {
 #if JATTN_WGMMA
@@ -169,11 +175,13 @@ __device__ __forceinline__ void gemm_pv(float (&o)[C::D / 2], float (&lsum)[4],
   for (int kk = 0; kk < C::BN / 32; ++kk) {
     uint64_t db = wgmma_desc(v_tile + kk * 32, C::V_PANEL);
     Wgmma<C::D>::rs(o, p[kk], db, 1);
-    Wgmma<8>::rs(lsum, p[kk], wgmma_desc(ones, 128), 1);
+    Wgmma<8>::rs(lblk, p[kk], wgmma_desc(ones, 128), kk > 0 || !JATTN_L_FRESH);
   }
 #else
 #pragma unroll
-  for (int kk = 0; kk < C::BN / 32; ++kk) mma_e4m3_16832(lsum, p[kk], 0x38383838u, 0x38383838u);
+  if (JATTN_L_FRESH) lblk[0] = lblk[1] = lblk[2] = lblk[3] = 0.f;
+#pragma unroll
+  for (int kk = 0; kk < C::BN / 32; ++kk) mma_e4m3_16832(lblk, p[kk], 0x38383838u, 0x38383838u);
   const int lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
 #pragma unroll
@@ -192,11 +200,11 @@ __device__ __forceinline__ void gemm_pv(float (&o)[C::D / 2], float (&lsum)[4],
 
 template <class C>
 __device__ __forceinline__ void issue_fence(float (&s)[C::BN / 2], float (&o)[C::D / 2],
-                                            float (&lsum)[4]) {
+                                            float (&lblk)[4]) {
 #if JATTN_WGMMA
   fence_regs(s);
   fence_regs(o);
-  fence_regs(lsum);
+  fence_regs(lblk);
   wgmma_fence();
 #endif
 }
@@ -211,20 +219,20 @@ template <class C> __device__ __forceinline__ void commit_group() {
 
 template <class C>
 __device__ __forceinline__ void wait_groups(float (&s)[C::BN / 2], float (&o)[C::D / 2],
-                                            float (&lsum)[4]) {
+                                            float (&lblk)[4]) {
 #if JATTN_WGMMA
   wgmma_wait<0>();
   fence_regs(s);
   fence_regs(o);
-  fence_regs(lsum);
+  fence_regs(lblk);
 #endif
 }
 
 template <class C>
 __device__ __forceinline__ void commit_and_wait(float (&s)[C::BN / 2], float (&o)[C::D / 2],
-                                                float (&lsum)[4]) {
+                                                float (&lblk)[4]) {
   commit_group<C>();
-  wait_groups<C>(s, o, lsum);
+  wait_groups<C>(s, o, lblk);
 }
 
 // V [B, S, Nkv, D] -> vt [B, Nkv, D, Sp], the layout above, in units of kVtKeys keys of
@@ -489,7 +497,8 @@ __global__ void __launch_bounds__(384, 1)
 #pragma unroll
     for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
     float m[2] = {-INFINITY, -INFINITY};
-    float lsum[4] = {0.f, 0.f, 0.f, 0.f};  // row sums of P: row g in [0], row g + 8 in [2]
+    float lsum[2] = {0.f, 0.f};  // row sums of P (float32): rows g and g + 8
+    float lblk[4] = {0.f, 0.f, 0.f, 0.f};  // one block's, from the tensor cores (gemm_pv)
 
     if (n_blocks == 0) release_q(qs);  // no keys: o stays zero, lse -inf
     if (n_blocks > 0) {
@@ -570,10 +579,24 @@ __global__ void __launch_bounds__(384, 1)
           o[i + 2] *= alpha[1];
           o[i + 3] *= alpha[1];
         }
-        lsum[0] *= alpha[0];
-        lsum[1] *= alpha[0];
-        lsum[2] *= alpha[1];
-        lsum[3] *= alpha[1];
+        if (JATTN_L_FRESH) {
+          lsum[0] *= alpha[0];
+          lsum[1] *= alpha[1];
+        } else {
+          lblk[0] *= alpha[0];
+          lblk[1] *= alpha[0];
+          lblk[2] *= alpha[1];
+          lblk[3] *= alpha[1];
+        }
+      };
+      auto add_lblk = [&] {  // after the P.V group has completed
+        if (JATTN_L_FRESH) {
+          lsum[0] += lblk[0];
+          lsum[1] += lblk[2];
+        } else {
+          lsum[0] = lblk[0];
+          lsum[1] = lblk[2];
+        }
       };
       auto release = [&](int stage) {
         __syncwarp();
@@ -585,10 +608,10 @@ __global__ void __launch_bounds__(384, 1)
         const int stage = it0 % STAGES;
         mbar_wait(&k_full[stage], (it0 / STAGES) & 1);
         sched_wait();
-        issue_fence<C>(s, o, lsum);
+        issue_fence<C>(s, o, lblk);
         gemm_qk<C>(s, q_tile, k_tiles + stage * C::K_BYTES, cw * 64);
         sched_arrive();
-        commit_and_wait<C>(s, o, lsum);
+        commit_and_wait<C>(s, o, lblk);
         float alpha[2];
         if (n_masked > 0) softmax(n_blocks - 1, true, alpha);
         else softmax(n_blocks - 1, false, alpha);
@@ -601,20 +624,21 @@ __global__ void __launch_bounds__(384, 1)
         mbar_wait(&k_full[stage], (g_it / STAGES) & 1);
         mbar_wait(&v_full[prev], ((g_it - 1) / STAGES) & 1);
         sched_wait();
-        issue_fence<C>(s, o, lsum);
+        issue_fence<C>(s, o, lblk);
         gemm_qk<C>(s, q_tile, k_tiles + stage * C::K_BYTES, cw * 64);
         float alpha[2];
         // S first, alone; then P.V as its own group, which runs under the softmax of S
         // (S's registers are not in P.V's group, so ptxas need not wait for P.V before the
         // softmax writes them; with S and P.V in one group it did); P is packed (its
         // registers redefined) after P.V is done.
-        commit_and_wait<C>(s, o, lsum);
-        issue_fence<C>(s, o, lsum);
-        gemm_pv<C>(o, lsum, p, v_tiles + prev * C::V_BYTES, ones);
+        commit_and_wait<C>(s, o, lblk);
+        issue_fence<C>(s, o, lblk);
+        gemm_pv<C>(o, lblk, p, v_tiles + prev * C::V_BYTES, ones);
         commit_group<C>();
         sched_arrive();
         const bool raised = softmax(n_blocks - 1 - it, mask, alpha);
-        wait_groups<C>(s, o, lsum);
+        wait_groups<C>(s, o, lblk);
+        add_lblk();
         release(prev);
         pack_p(p);
         if (raised) rescale_o(alpha);
@@ -627,10 +651,11 @@ __global__ void __launch_bounds__(384, 1)
       const int g_last = it0 + n_blocks - 1, last = g_last % STAGES;
       mbar_wait(&v_full[last], (g_last / STAGES) & 1);
       sched_wait();
-      issue_fence<C>(s, o, lsum);
-      gemm_pv<C>(o, lsum, p, v_tiles + last * C::V_BYTES, ones);
+      issue_fence<C>(s, o, lblk);
+      gemm_pv<C>(o, lblk, p, v_tiles + last * C::V_BYTES, ones);
       sched_arrive();
-      commit_and_wait<C>(s, o, lsum);
+      commit_and_wait<C>(s, o, lblk);
+      add_lblk();
       release(last);
       it0 += n_blocks;
     }
@@ -645,7 +670,7 @@ __global__ void __launch_bounds__(384, 1)
     const float v_scale = prm.v_scale[x.hk];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const float lt = lsum[2 * h];
+      const float lt = lsum[h];
       const int r = warp * 16 + g + 8 * h, row = m0 + cw * 64 + r;
       const float inv = lt > 0.f ? v_scale / lt : 0.f;
 #pragma unroll
