@@ -16,8 +16,9 @@
 // of e4m3's subnormal range when p is cast to e4m3 for the P.V product. m is a running max
 // raised lazily: only when a block's max exceeds it by more than kRescaleTau (2.75), so
 // most blocks skip O's rescale and p stays <= 2^8.75 < 448 (below). l sums the same e4m3 p
-// that P.V multiplies (the tensor cores compute it: P times a tile of ones beside each P.V
-// step), so o's weights sum to one and (o, lse) describe the same p;
+// that P.V multiplies (the tensor cores sum each block: P times a tile of ones beside each
+// P.V step; the blocks' sums add up in float32), so o's weights sum to one and (o, lse)
+// describe the same p;
 // o = v_scale * (P.V) / l, lse = (m + log2 l - kPBias) * ln 2. Against the exact softmax, l
 // is off by the rounding of p to e4m3 (at most 6.25 % per term; ~3 % on random data).
 //
@@ -158,14 +159,11 @@ __device__ __forceinline__ void gemm_qk(float (&s)[C::BN / 2], const uint8_t* q_
 }
 
 // O[64 x D] += P[64 x BN] V[BN x D]; P in registers (e4m3 A fragments), V^T tile [D x BN].
-// And this block's row sums lblk = P . ones[BN x 8], from zero (JATTN_L_FRESH): every
-// column of that n8 accumulator is the sum of its row of P (lblk[0]: row g, lblk[2]: row
-// g + 8). The caller adds them to float32 row sums: the FP8 wgmma adds into its
-// accumulator with ~14 mantissa bits, truncating, so a sum carried over thousands of keys
-// lost the small terms (l 12 % low on 8192-key rows, NOTES "Session 14").
-#ifndef JATTN_L_FRESH
-#define JATTN_L_FRESH 1
-#endif
+// And this block's row sums lblk = P . ones[BN x 8], from zero: every column of that n8
+// accumulator is the sum of its row of P (lblk[0]: row g, lblk[2]: row g + 8). The caller
+// adds them to float32 row sums: the FP8 wgmma adds into its accumulator with ~14
+// mantissa bits, truncating, so a sum carried across the row lost its small terms (l 7-12 %
+// low on 8192-key rows, NOTES "Session 14").
 template <class C>
 __device__ __forceinline__ void gemm_pv(float (&o)[C::D / 2], float (&lblk)[4],
                                         const uint32_t (&p)[C::BN / 32][4],
@@ -175,11 +173,11 @@ __device__ __forceinline__ void gemm_pv(float (&o)[C::D / 2], float (&lblk)[4],
   for (int kk = 0; kk < C::BN / 32; ++kk) {
     uint64_t db = wgmma_desc(v_tile + kk * 32, C::V_PANEL);
     Wgmma<C::D>::rs(o, p[kk], db, 1);
-    Wgmma<8>::rs(lblk, p[kk], wgmma_desc(ones, 128), kk > 0 || !JATTN_L_FRESH);
+    Wgmma<8>::rs(lblk, p[kk], wgmma_desc(ones, 128), kk > 0);
   }
 #else
 #pragma unroll
-  if (JATTN_L_FRESH) lblk[0] = lblk[1] = lblk[2] = lblk[3] = 0.f;
+  lblk[0] = lblk[1] = lblk[2] = lblk[3] = 0.f;
 #pragma unroll
   for (int kk = 0; kk < C::BN / 32; ++kk) mma_e4m3_16832(lblk, p[kk], 0x38383838u, 0x38383838u);
   const int lane = threadIdx.x % 32;
@@ -579,24 +577,12 @@ __global__ void __launch_bounds__(384, 1)
           o[i + 2] *= alpha[1];
           o[i + 3] *= alpha[1];
         }
-        if (JATTN_L_FRESH) {
-          lsum[0] *= alpha[0];
-          lsum[1] *= alpha[1];
-        } else {
-          lblk[0] *= alpha[0];
-          lblk[1] *= alpha[0];
-          lblk[2] *= alpha[1];
-          lblk[3] *= alpha[1];
-        }
+        lsum[0] *= alpha[0];
+        lsum[1] *= alpha[1];
       };
       auto add_lblk = [&] {  // after the P.V group has completed
-        if (JATTN_L_FRESH) {
-          lsum[0] += lblk[0];
-          lsum[1] += lblk[2];
-        } else {
-          lsum[0] = lblk[0];
-          lsum[1] = lblk[2];
-        }
+        lsum[0] += lblk[0];
+        lsum[1] += lblk[2];
       };
       auto release = [&](int stage) {
         __syncwarp();
