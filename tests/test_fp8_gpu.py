@@ -92,6 +92,24 @@ def test_fp8_prefill_long_rows(rng):
   _check_prefill(rng, B=1, T=1024, S=8192, Nq=2, Nkv=1, D=128, causal=False, q_mul=2.0)
 
 
+def test_fp8_prefill_sink_visited_first(rng):
+  """Every row attends to the last key (visited first: blocks run last to first) 10 nats
+  above 8191 others, which together weigh ~0.5 of it. Their p are taken against the
+  sink's max, so they must not round to zero in e4m3: p offset 6 keeps keys down to 11 nats
+  (o error 4e-3 on an H100); offset 4 lost them (7e-2), FlashAttention-3's 0 from 7 nats."""
+  T, S, D = 128, 8192, 128
+  q = np.zeros((1, T, 1, D)); q[..., 0] = 16.0
+  k = rng.standard_normal((1, S, 1, D)); k[..., 0] = 0.5 * rng.standard_normal((1, S, 1))
+  k[:, S - 1, :, 0] = 10.0 / 16.0 * np.sqrt(D)
+  v = rng.standard_normal((1, S, 1, D))
+  q, k, v = (jnp.asarray(x, jnp.float32).astype(F8) for x in (q, k, v))
+  one = jnp.ones((1,), jnp.float32)
+  o = jattn.attention(q, k, v, q_scale=one, k_scale=one, v_scale=one, implementation="cuda")
+  ro, _ = oracle(reference.attention_fp8, q, k, v, one, one, one, sm_scale=1 / np.sqrt(D),
+                 variant=V.Variant(name="identity"))
+  assert rel_err(o, ro) < 2e-2
+
+
 def test_fp8_prefill_mha_long(rng):
   _check_prefill(rng, B=1, T=1024, S=1024, Nq=2, Nkv=2, D=128, causal=True)
 
