@@ -58,6 +58,25 @@ __host__ __device__ constexpr int key_of_slot(int k) {
   return (k & 16) + 8 * ((k >> 1) & 1) + 2 * ((k >> 2) & 3) + (k & 1);
 }
 
+// Lazy rescaling: a row's running max m is raised only when a block's max exceeds it by
+// more than kRescaleTau (base 2); otherwise m stays and that block's p may reach
+// 2^(kPBias + kRescaleTau), which must stay within e4m3's 448. A warp rescales its o and l
+// only when one of its 16 rows raised m (simulated on the benchmark's data: 11 % of
+// warp-blocks, against 79 % when every rise rescales). The softmax is the same (o and l
+// share m). The offset is an integer, so the p of the key that sets m is exactly 2^kPBias
+// (a fractional offset cost 30-60 % more error on peaked rows), and it is 6, not lower,
+// because keys more than (10 + kPBias) ln 2 nats below m round to zero in e4m3 (attention
+// sinks met first: benchmarks/NOTES.md, "Session 14").
+#ifndef JATTN_P_BIAS
+#define JATTN_P_BIAS 6.f
+#endif
+#ifndef JATTN_RESCALE_TAU
+#define JATTN_RESCALE_TAU 2.75f
+#endif
+constexpr float kPBias = JATTN_P_BIAS;
+constexpr float kRescaleTau = JATTN_RESCALE_TAU;
+static_assert(kPBias + kRescaleTau <= 8.75f, "p must stay below e4m3's 448");
+
 template <int D_> struct PrefillConfig {
   static constexpr int D = D_;
   static constexpr int BM = 128;                  // query rows per CTA
@@ -176,7 +195,6 @@ __device__ __forceinline__ void gemm_pv(float (&o)[C::D / 2], float (&lblk)[4],
     Wgmma<8>::rs(lblk, p[kk], wgmma_desc(ones, 128), kk > 0);
   }
 #else
-#pragma unroll
   lblk[0] = lblk[1] = lblk[2] = lblk[3] = 0.f;
 #pragma unroll
   for (int kk = 0; kk < C::BN / 32; ++kk) mma_e4m3_16832(lblk, p[kk], 0x38383838u, 0x38383838u);
@@ -242,23 +260,6 @@ __device__ __forceinline__ void commit_and_wait(float (&s)[C::BN / 2], float (&o
 // 16-key pieces of 4 rows of V^T, which go to the group's out tile (row d: 128 bytes,
 // 16-byte chunk c at c ^ (d % 8); lane pairs start at rotated rows, so 8 lanes store to 8
 // chunks: no bank conflicts); the group then writes the tile out in whole rows.
-// Lazy rescaling: a row's running max m is raised only when a block's max exceeds it by
-// more than kRescaleTau (base 2); otherwise m stays and that block's p may reach
-// 2^(kPBias + kRescaleTau), which must stay within e4m3's 448. A warp rescales its o and l
-// only when one of its 16 rows raised m (simulated on the benchmark's data: 11 % of
-// warp-blocks, against 79 % when every rise rescales). The softmax is the same (o and l share m). The
-// offset is an integer, so the p of the key that sets m is exactly 2^kPBias: a fractional
-// offset cost 30-60 % more error on peaked rows (benchmarks/NOTES.md, "Session 14").
-#ifndef JATTN_P_BIAS
-#define JATTN_P_BIAS 6.f
-#endif
-#ifndef JATTN_RESCALE_TAU
-#define JATTN_RESCALE_TAU 2.75f
-#endif
-constexpr float kPBias = JATTN_P_BIAS;
-constexpr float kRescaleTau = JATTN_RESCALE_TAU;
-static_assert(kPBias + kRescaleTau <= 8.75f, "p must stay below e4m3's 448");
-
 constexpr int kVtKeys = 128;
 constexpr int kVtStages = 2;
 #ifndef JATTN_VT_CTAS
