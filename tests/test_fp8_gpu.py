@@ -9,8 +9,8 @@ the exact softmax each term is off by its e4m3 rounding (at most 6.25 %, half an
 the bottom of a binade), which moves lse by up to ~3.2e-2 on these random inputs (H100,
 session 11: 2.0-3.2e-2 at head dims 64-256); Hopper's FP8 wgmma also accumulates Q.K^T
 with fewer than fp32's mantissa bits (lse up to 1e-2 from that alone). Prefill lse is
-held to 5e-2 absolute (peaked rows: see test_fp8_prefill_peaked). Decode keeps P and V in f16 (K/V's e4m3 values convert exactly):
-bf16 tolerance.
+held to 5e-2 absolute (peaked rows: see test_fp8_prefill_peaked). Decode keeps P and V in
+f16 (K/V's e4m3 values convert exactly): bf16 tolerance.
 """
 
 from __future__ import annotations
@@ -88,7 +88,8 @@ def test_fp8_prefill_peaked(rng, D, causal):
 def test_fp8_prefill_long_rows(rng):
   """8192 keys a row, q scaled 2x (the row mass far below the max). l once summed the
   whole row in the FP8 wgmma's accumulator, whose truncating ~14-bit adds lost the small
-  terms: lse 0.13 low, o 9 % off (H100, session 14); summed per block, 0.015 and 2 %."""
+  terms: on 8192-key rows lse came out 0.13 low and o 9 % off; summed per block, 0.015
+  and 2 % (H100, session 14, benchmarks/results/session14/call8_accuracy_wide.log)."""
   _check_prefill(rng, B=1, T=1024, S=8192, Nq=2, Nkv=1, D=128, causal=False, q_mul=2.0)
 
 
@@ -96,7 +97,8 @@ def test_fp8_prefill_sink_visited_first(rng):
   """Every row attends to the last key (visited first: blocks run last to first) 10 nats
   above 8191 others, which together weigh ~0.5 of it. Their p are taken against the
   sink's max, so they must not round to zero in e4m3: p offset 6 keeps keys down to 11 nats
-  (o error 4e-3 on an H100); offset 4 lost them (7e-2), FlashAttention-3's 0 from 7 nats."""
+  (o error 4e-3 on an H100); offset 4 lost them (7e-2: it would fail here),
+  FlashAttention-3's offset 0 from 7 nats (call10_accuracy_sink.log, session 14)."""
   T, S, D = 128, 8192, 128
   q = np.zeros((1, T, 1, D)); q[..., 0] = 16.0
   k = rng.standard_normal((1, S, 1, D)); k[..., 0] = 0.5 * rng.standard_normal((1, S, 1))
