@@ -33,21 +33,6 @@ __device__ __forceinline__ uint16_t pack_e4m3x2(float lo, float hi) {
   return r;
 }
 
-// 2^lo, 2^hi as f16x2 (lo in the low half): one packed ex2 for both.
-__device__ __forceinline__ uint32_t exp2_f16x2(float lo, float hi) {
-  uint32_t h, r;
-  asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(h) : "f"(hi), "f"(lo));
-  asm("ex2.approx.f16x2 %0, %1;" : "=r"(r) : "r"(h));
-  return r;
-}
-
-// f16x2 -> two e4m3 in one 16-bit word (the low half in the low byte), saturating.
-__device__ __forceinline__ uint16_t f16x2_to_e4m3x2(uint32_t x) {
-  uint16_t r;
-  asm("cvt.rn.satfinite.e4m3x2.f16x2 %0, %1;" : "=h"(r) : "r"(x));
-  return r;
-}
-
 // Four f32 -> four e4m3 in one 32-bit word (a in the lowest byte).
 __device__ __forceinline__ uint32_t pack_e4m3x4(float a, float b, float c, float d) {
   return uint32_t(pack_e4m3x2(a, b)) | (uint32_t(pack_e4m3x2(c, d)) << 16);

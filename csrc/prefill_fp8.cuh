@@ -67,9 +67,6 @@ __host__ __device__ constexpr int key_of_slot(int k) {
 // (a fractional offset cost 30-60 % more error on peaked rows), and it is 6, not lower,
 // because keys more than (10 + kPBias) ln 2 nats below m round to zero in e4m3 (attention
 // sinks met first: benchmarks/NOTES.md, "Session 14").
-#ifndef JATTN_EXP_F16
-#define JATTN_EXP_F16 1  // p = 2^y two at a time: y rounded to f16, one packed ex2 (probe)
-#endif
 #ifndef JATTN_P_BIAS
 #define JATTN_P_BIAS 6.f
 #endif
@@ -553,15 +550,6 @@ __global__ void __launch_bounds__(384, 1)
           raised |= m_new != m[h];
           m[h] = m_new;
           const float bias = kPBias - m_use;
-#if JATTN_EXP_F16
-          // p of keys (2t, 2t + 1) as f16x2 bits in s[i] (s[i + 1] is dead from here).
-#pragma unroll
-          for (int nt = 0; nt < BN / 8; ++nt) {
-            const int i = nt * 4 + 2 * h;
-            s[i] = __uint_as_float(exp2_f16x2(fmaf(s[i], scale_log2, bias),
-                                              fmaf(s[i + 1], scale_log2, bias)));
-          }
-#else
 #pragma unroll
           for (int nt = 0; nt < BN / 8; ++nt)
 #pragma unroll
@@ -569,7 +557,6 @@ __global__ void __launch_bounds__(384, 1)
               const int i = nt * 4 + 2 * h + e;
               s[i] = exp2_approx(fmaf(s[i], scale_log2, bias));
             }
-#endif
         }
         return __any_sync(0xffffffff, raised);  // warp-uniform: rescale o?
       };
@@ -577,21 +564,10 @@ __global__ void __launch_bounds__(384, 1)
 #pragma unroll
         for (int kk = 0; kk < BN / 32; ++kk) {
           const float* s0 = &s[kk * 16];  // n8 blocks 4kk .. 4kk+3
-#if JATTN_EXP_F16
-          auto e4 = [&](int a, int b) {
-            return uint32_t(f16x2_to_e4m3x2(__float_as_uint(s0[a]))) |
-                   (uint32_t(f16x2_to_e4m3x2(__float_as_uint(s0[b]))) << 16);
-          };
-          pd[kk][0] = e4(0, 4);
-          pd[kk][1] = e4(2, 6);
-          pd[kk][2] = e4(8, 12);
-          pd[kk][3] = e4(10, 14);
-#else
           pd[kk][0] = pack_e4m3x4(s0[0], s0[1], s0[4], s0[5]);
           pd[kk][1] = pack_e4m3x4(s0[2], s0[3], s0[6], s0[7]);
           pd[kk][2] = pack_e4m3x4(s0[8], s0[9], s0[12], s0[13]);
           pd[kk][3] = pack_e4m3x4(s0[10], s0[11], s0[14], s0[15]);
-#endif
         }
       };
       auto rescale_o = [&](const float (&alpha)[2]) {
