@@ -12,8 +12,9 @@
 // sees key s iff s <= t + S - T.
 //
 // Math per row: x_j = (q.k_j) * sm_scale * q_scale * k_scale * log2(e); online softmax in
-// base 2 with an exponent offset kPBias (6), p = 2^(x - m + kPBias), which keeps small p out
-// of e4m3's subnormal range when p is cast to e4m3 for the P.V product. m is a running max
+// base 2 with an exponent offset kPBias (6), p = 2^(x - m + kPBias), which keeps small p
+// out of e4m3's subnormal range for 6 more binades when p is cast to e4m3 for the P.V
+// product. m is a running max
 // raised lazily: only when a block's max exceeds it by more than kRescaleTau (2.75), so
 // most blocks skip O's rescale and p stays <= 2^8.75 < 448 (below). l sums the same e4m3 p
 // that P.V multiplies (the tensor cores sum each block: P times a tile of ones beside each
@@ -513,9 +514,11 @@ __global__ void __launch_bounds__(384, 1)
       if (CAUSAL) first_masked = min(first_masked, max(0, m0 + offset + 1) / BN);
       const int n_masked = n_blocks - min(first_masked, n_blocks);
 
-      // Online softmax of block j held in s: masks if `mask`, updates m, leaves the
-      // probabilities in s (pack_p makes them e4m3; their row sums come from the P.V step)
-      // and the factors that rescale o and lsum to the new maximum in alpha. The row max
+      // Online softmax of block j held in s: masks if `mask`, raises m where the block's
+      // max passes it by more than kRescaleTau, leaves the probabilities in s (pack_p makes
+      // them e4m3; their row sums come from the P.V step) and the factors that rescale o
+      // and lsum to the new m in alpha (1 where m stayed); returns whether any row of the
+      // warp raised m (warp-uniform), i.e. whether o and lsum need rescaling. The row max
       // runs as 4 independent chains (one serial chain of 32 dependent instructions per row
       // was exposed: one warp per scheduler is in here).
       // (Called with a constant mask: after inlining, each call site is specialized.)
