@@ -180,6 +180,12 @@ __device__ __forceinline__ void prefetch_tensormap(const CUtensorMap* map) {
   asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
 }
 
+__device__ __forceinline__ float ld_volatile_shared(const float* p) {
+  float v;
+  asm volatile("ld.volatile.shared.f32 %0, [%1];" : "=f"(v) : "r"(smem_u32(p)) : "memory");
+  return v;
+}
+
 // Named barriers 1..15 (0 is __syncthreads).
 __device__ __forceinline__ void named_sync(int id, int threads) {
   asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
@@ -206,6 +212,20 @@ __device__ __forceinline__ uint64_t wgmma_desc(const void* p, int swizzle_bytes)
   desc |= uint64_t((8 * swizzle_bytes) >> 4) << 32;   // stride byte offset: 8 rows
   desc |= uint64_t(swizzle_bytes == 128 ? 1 : 2) << 62;  // 1: 128B, 2: 64B swizzle
   return desc;
+}
+
+// The descriptor of p from desc0 = wgmma_desc(base, swizzle) for some base <= p with the
+// same swizzle: the start-address field (address / 16, 14 bits) cannot carry for shared
+// memory (< 256 KB), so one 32-bit add replaces wgmma_desc's masks and shifts.
+__device__ __forceinline__ uint64_t desc_at(uint64_t desc0, const void* base, const void* p) {
+  const uint32_t off = uint32_t(static_cast<const uint8_t*>(p) - static_cast<const uint8_t*>(base));
+  return (desc0 & 0xffffffff00000000ull) | uint32_t(uint32_t(desc0) + off / 16);
+}
+
+// x, which the compiler may not look through (so that it keeps desc_at's one add).
+__device__ __forceinline__ uint64_t opaque(uint64_t x) {
+  asm volatile("" : "+l"(x));
+  return x;
 }
 
 __device__ __forceinline__ void wgmma_fence() {

@@ -49,6 +49,12 @@
 #if JATTN_WGMMA
 #include "wgmma_fp8.cuh"
 #endif
+#ifndef JATTN_DESC_ADD
+#define JATTN_DESC_ADD 1
+#endif
+#ifndef JATTN_SOFTMAX_GATE
+#define JATTN_SOFTMAX_GATE 1
+#endif
 
 namespace jattn {
 
@@ -140,17 +146,32 @@ __device__ __forceinline__ uint32_t tile_offset(int rows, int row, int col) {
   return lin ^ (((lin >> 7) & mask) << 4);
 }
 
+// wgmma descriptors of the dynamic shared memory's start (`base`) in the swizzles of Q / K
+// (QK_PANEL bytes), of V^T (V_PANEL) and of the ones tile (128): every operand's descriptor
+// is one of these plus its offset (desc_at), computed once per kernel.
+struct SmemDescs {
+  const uint8_t* base;
+  uint64_t qk, v, ones;
+};
+
 // S[64 x BN] (this warpgroup's rows) = Q K^T, into the wgmma accumulator layout.
 template <class C>
 __device__ __forceinline__ void gemm_qk(float (&s)[C::BN / 2], const uint8_t* q_tile,
-                                        const uint8_t* k_tile, int wg_row0) {
+                                        const uint8_t* k_tile, int wg_row0,
+                                        const SmemDescs& sd) {
 #if JATTN_WGMMA
 #pragma unroll
   for (int kk = 0; kk < C::D / 32; ++kk) {
     const int panel = kk * 32 / C::QK_PANEL, col = kk * 32 % C::QK_PANEL;
+#if JATTN_DESC_ADD
+    uint64_t da = desc_at(sd.qk, sd.base, q_tile + panel * C::BM * C::QK_PANEL +
+                                              wg_row0 * C::QK_PANEL + col);
+    uint64_t db = desc_at(sd.qk, sd.base, k_tile + panel * C::BN * C::QK_PANEL + col);
+#else
     uint64_t da = wgmma_desc(q_tile + panel * C::BM * C::QK_PANEL + wg_row0 * C::QK_PANEL +
                                  col, C::QK_PANEL);
     uint64_t db = wgmma_desc(k_tile + panel * C::BN * C::QK_PANEL + col, C::QK_PANEL);
+#endif
     Wgmma<C::BN>::ss(s, da, db, kk > 0);
   }
 #else
@@ -187,13 +208,20 @@ __device__ __forceinline__ void gemm_qk(float (&s)[C::BN / 2], const uint8_t* q_
 template <class C>
 __device__ __forceinline__ void gemm_pv(float (&o)[C::D / 2], float (&lblk)[4],
                                         const uint32_t (&p)[C::BN / 32][4],
-                                        const uint8_t* v_tile, const uint8_t* ones) {
+                                        const uint8_t* v_tile, const uint8_t* ones,
+                                        const SmemDescs& sd) {
 #if JATTN_WGMMA
 #pragma unroll
   for (int kk = 0; kk < C::BN / 32; ++kk) {
+#if JATTN_DESC_ADD
+    uint64_t db = desc_at(sd.v, sd.base, v_tile + kk * 32);
+    Wgmma<C::D>::rs(o, p[kk], db, 1);
+    Wgmma<8>::rs(lblk, p[kk], sd.ones, kk > 0);
+#else
     uint64_t db = wgmma_desc(v_tile + kk * 32, C::V_PANEL);
     Wgmma<C::D>::rs(o, p[kk], db, 1);
     Wgmma<8>::rs(lblk, p[kk], wgmma_desc(ones, 128), kk > 0);
+#endif
   }
 #else
   lblk[0] = lblk[1] = lblk[2] = lblk[3] = 0.f;
@@ -393,6 +421,7 @@ __global__ void __launch_bounds__(384, 1)
   uint64_t* v_full = k_full + STAGES;
   uint64_t* empty = v_full + STAGES;
   __shared__ int tile_slot[QS];  // tile index, -1: no more
+  __shared__ float neg_inf;       // -inf (the softmax's gate, below)
 
   const int wg = threadIdx.x / 128;
   if (threadIdx.x == 0) {
@@ -410,6 +439,7 @@ __global__ void __launch_bounds__(384, 1)
       mbar_init(&empty[s], 8);  // one arrival per consumer warp
     }
     fence_barrier_init();
+    neg_inf = -INFINITY;
   }
   if (threadIdx.x < C::ONES_BYTES / 4) {
     reinterpret_cast<uint32_t*>(ones)[threadIdx.x] = 0x38383838u;  // four e4m3 1.0
@@ -467,7 +497,18 @@ __global__ void __launch_bounds__(384, 1)
 
   // ---------------------------------------------------------------------- consumers
   setmaxnreg_inc<232>();
+#if JATTN_DESC_ADD
+  // consumer index: rows [64 cw, 64 cw + 64) of each tile (through a warp reduction, so
+  // that the Q descriptors derived from it stay in uniform registers)
+  const int cw = __reduce_max_sync(0xffffffff, wg - 1);
+#else
   const int cw = wg - 1;  // consumer index: rows [64 cw, 64 cw + 64) of each tile
+#endif
+  SmemDescs sd{};
+#if JATTN_WGMMA
+  sd = SmemDescs{smem, opaque(wgmma_desc(smem, C::QK_PANEL)),
+                 opaque(wgmma_desc(smem, C::V_PANEL)), opaque(wgmma_desc(ones, 128))};
+#endif
   const int lane = threadIdx.x % 32, warp = (threadIdx.x / 32) % 4;
   const int g = lane / 4, t = lane % 4;
   const int row_in_cta = cw * 64 + warp * 16 + g;  // +8 for the second row
@@ -522,7 +563,7 @@ __global__ void __launch_bounds__(384, 1)
       // runs as 4 independent chains (one serial chain of 32 dependent instructions per row
       // was exposed: one warp per scheduler is in here).
       // (Called with a constant mask: after inlining, each call site is specialized.)
-      auto softmax = [&](int j, bool mask, float (&alpha)[2]) {
+      auto softmax = [&](int j, bool mask, float (&alpha)[2], float gate) {
         const int key0 = j * BN + 2 * t;
         bool raised = false;
 #pragma unroll
@@ -537,7 +578,7 @@ __global__ void __launch_bounds__(384, 1)
                 if (key >= prm.S || key > last_key) s[nt * 4 + 2 * h + e] = -INFINITY;
               }
           }
-          float mx4[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};  // of the raw q.k
+          float mx4[4] = {gate, gate, gate, gate};  // of the raw q.k
 #pragma unroll
           for (int nt = 0; nt < BN / 8; ++nt)
 #pragma unroll
@@ -599,12 +640,12 @@ __global__ void __launch_bounds__(384, 1)
         mbar_wait(&k_full[stage], (it0 / STAGES) & 1);
         sched_wait();
         issue_fence<C>(s, o, lblk);
-        gemm_qk<C>(s, q_tile, k_tiles + stage * C::K_BYTES, cw * 64);
+        gemm_qk<C>(s, q_tile, k_tiles + stage * C::K_BYTES, cw * 64, sd);
         sched_arrive();
         commit_and_wait<C>(s, o, lblk);
         float alpha[2];
-        if (n_masked > 0) softmax(n_blocks - 1, true, alpha);
-        else softmax(n_blocks - 1, false, alpha);
+        if (n_masked > 0) softmax(n_blocks - 1, true, alpha, -INFINITY);
+        else softmax(n_blocks - 1, false, alpha, -INFINITY);
         pack_p(p);
       }
       // Block it: S_it = Q K_it^T and O += P_{it-1} V_{it-1}, then the softmax of S_it.
@@ -615,7 +656,7 @@ __global__ void __launch_bounds__(384, 1)
         mbar_wait(&v_full[prev], ((g_it - 1) / STAGES) & 1);
         sched_wait();
         issue_fence<C>(s, o, lblk);
-        gemm_qk<C>(s, q_tile, k_tiles + stage * C::K_BYTES, cw * 64);
+        gemm_qk<C>(s, q_tile, k_tiles + stage * C::K_BYTES, cw * 64, sd);
         float alpha[2];
         // S first, alone; then P.V as its own group, which runs under the softmax of S
         // (S's registers are not in P.V's group, so ptxas need not wait for P.V before the
@@ -623,10 +664,17 @@ __global__ void __launch_bounds__(384, 1)
         // registers redefined) after P.V is done.
         commit_and_wait<C>(s, o, lblk);
         issue_fence<C>(s, o, lblk);
-        gemm_pv<C>(o, lblk, p, v_tiles + prev * C::V_BYTES, ones);
+        gemm_pv<C>(o, lblk, p, v_tiles + prev * C::V_BYTES, ones, sd);
         commit_group<C>();
         sched_arrive();
-        const bool raised = softmax(n_blocks - 1 - it, mask, alpha);
+#if JATTN_SOFTMAX_GATE
+        // -inf, loaded after the hand-over: the softmax depends on it, which keeps ptxas
+        // from spreading the P.V issue (and the hand-over) into the softmax.
+        const float gate = ld_volatile_shared(&neg_inf);
+#else
+        const float gate = -INFINITY;
+#endif
+        const bool raised = softmax(n_blocks - 1 - it, mask, alpha, gate);
         wait_groups<C>(s, o, lblk);
         add_lblk();
         release(prev);
@@ -642,7 +690,7 @@ __global__ void __launch_bounds__(384, 1)
       mbar_wait(&v_full[last], (g_last / STAGES) & 1);
       sched_wait();
       issue_fence<C>(s, o, lblk);
-      gemm_pv<C>(o, lblk, p, v_tiles + last * C::V_BYTES, ones);
+      gemm_pv<C>(o, lblk, p, v_tiles + last * C::V_BYTES, ones, sd);
       sched_arrive();
       commit_and_wait<C>(s, o, lblk);
       add_lblk();
