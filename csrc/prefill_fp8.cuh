@@ -49,12 +49,6 @@
 #if JATTN_WGMMA
 #include "wgmma_fp8.cuh"
 #endif
-#ifndef JATTN_DESC_ADD
-#define JATTN_DESC_ADD 1
-#endif
-#ifndef JATTN_SOFTMAX_GATE
-#define JATTN_SOFTMAX_GATE 1
-#endif
 
 namespace jattn {
 
@@ -163,15 +157,9 @@ __device__ __forceinline__ void gemm_qk(float (&s)[C::BN / 2], const uint8_t* q_
 #pragma unroll
   for (int kk = 0; kk < C::D / 32; ++kk) {
     const int panel = kk * 32 / C::QK_PANEL, col = kk * 32 % C::QK_PANEL;
-#if JATTN_DESC_ADD
     uint64_t da = desc_at(sd.qk, sd.base, q_tile + panel * C::BM * C::QK_PANEL +
                                               wg_row0 * C::QK_PANEL + col);
     uint64_t db = desc_at(sd.qk, sd.base, k_tile + panel * C::BN * C::QK_PANEL + col);
-#else
-    uint64_t da = wgmma_desc(q_tile + panel * C::BM * C::QK_PANEL + wg_row0 * C::QK_PANEL +
-                                 col, C::QK_PANEL);
-    uint64_t db = wgmma_desc(k_tile + panel * C::BN * C::QK_PANEL + col, C::QK_PANEL);
-#endif
     Wgmma<C::BN>::ss(s, da, db, kk > 0);
   }
 #else
@@ -213,15 +201,9 @@ __device__ __forceinline__ void gemm_pv(float (&o)[C::D / 2], float (&lblk)[4],
 #if JATTN_WGMMA
 #pragma unroll
   for (int kk = 0; kk < C::BN / 32; ++kk) {
-#if JATTN_DESC_ADD
     uint64_t db = desc_at(sd.v, sd.base, v_tile + kk * 32);
     Wgmma<C::D>::rs(o, p[kk], db, 1);
     Wgmma<8>::rs(lblk, p[kk], sd.ones, kk > 0);
-#else
-    uint64_t db = wgmma_desc(v_tile + kk * 32, C::V_PANEL);
-    Wgmma<C::D>::rs(o, p[kk], db, 1);
-    Wgmma<8>::rs(lblk, p[kk], wgmma_desc(ones, 128), kk > 0);
-#endif
   }
 #else
   lblk[0] = lblk[1] = lblk[2] = lblk[3] = 0.f;
@@ -421,7 +403,6 @@ __global__ void __launch_bounds__(384, 1)
   uint64_t* v_full = k_full + STAGES;
   uint64_t* empty = v_full + STAGES;
   __shared__ int tile_slot[QS];  // tile index, -1: no more
-  __shared__ float neg_inf;       // -inf (the softmax's gate, below)
 
   const int wg = threadIdx.x / 128;
   if (threadIdx.x == 0) {
@@ -439,7 +420,6 @@ __global__ void __launch_bounds__(384, 1)
       mbar_init(&empty[s], 8);  // one arrival per consumer warp
     }
     fence_barrier_init();
-    neg_inf = -INFINITY;
   }
   if (threadIdx.x < C::ONES_BYTES / 4) {
     reinterpret_cast<uint32_t*>(ones)[threadIdx.x] = 0x38383838u;  // four e4m3 1.0
@@ -497,13 +477,9 @@ __global__ void __launch_bounds__(384, 1)
 
   // ---------------------------------------------------------------------- consumers
   setmaxnreg_inc<232>();
-#if JATTN_DESC_ADD
   // consumer index: rows [64 cw, 64 cw + 64) of each tile (through a warp reduction, so
   // that the Q descriptors derived from it stay in uniform registers)
   const int cw = __reduce_max_sync(0xffffffff, wg - 1);
-#else
-  const int cw = wg - 1;  // consumer index: rows [64 cw, 64 cw + 64) of each tile
-#endif
   SmemDescs sd{};
 #if JATTN_WGMMA
   sd = SmemDescs{smem, opaque(wgmma_desc(smem, C::QK_PANEL)),
@@ -563,7 +539,7 @@ __global__ void __launch_bounds__(384, 1)
       // runs as 4 independent chains (one serial chain of 32 dependent instructions per row
       // was exposed: one warp per scheduler is in here).
       // (Called with a constant mask: after inlining, each call site is specialized.)
-      auto softmax = [&](int j, bool mask, float (&alpha)[2], float gate) {
+      auto softmax = [&](int j, bool mask, float (&alpha)[2]) {
         const int key0 = j * BN + 2 * t;
         bool raised = false;
 #pragma unroll
@@ -578,7 +554,7 @@ __global__ void __launch_bounds__(384, 1)
                 if (key >= prm.S || key > last_key) s[nt * 4 + 2 * h + e] = -INFINITY;
               }
           }
-          float mx4[4] = {gate, gate, gate, gate};  // of the raw q.k
+          float mx4[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};  // of the raw q.k
 #pragma unroll
           for (int nt = 0; nt < BN / 8; ++nt)
 #pragma unroll
@@ -644,8 +620,8 @@ __global__ void __launch_bounds__(384, 1)
         sched_arrive();
         commit_and_wait<C>(s, o, lblk);
         float alpha[2];
-        if (n_masked > 0) softmax(n_blocks - 1, true, alpha, -INFINITY);
-        else softmax(n_blocks - 1, false, alpha, -INFINITY);
+        if (n_masked > 0) softmax(n_blocks - 1, true, alpha);
+        else softmax(n_blocks - 1, false, alpha);
         pack_p(p);
       }
       // Block it: S_it = Q K_it^T and O += P_{it-1} V_{it-1}, then the softmax of S_it.
@@ -667,14 +643,7 @@ __global__ void __launch_bounds__(384, 1)
         gemm_pv<C>(o, lblk, p, v_tiles + prev * C::V_BYTES, ones, sd);
         commit_group<C>();
         sched_arrive();
-#if JATTN_SOFTMAX_GATE
-        // -inf, loaded after the hand-over: the softmax depends on it, which keeps ptxas
-        // from spreading the P.V issue (and the hand-over) into the softmax.
-        const float gate = ld_volatile_shared(&neg_inf);
-#else
-        const float gate = -INFINITY;
-#endif
-        const bool raised = softmax(n_blocks - 1 - it, mask, alpha, gate);
+        const bool raised = softmax(n_blocks - 1 - it, mask, alpha);
         wait_groups<C>(s, o, lblk);
         add_lblk();
         release(prev);
