@@ -49,6 +49,9 @@
 #if JATTN_WGMMA
 #include "wgmma_fp8.cuh"
 #endif
+#ifndef JATTN_PV_SUMS
+#define JATTN_PV_SUMS 1
+#endif
 
 namespace jattn {
 
@@ -92,8 +95,15 @@ template <int D_> struct PrefillConfig {
   static constexpr int O_PANEL = 128;               // bytes: 64 bf16 columns per TMA box
   static constexpr int O_WG_BYTES = 64 * D * 2;     // one consumer's 64 rows of bf16 O
   static constexpr int THREADS = 384;
-  static constexpr int ONES_BYTES = 1024;         // e4m3 1.0: the B operand of the row sums
-  static constexpr int SMEM = Q_SLOTS * Q_BYTES + STAGES * (K_BYTES + V_BYTES) +
+  // P's row sums: in the P.V wgmma itself where its N allows D + 8 (each ring stage's V^T
+  // tile is followed by 8 rows of e4m3 ones, and O's accumulator by one n8 block), else
+  // (D256, the mma.sync path) by m64n8k32 wgmmas against a separate tile of ones.
+  static constexpr bool PV_SUMS = JATTN_WGMMA && JATTN_PV_SUMS && D + 8 <= 256;
+  static constexpr int PV_N = PV_SUMS ? D + 8 : D;
+  static constexpr int O_REGS = PV_N / 2;             // O's accumulator per thread
+  static constexpr int V_STAGE = V_BYTES + (PV_SUMS ? 1024 : 0);  // V^T tile (+ ones rows)
+  static constexpr int ONES_BYTES = PV_SUMS ? 0 : 1024;
+  static constexpr int SMEM = Q_SLOTS * Q_BYTES + STAGES * (K_BYTES + V_STAGE) +
                               2 * O_WG_BYTES + ONES_BYTES + 1024 /*align*/ + 64 * 8 /*barriers*/;
 };
 
@@ -194,7 +204,7 @@ __device__ __forceinline__ void gemm_qk(float (&s)[C::BN / 2], const uint8_t* q_
 // mantissa bits, truncating, so a sum carried across the row lost its small terms (l 7-12 %
 // low on 8192-key rows, NOTES "Session 14").
 template <class C>
-__device__ __forceinline__ void gemm_pv(float (&o)[C::D / 2], float (&lblk)[4],
+__device__ __forceinline__ void gemm_pv(float (&o)[C::O_REGS], float (&lblk)[4],
                                         const uint32_t (&p)[C::BN / 32][4],
                                         const uint8_t* v_tile, const uint8_t* ones,
                                         const SmemDescs& sd) {
@@ -202,8 +212,12 @@ __device__ __forceinline__ void gemm_pv(float (&o)[C::D / 2], float (&lblk)[4],
 #pragma unroll
   for (int kk = 0; kk < C::BN / 32; ++kk) {
     uint64_t db = desc_at(sd.v, sd.base, v_tile + kk * 32);
-    Wgmma<C::D>::rs(o, p[kk], db, 1);
-    Wgmma<8>::rs(lblk, p[kk], sd.ones, kk > 0);
+    if constexpr (C::PV_SUMS) {
+      Wgmma<C::PV_N>::rs(o, p[kk], db, 1);
+    } else {
+      Wgmma<C::D>::rs(o, p[kk], db, 1);
+      Wgmma<8>::rs(lblk, p[kk], sd.ones, kk > 0);
+    }
   }
 #else
   lblk[0] = lblk[1] = lblk[2] = lblk[3] = 0.f;
@@ -226,7 +240,7 @@ __device__ __forceinline__ void gemm_pv(float (&o)[C::D / 2], float (&lblk)[4],
 }
 
 template <class C>
-__device__ __forceinline__ void issue_fence(float (&s)[C::BN / 2], float (&o)[C::D / 2],
+__device__ __forceinline__ void issue_fence(float (&s)[C::BN / 2], float (&o)[C::O_REGS],
                                             float (&lblk)[4]) {
 #if JATTN_WGMMA
   fence_regs(s);
@@ -245,7 +259,7 @@ template <class C> __device__ __forceinline__ void commit_group() {
 }
 
 template <class C>
-__device__ __forceinline__ void wait_groups(float (&s)[C::BN / 2], float (&o)[C::D / 2],
+__device__ __forceinline__ void wait_groups(float (&s)[C::BN / 2], float (&o)[C::O_REGS],
                                             float (&lblk)[4]) {
 #if JATTN_WGMMA
   wgmma_wait<0>();
@@ -256,7 +270,7 @@ __device__ __forceinline__ void wait_groups(float (&s)[C::BN / 2], float (&o)[C:
 }
 
 template <class C>
-__device__ __forceinline__ void commit_and_wait(float (&s)[C::BN / 2], float (&o)[C::D / 2],
+__device__ __forceinline__ void commit_and_wait(float (&s)[C::BN / 2], float (&o)[C::O_REGS],
                                                 float (&lblk)[4]) {
   commit_group<C>();
   wait_groups<C>(s, o, lblk);
@@ -273,6 +287,10 @@ __device__ __forceinline__ void commit_and_wait(float (&s)[C::BN / 2], float (&o
 // chunks: no bank conflicts); the group then writes the tile out in whole rows.
 constexpr int kVtKeys = 128;
 constexpr int kVtStages = 2;
+#ifndef JATTN_VT_BATCH
+#define JATTN_VT_BATCH 2
+#endif
+constexpr int kVtBatch = JATTN_VT_BATCH;  // units whose counts one release raises
 #ifndef JATTN_VT_CTAS
 #define JATTN_VT_CTAS 16  // transpose CTAs; the attention kernel takes the other SMs meanwhile
 #endif
@@ -281,11 +299,11 @@ template <int D> constexpr int VtGroups = D <= 128 ? 4 : 2;    // groups (units 
 template <int D> constexpr int VtGroupBytes = (kVtStages + 1) * D * kVtKeys;  // ring + out tile
 template <int D> constexpr int VtSmem = VtGroups<D> * VtGroupBytes<D> + 1024 + 64;
 
-template <int D>
+template <int D, class Release>
 __device__ __forceinline__ void transpose_unit(const uint8_t* staged, uint8_t* tile,
                                                uint8_t* __restrict__ vt, int Sp, int Nkv,
                                                int k0, int hk, int b, int tid, int bar,
-                                               int* done) {
+                                               Release release) {
   constexpr int WPR = D / 4;            // 32-bit words per key row
   constexpr int LW = WPR < 32 ? WPR : 32;  // lanes per group of 16 keys
   constexpr int KGW = 32 / LW;          // key groups per warp unit
@@ -315,9 +333,7 @@ __device__ __forceinline__ void transpose_unit(const uint8_t* staged, uint8_t* t
     }
   }
   named_sync(bar, 256);  // the staged rows are read: the ring slot may be refilled
-  // The previous unit's stores left a unit ago (barrier since): raise its count now, when
-  // the release need not wait for stores in flight (it waited ~1 us right after them).
-  if (tid == 0 && done) red_release_add(done, 1);
+  if (tid == 0) release();  // earlier units' counts (their stores left a unit ago or more)
   uint8_t* out = vt + (size_t(b) * Nkv + hk) * D * size_t(Sp) + k0;
   for (int i = tid; i < D * kVtKeys / 16; i += 256) {
     const int d = i / 8, c = i % 8;
@@ -329,9 +345,10 @@ __device__ __forceinline__ void transpose_unit(const uint8_t* staged, uint8_t* t
 
 // A few persistent CTAs (JATTN_VT_CTAS) walk the units in the attention kernel's order
 // ((batch, kv head) major), VtGroups<D> at a time, and count each (batch, kv head)'s
-// finished units in ready[b * Nkv + hk] (release, one unit late): the attention kernel,
-// launched as this kernel's programmatic dependent on the remaining SMs, waits for a
-// pair's count to reach Sp / kVtKeys (acquire) before its first V^T load of that pair.
+// finished units in ready[b * Nkv + hk] (release; kVtBatch units at a time, one unit
+// late): the attention kernel, launched as this kernel's programmatic dependent on the
+// remaining SMs, waits for a pair's count to reach Sp / kVtKeys (acquire) before its
+// first V^T load of that pair.
 // No deadlock: every transpose CTA is resident (it triggers the dependent launch first
 // thing) and waits on nothing. v_map: V as bytes
 // [B][S][Nkv][D], box (VtPanel, 1, kVtKeys, 1) with the VtPanel swizzle.
@@ -364,20 +381,29 @@ __global__ void __launch_bounds__(256 * VtGroups<D>)
     for (int i = 0; i < kVtStages && first + i * step < units; ++i) issue(first + i * step, i);
   }
   named_sync(1 + group, 256);  // the barriers are initialized
+  // Counts are raised for kVtBatch units at a time, one unit late: a gpu-scope release
+  // waits for the SM's stores in flight (~1 us), and its thread holds up the group's next
+  // barrier, so it is paid once per kVtBatch units. Units [flushed, n) are not yet counted.
+  int flushed = 0;
+  auto raise = [&](int n) {
+    fence_acq_rel_gpu();
+    for (int i = flushed; i < n; ++i) red_relaxed_add(ready + (first + i * step) / nkb, 1);
+    flushed = n;
+  };
   int n = 0;
-  int* done = nullptr;  // the count of the group's previous unit, raised during this one
   for (int u = first; u < units; u += step, ++n) {
     const int slot = n % kVtStages, bh = u / nkb;
     mbar_wait(&full[slot], (n / kVtStages) & 1);
     transpose_unit<D>(ring + slot * D * kVtKeys, tile, vt, Sp, Nkv, (u % nkb) * kVtKeys,
-                      bh % Nkv, bh / Nkv, tid, 1 + group, done);
+                      bh % Nkv, bh / Nkv, tid, 1 + group, [&] {
+                        if (n - flushed >= kVtBatch) raise(n);
+                      });
     if (tid == 0) {
       const int next = u + kVtStages * step;
       if (next < units) issue(next, slot);  // the slot was read before the first barrier
     }
-    done = ready + bh;
   }
-  if (tid == 0 && done) red_release_add(done, 1);
+  if (tid == 0 && n > flushed) raise(n);
 }
 
 template <int D, bool CAUSAL>
@@ -394,7 +420,7 @@ __global__ void __launch_bounds__(384, 1)
   uint8_t* q_tiles = smem;  // Q buffers: the n-th tile of this CTA uses slot n % QS
   uint8_t* k_tiles = q_tiles + QS * C::Q_BYTES;
   uint8_t* v_tiles = k_tiles + STAGES * C::K_BYTES;
-  uint8_t* o_tiles = v_tiles + STAGES * C::V_BYTES;  // [2 consumers][D / 64 panels][64][128 B]
+  uint8_t* o_tiles = v_tiles + STAGES * C::V_STAGE;  // [2 consumers][D / 64 panels][64][128 B]
   uint8_t* ones = o_tiles + 2 * C::O_WG_BYTES;  // [ONES_BYTES] e4m3 1.0
   uint64_t* bars = reinterpret_cast<uint64_t*>(ones + C::ONES_BYTES);
   uint64_t* q_full = bars;        // [QS] the slot's tile index (and its Q) are there
@@ -421,10 +447,14 @@ __global__ void __launch_bounds__(384, 1)
     }
     fence_barrier_init();
   }
-  if (threadIdx.x < C::ONES_BYTES / 4) {
-    reinterpret_cast<uint32_t*>(ones)[threadIdx.x] = 0x38383838u;  // four e4m3 1.0
-    fence_proxy_async_smem();  // read by wgmma (the async proxy)
+  if constexpr (C::PV_SUMS) {  // the ones rows after each stage's V^T tile
+    for (int i = threadIdx.x; i < STAGES * 256; i += C::THREADS)
+      reinterpret_cast<uint32_t*>(v_tiles + (i / 256) * C::V_STAGE + C::V_BYTES)[i % 256] =
+          0x38383838u;  // four e4m3 1.0
+  } else if (threadIdx.x < C::ONES_BYTES / 4) {
+    reinterpret_cast<uint32_t*>(ones)[threadIdx.x] = 0x38383838u;
   }
+  fence_proxy_async_smem();  // read by wgmma (the async proxy)
   __syncthreads();
 
   if (wg == 0) {  // ------------------------------------------------------- producer
@@ -467,7 +497,7 @@ __global__ void __launch_bounds__(384, 1)
             fence_proxy_async_global();  // order the TMA (async proxy) reads after it
           }
           mbar_expect_tx(&v_full[stage], C::V_BYTES);
-          tma_load_4d(v_tiles + stage * C::V_BYTES, &v_map, &v_full[stage], j * BN, 0, x.hk,
+          tma_load_4d(v_tiles + stage * C::V_STAGE, &v_map, &v_full[stage], j * BN, 0, x.hk,
                       x.b);
         }
       }
@@ -510,9 +540,9 @@ __global__ void __launch_bounds__(384, 1)
     const uint8_t* q_tile = q_tiles + qs * C::Q_BYTES;
     const float scale_log2 = prm.sm_scale * prm.q_scale[x.hq] * prm.k_scale[x.hk] * kLog2e;
 
-    float o[D / 2];
+    float o[C::O_REGS];
 #pragma unroll
-    for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+    for (int i = 0; i < C::O_REGS; ++i) o[i] = 0.f;
     float m[2] = {-INFINITY, -INFINITY};
     float lsum[2] = {0.f, 0.f};  // row sums of P (float32): rows g and g + 8
     float lblk[4] = {0.f, 0.f, 0.f, 0.f};  // one block's, from the tensor cores (gemm_pv)
@@ -602,8 +632,14 @@ __global__ void __launch_bounds__(384, 1)
         lsum[1] *= alpha[1];
       };
       auto add_lblk = [&] {  // after the P.V group has completed
-        lsum[0] += lblk[0];
-        lsum[1] += lblk[2];
+        if constexpr (C::PV_SUMS) {  // O's last n8 block: take this block's sums, restart
+          lsum[0] += o[D / 2];
+          lsum[1] += o[D / 2 + 2];
+          o[D / 2] = o[D / 2 + 1] = o[D / 2 + 2] = o[D / 2 + 3] = 0.f;
+        } else {
+          lsum[0] += lblk[0];
+          lsum[1] += lblk[2];
+        }
       };
       auto release = [&](int stage) {
         __syncwarp();
@@ -640,7 +676,7 @@ __global__ void __launch_bounds__(384, 1)
         // registers redefined) after P.V is done.
         commit_and_wait<C>(s, o, lblk);
         issue_fence<C>(s, o, lblk);
-        gemm_pv<C>(o, lblk, p, v_tiles + prev * C::V_BYTES, ones, sd);
+        gemm_pv<C>(o, lblk, p, v_tiles + prev * C::V_STAGE, ones, sd);
         commit_group<C>();
         sched_arrive();
         const bool raised = softmax(n_blocks - 1 - it, mask, alpha);
@@ -659,7 +695,7 @@ __global__ void __launch_bounds__(384, 1)
       mbar_wait(&v_full[last], (g_last / STAGES) & 1);
       sched_wait();
       issue_fence<C>(s, o, lblk);
-      gemm_pv<C>(o, lblk, p, v_tiles + last * C::V_BYTES, ones, sd);
+      gemm_pv<C>(o, lblk, p, v_tiles + last * C::V_STAGE, ones, sd);
       sched_arrive();
       commit_and_wait<C>(s, o, lblk);
       add_lblk();
