@@ -5,7 +5,7 @@ so the wrappers are generated rather than written by hand:
     python csrc/gen_wgmma.py > csrc/wgmma_fp8.cuh
 """
 
-NS = (8, 64, 72, 128, 136, 256)  # 72, 136: P.V with the row sums (D + 8)
+NS = (8, 64, 128, 256)
 
 
 def regs(n, start=0):

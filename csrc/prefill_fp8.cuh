@@ -49,9 +49,6 @@
 #if JATTN_WGMMA
 #include "wgmma_fp8.cuh"
 #endif
-#ifndef JATTN_PV_SUMS
-#define JATTN_PV_SUMS 1
-#endif
 
 namespace jattn {
 
@@ -95,15 +92,8 @@ template <int D_> struct PrefillConfig {
   static constexpr int O_PANEL = 128;               // bytes: 64 bf16 columns per TMA box
   static constexpr int O_WG_BYTES = 64 * D * 2;     // one consumer's 64 rows of bf16 O
   static constexpr int THREADS = 384;
-  // P's row sums: in the P.V wgmma itself where its N allows D + 8 (each ring stage's V^T
-  // tile is followed by 8 rows of e4m3 ones, and O's accumulator by one n8 block), else
-  // (D256, the mma.sync path) by m64n8k32 wgmmas against a separate tile of ones.
-  static constexpr bool PV_SUMS = JATTN_WGMMA && JATTN_PV_SUMS && D + 8 <= 256;
-  static constexpr int PV_N = PV_SUMS ? D + 8 : D;
-  static constexpr int O_REGS = PV_N / 2;             // O's accumulator per thread
-  static constexpr int V_STAGE = V_BYTES + (PV_SUMS ? 1024 : 0);  // V^T tile (+ ones rows)
-  static constexpr int ONES_BYTES = PV_SUMS ? 0 : 1024;
-  static constexpr int SMEM = Q_SLOTS * Q_BYTES + STAGES * (K_BYTES + V_STAGE) +
+  static constexpr int ONES_BYTES = 1024;         // e4m3 1.0: the B operand of the row sums
+  static constexpr int SMEM = Q_SLOTS * Q_BYTES + STAGES * (K_BYTES + V_BYTES) +
                               2 * O_WG_BYTES + ONES_BYTES + 1024 /*align*/ + 64 * 8 /*barriers*/;
 };
 
@@ -204,7 +194,7 @@ __device__ __forceinline__ void gemm_qk(float (&s)[C::BN / 2], const uint8_t* q_
 // mantissa bits, truncating, so a sum carried across the row lost its small terms (l 7-12 %
 // low on 8192-key rows, NOTES "Session 14").
 template <class C>
-__device__ __forceinline__ void gemm_pv(float (&o)[C::O_REGS], float (&lblk)[4],
+__device__ __forceinline__ void gemm_pv(float (&o)[C::D / 2], float (&lblk)[4],
                                         const uint32_t (&p)[C::BN / 32][4],
                                         const uint8_t* v_tile, const uint8_t* ones,
                                         const SmemDescs& sd) {
@@ -212,12 +202,8 @@ __device__ __forceinline__ void gemm_pv(float (&o)[C::O_REGS], float (&lblk)[4],
 #pragma unroll
   for (int kk = 0; kk < C::BN / 32; ++kk) {
     uint64_t db = desc_at(sd.v, sd.base, v_tile + kk * 32);
-    if constexpr (C::PV_SUMS) {
-      Wgmma<C::PV_N>::rs(o, p[kk], db, 1);
-    } else {
-      Wgmma<C::D>::rs(o, p[kk], db, 1);
-      Wgmma<8>::rs(lblk, p[kk], sd.ones, kk > 0);
-    }
+    Wgmma<C::D>::rs(o, p[kk], db, 1);
+    Wgmma<8>::rs(lblk, p[kk], sd.ones, kk > 0);
   }
 #else
   lblk[0] = lblk[1] = lblk[2] = lblk[3] = 0.f;
@@ -240,7 +226,7 @@ __device__ __forceinline__ void gemm_pv(float (&o)[C::O_REGS], float (&lblk)[4],
 }
 
 template <class C>
-__device__ __forceinline__ void issue_fence(float (&s)[C::BN / 2], float (&o)[C::O_REGS],
+__device__ __forceinline__ void issue_fence(float (&s)[C::BN / 2], float (&o)[C::D / 2],
                                             float (&lblk)[4]) {
 #if JATTN_WGMMA
   fence_regs(s);
@@ -259,7 +245,7 @@ template <class C> __device__ __forceinline__ void commit_group() {
 }
 
 template <class C>
-__device__ __forceinline__ void wait_groups(float (&s)[C::BN / 2], float (&o)[C::O_REGS],
+__device__ __forceinline__ void wait_groups(float (&s)[C::BN / 2], float (&o)[C::D / 2],
                                             float (&lblk)[4]) {
 #if JATTN_WGMMA
   wgmma_wait<0>();
@@ -270,7 +256,7 @@ __device__ __forceinline__ void wait_groups(float (&s)[C::BN / 2], float (&o)[C:
 }
 
 template <class C>
-__device__ __forceinline__ void commit_and_wait(float (&s)[C::BN / 2], float (&o)[C::O_REGS],
+__device__ __forceinline__ void commit_and_wait(float (&s)[C::BN / 2], float (&o)[C::D / 2],
                                                 float (&lblk)[4]) {
   commit_group<C>();
   wait_groups<C>(s, o, lblk);
@@ -420,7 +406,7 @@ __global__ void __launch_bounds__(384, 1)
   uint8_t* q_tiles = smem;  // Q buffers: the n-th tile of this CTA uses slot n % QS
   uint8_t* k_tiles = q_tiles + QS * C::Q_BYTES;
   uint8_t* v_tiles = k_tiles + STAGES * C::K_BYTES;
-  uint8_t* o_tiles = v_tiles + STAGES * C::V_STAGE;  // [2 consumers][D / 64 panels][64][128 B]
+  uint8_t* o_tiles = v_tiles + STAGES * C::V_BYTES;  // [2 consumers][D / 64 panels][64][128 B]
   uint8_t* ones = o_tiles + 2 * C::O_WG_BYTES;  // [ONES_BYTES] e4m3 1.0
   uint64_t* bars = reinterpret_cast<uint64_t*>(ones + C::ONES_BYTES);
   uint64_t* q_full = bars;        // [QS] the slot's tile index (and its Q) are there
@@ -447,14 +433,10 @@ __global__ void __launch_bounds__(384, 1)
     }
     fence_barrier_init();
   }
-  if constexpr (C::PV_SUMS) {  // the ones rows after each stage's V^T tile
-    for (int i = threadIdx.x; i < STAGES * 256; i += C::THREADS)
-      reinterpret_cast<uint32_t*>(v_tiles + (i / 256) * C::V_STAGE + C::V_BYTES)[i % 256] =
-          0x38383838u;  // four e4m3 1.0
-  } else if (threadIdx.x < C::ONES_BYTES / 4) {
-    reinterpret_cast<uint32_t*>(ones)[threadIdx.x] = 0x38383838u;
+  if (threadIdx.x < C::ONES_BYTES / 4) {
+    reinterpret_cast<uint32_t*>(ones)[threadIdx.x] = 0x38383838u;  // four e4m3 1.0
+    fence_proxy_async_smem();  // read by wgmma (the async proxy)
   }
-  fence_proxy_async_smem();  // read by wgmma (the async proxy)
   __syncthreads();
 
   if (wg == 0) {  // ------------------------------------------------------- producer
@@ -497,7 +479,7 @@ __global__ void __launch_bounds__(384, 1)
             fence_proxy_async_global();  // order the TMA (async proxy) reads after it
           }
           mbar_expect_tx(&v_full[stage], C::V_BYTES);
-          tma_load_4d(v_tiles + stage * C::V_STAGE, &v_map, &v_full[stage], j * BN, 0, x.hk,
+          tma_load_4d(v_tiles + stage * C::V_BYTES, &v_map, &v_full[stage], j * BN, 0, x.hk,
                       x.b);
         }
       }
@@ -540,9 +522,9 @@ __global__ void __launch_bounds__(384, 1)
     const uint8_t* q_tile = q_tiles + qs * C::Q_BYTES;
     const float scale_log2 = prm.sm_scale * prm.q_scale[x.hq] * prm.k_scale[x.hk] * kLog2e;
 
-    float o[C::O_REGS];
+    float o[D / 2];
 #pragma unroll
-    for (int i = 0; i < C::O_REGS; ++i) o[i] = 0.f;
+    for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
     float m[2] = {-INFINITY, -INFINITY};
     float lsum[2] = {0.f, 0.f};  // row sums of P (float32): rows g and g + 8
     float lblk[4] = {0.f, 0.f, 0.f, 0.f};  // one block's, from the tensor cores (gemm_pv)
@@ -632,14 +614,8 @@ __global__ void __launch_bounds__(384, 1)
         lsum[1] *= alpha[1];
       };
       auto add_lblk = [&] {  // after the P.V group has completed
-        if constexpr (C::PV_SUMS) {  // O's last n8 block: take this block's sums, restart
-          lsum[0] += o[D / 2];
-          lsum[1] += o[D / 2 + 2];
-          o[D / 2] = o[D / 2 + 1] = o[D / 2 + 2] = o[D / 2 + 3] = 0.f;
-        } else {
-          lsum[0] += lblk[0];
-          lsum[1] += lblk[2];
-        }
+        lsum[0] += lblk[0];
+        lsum[1] += lblk[2];
       };
       auto release = [&](int stage) {
         __syncwarp();
@@ -676,7 +652,7 @@ __global__ void __launch_bounds__(384, 1)
         // registers redefined) after P.V is done.
         commit_and_wait<C>(s, o, lblk);
         issue_fence<C>(s, o, lblk);
-        gemm_pv<C>(o, lblk, p, v_tiles + prev * C::V_STAGE, ones, sd);
+        gemm_pv<C>(o, lblk, p, v_tiles + prev * C::V_BYTES, ones, sd);
         commit_group<C>();
         sched_arrive();
         const bool raised = softmax(n_blocks - 1 - it, mask, alpha);
@@ -695,7 +671,7 @@ __global__ void __launch_bounds__(384, 1)
       mbar_wait(&v_full[last], (g_last / STAGES) & 1);
       sched_wait();
       issue_fence<C>(s, o, lblk);
-      gemm_pv<C>(o, lblk, p, v_tiles + last * C::V_STAGE, ones, sd);
+      gemm_pv<C>(o, lblk, p, v_tiles + last * C::V_BYTES, ones, sd);
       sched_arrive();
       commit_and_wait<C>(s, o, lblk);
       add_lblk();
