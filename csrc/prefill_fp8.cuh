@@ -448,18 +448,15 @@ __global__ void __launch_bounds__(384, 1)
         const int qs = n % QS;
         if (n >= QS) mbar_wait(&q_empty[qs], ((n / QS) - 1) & 1);
         const int t = n == 0 ? int(blockIdx.x) : int(gridDim.x) + atomicAdd(prm.tile_counter, 1);
-        tile_slot[qs] = t < prm.num_tiles ? t : -1;
-        if (t >= prm.num_tiles) {
-          mbar_arrive(&q_full[qs]);
-          break;
-        }
+        // The tile index reaches the slot through the async proxy, as part of q_full's
+        // transaction (with the Q tile's bytes when there is one), like the TMA loads.
         const Tile x = tile_of<C, CAUSAL>(t, prm);
-        if (x.n_blocks == 0) {  // no keys: the consumers only write the empty rows
-          mbar_arrive(&q_full[qs]);
-          continue;
-        }
+        const bool load_q = t < prm.num_tiles && x.n_blocks > 0;  // else: -1 (no more), or
+        mbar_expect_tx(&q_full[qs], 4 + (load_q ? C::Q_BYTES : 0));  // no keys (empty rows)
+        st_async_complete_tx(&tile_slot[qs], t < prm.num_tiles ? t : -1, &q_full[qs]);
+        if (t >= prm.num_tiles) break;
+        if (!load_q) continue;
         uint8_t* qt = q_tiles + qs * C::Q_BYTES;
-        mbar_expect_tx(&q_full[qs], C::Q_BYTES);
 #pragma unroll
         for (int p = 0; p < D / C::QK_PANEL; ++p)
           tma_load_4d(qt + p * BM * C::QK_PANEL, &q_map, &q_full[qs], p * C::QK_PANEL, x.hq,
