@@ -108,16 +108,6 @@ __device__ __forceinline__ void mbar_expect_tx(uint64_t* bar, uint32_t bytes) {
                : "memory");
 }
 
-// A 4-byte store into this CTA's shared memory through the async proxy, completing 4
-// bytes of `bar`'s transaction count (the consumer reads it after waiting on `bar`).
-__device__ __forceinline__ void st_async_complete_tx(int* dst, int value, uint64_t* bar) {
-  asm volatile(
-      "st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];" ::"r"(
-          smem_u32(dst)),
-      "r"(value), "r"(smem_u32(bar))
-      : "memory");
-}
-
 __device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_u32(bar)) : "memory");
 }

@@ -424,7 +424,7 @@ __global__ void __launch_bounds__(384, 1)
     prefetch_tensormap(&o_map);
     for (int i = 0; i < QS; ++i) {
       mbar_init(&q_full[i], 1);
-      mbar_init(&q_empty[i], 2);  // one arrival per consumer warpgroup
+      mbar_init(&q_empty[i], 256);  // one arrival per consumer thread
     }
     for (int s = 0; s < STAGES; ++s) {
       mbar_init(&k_full[s], 1);
@@ -448,15 +448,18 @@ __global__ void __launch_bounds__(384, 1)
         const int qs = n % QS;
         if (n >= QS) mbar_wait(&q_empty[qs], ((n / QS) - 1) & 1);
         const int t = n == 0 ? int(blockIdx.x) : int(gridDim.x) + atomicAdd(prm.tile_counter, 1);
-        // The tile index reaches the slot through the async proxy, as part of q_full's
-        // transaction (with the Q tile's bytes when there is one), like the TMA loads.
+        tile_slot[qs] = t < prm.num_tiles ? t : -1;
+        if (t >= prm.num_tiles) {
+          mbar_arrive(&q_full[qs]);
+          break;
+        }
         const Tile x = tile_of<C, CAUSAL>(t, prm);
-        const bool load_q = t < prm.num_tiles && x.n_blocks > 0;  // else: -1 (no more), or
-        mbar_expect_tx(&q_full[qs], 4 + (load_q ? C::Q_BYTES : 0));  // no keys (empty rows)
-        st_async_complete_tx(&tile_slot[qs], t < prm.num_tiles ? t : -1, &q_full[qs]);
-        if (t >= prm.num_tiles) break;
-        if (!load_q) continue;
+        if (x.n_blocks == 0) {  // no keys: the consumers only write the empty rows
+          mbar_arrive(&q_full[qs]);
+          continue;
+        }
         uint8_t* qt = q_tiles + qs * C::Q_BYTES;
+        mbar_expect_tx(&q_full[qs], C::Q_BYTES);
 #pragma unroll
         for (int p = 0; p < D / C::QK_PANEL; ++p)
           tma_load_4d(qt + p * BM * C::QK_PANEL, &q_map, &q_full[qs], p * C::QK_PANEL, x.hq,
@@ -500,10 +503,11 @@ __global__ void __launch_bounds__(384, 1)
   const int offset = prm.S - prm.T;  // bottom-right alignment
   auto sched_wait = [&] { named_sync(1 + cw, 256); };
   auto sched_arrive = [&] { named_arrive(2 - cw, 256); };
-  auto release_q = [&](int qs) {  // (all 128 threads: their reads of tile_slot come first)
-    named_sync(3 + cw, 128);
-    if (threadIdx.x % 128 == 0) mbar_arrive(&q_empty[qs]);
-  };
+  // Every consumer thread arrives itself, after its own read of tile_slot and its own wait
+  // for the slot's last S: each read is then ordered before the producer's rewrite by
+  // that thread's release (one arrival per warpgroup after a named barrier orders them
+  // too, but compute-sanitizer's racecheck flagged that chain wherever a slot is reused).
+  auto release_q = [&](int qs) { mbar_arrive(&q_empty[qs]); };
   if (cw == 1) named_arrive(1, 256);  // consumer 0 issues first
 
   int it0 = 0;  // K/V blocks consumed before this tile: ring position across tiles

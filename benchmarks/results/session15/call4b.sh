@@ -1,7 +1,7 @@
-# Session 15, device call 4 (an H100): the tile index written by st.async into q_full's
-# transaction: the float8 GPU suite, compute-sanitizer racecheck and memcheck on every
-# small case (3 prefill, 2 decode) and racecheck on a D128 call that reuses Q slots, and
-# the JIT build check (first build < 60 s, 0 compiles in a second process).
+# Session 15, device call 4b (an H100): every consumer thread arrives on q_empty itself
+# (st.async reverted): the float8 GPU suite, compute-sanitizer racecheck and memcheck on
+# every small case (3 prefill, 2 decode) and racecheck on a D128 call that reuses Q slots,
+# and the JIT build check (first build < 60 s, 0 compiles in a second process).
 set -u
 export PYTHONPATH=. PYTHONUNBUFFERED=1 JATTN_CACHE_DIR=$PWD/.jattn-cache XLA_PYTHON_CLIENT_PREALLOCATE=false
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader); echo "$GPU"
