@@ -49,9 +49,6 @@
 #if JATTN_WGMMA
 #include "wgmma_fp8.cuh"
 #endif
-#ifndef JATTN_SOFTMAX_TRIM
-#define JATTN_SOFTMAX_TRIM 1
-#endif
 
 namespace jattn {
 
@@ -570,16 +567,10 @@ __global__ void __launch_bounds__(384, 1)
                 if (key >= prm.S || key > last_key) s[nt * 4 + 2 * h + e] = -INFINITY;
               }
           }
-#if JATTN_SOFTMAX_TRIM
           // of the raw q.k; the chains start from the first two n8 blocks' values
           float mx4[4] = {s[2 * h], s[2 * h + 1], s[4 + 2 * h], s[4 + 2 * h + 1]};
 #pragma unroll
           for (int nt = 2; nt < BN / 8; ++nt)
-#else
-          float mx4[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};  // of the raw q.k
-#pragma unroll
-          for (int nt = 0; nt < BN / 8; ++nt)
-#endif
 #pragma unroll
             for (int e = 0; e < 2; ++e)
               mx4[2 * (nt % 2) + e] = fmaxf(mx4[2 * (nt % 2) + e], s[nt * 4 + 2 * h + e]);
@@ -588,13 +579,9 @@ __global__ void __launch_bounds__(384, 1)
           mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
           const float m_blk = mx * scale_log2;  // m is kept in log2 units
           const float m_new = m_blk > m[h] + kRescaleTau ? m_blk : m[h];
-#if JATTN_SOFTMAX_TRIM
           // -inf only where every key so far is masked: in a block without a mask m_blk is
           // finite, so m_new is too.
           const float m_use = mask && m_new == -INFINITY ? 0.f : m_new;
-#else
-          const float m_use = m_new == -INFINITY ? 0.f : m_new;
-#endif
           alpha[h] = exp2_approx(m[h] - m_use);
           raised |= m_new != m[h];
           m[h] = m_new;

@@ -208,10 +208,7 @@ def _fp8_scales(op, q, k, v, q_scale, k_scale, v_scale) -> dict:
   out = {}
   for name, s, n in (("q_scale", q_scale, q.shape[2]), ("k_scale", k_scale, k.shape[2]),
                      ("v_scale", v_scale, v.shape[2])):
-    if s is None or isinstance(s, numbers.Real):  # a constant of the program: no kernel
-      out[name] = np.full((n,), 1.0 if s is None else s, np.float32)
-      continue
-    s = jnp.asarray(s, jnp.float32)
+    s = jnp.asarray(1.0 if s is None else s, jnp.float32)
     if s.size == 1:
       s = jnp.broadcast_to(s.reshape(()), (n,))
     if s.shape != (n,):
