@@ -1,7 +1,7 @@
-# Session 15, device call 8 (an H200): the session's final float8 prefill (descriptors by
-# one add, transpose counts two units per fence, per-thread q_empty arrivals, trimmed
-# softmax): two harness runs of the float8 prefill twin with its bf16 twin (device
-# clock too), merged into today's H200 results.
+# Session 15, device call 8 (asked for an H200; the tool gave an H100, so these are two
+# more H100 runs): the final float8 prefill, two harness runs of its twin with the bf16
+# twin (device clock too). The run wrote a fresh H100 file (no base copied for that card);
+# its rows were merged locally into today's H100 results with benchmarks.run.merge.
 set -u
 export PYTHONPATH=. PYTHONUNBUFFERED=1 JATTN_CACHE_DIR=$PWD/.jattn-cache XLA_PYTHON_CLIENT_PREALLOCATE=false
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader); echo "$GPU"
