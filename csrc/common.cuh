@@ -157,8 +157,8 @@ template <bool READ> __device__ __forceinline__ void bulk_wait_all() {
 __device__ __forceinline__ void pdl_launch_dependents() {
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 }
-// *p += v with release semantics at GPU scope.
-// A fence followed by relaxed adds is a release for each of them (one fence for several).
+// A GPU-scope fence followed by relaxed adds (*p += v) is a release for each of the adds:
+// one fence serves several counts.
 __device__ __forceinline__ void fence_acq_rel_gpu() {
   asm volatile("fence.acq_rel.gpu;" ::: "memory");
 }
