@@ -216,7 +216,7 @@ __device__ __forceinline__ uint64_t wgmma_desc(const void* p, int swizzle_bytes)
 // same swizzle: the start-address field (address / 16, 14 bits) cannot carry for shared
 // memory (< 256 KB), so one 32-bit add replaces wgmma_desc's masks and shifts.
 __device__ __forceinline__ uint64_t desc_at(uint64_t desc0, const void* base, const void* p) {
-  const uint32_t off = uint32_t(static_cast<const uint8_t*>(p) - static_cast<const uint8_t*>(base));
+  const auto off = uint32_t(static_cast<const uint8_t*>(p) - static_cast<const uint8_t*>(base));
   return (desc0 & 0xffffffff00000000ull) | uint32_t(uint32_t(desc0) + off / 16);
 }
 

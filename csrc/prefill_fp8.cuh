@@ -14,9 +14,9 @@
 // Math per row: x_j = (q.k_j) * sm_scale * q_scale * k_scale * log2(e); online softmax in
 // base 2 with an exponent offset kPBias (6), p = 2^(x - m + kPBias), which keeps small p
 // out of e4m3's subnormal range for 6 more binades when p is cast to e4m3 for the P.V
-// product. m is a running max
-// raised lazily: only when a block's max exceeds it by more than kRescaleTau (2.75), so
-// most blocks skip O's rescale and p stays <= 2^8.75 < 448 (below). l sums the same e4m3 p
+// product. m is a running max raised lazily: only when a block's max exceeds it by more
+// than kRescaleTau (2.75), so most blocks skip O's rescale and p stays <= 2^8.75 < 448
+// (below). l sums the same e4m3 p
 // that P.V multiplies (the tensor cores sum each block: P times a tile of ones beside each
 // P.V step; the blocks' sums add up in float32), so o's weights sum to one and (o, lse)
 // describe the same p;
@@ -196,8 +196,7 @@ __device__ __forceinline__ void gemm_qk(float (&s)[C::BN / 2], const uint8_t* q_
 template <class C>
 __device__ __forceinline__ void gemm_pv(float (&o)[C::D / 2], float (&lblk)[4],
                                         const uint32_t (&p)[C::BN / 32][4],
-                                        const uint8_t* v_tile, const uint8_t* ones,
-                                        const SmemDescs& sd) {
+                                        const uint8_t* v_tile, const SmemDescs& sd) {
 #if JATTN_WGMMA
 #pragma unroll
   for (int kk = 0; kk < C::BN / 32; ++kk) {
@@ -656,7 +655,7 @@ __global__ void __launch_bounds__(384, 1)
         // registers redefined) after P.V is done.
         commit_and_wait<C>(s, o, lblk);
         issue_fence<C>(s, o, lblk);
-        gemm_pv<C>(o, lblk, p, v_tiles + prev * C::V_BYTES, ones, sd);
+        gemm_pv<C>(o, lblk, p, v_tiles + prev * C::V_BYTES, sd);
         commit_group<C>();
         sched_arrive();
         const bool raised = softmax(n_blocks - 1 - it, mask, alpha);
@@ -675,7 +674,7 @@ __global__ void __launch_bounds__(384, 1)
       mbar_wait(&v_full[last], (g_last / STAGES) & 1);
       sched_wait();
       issue_fence<C>(s, o, lblk);
-      gemm_pv<C>(o, lblk, p, v_tiles + last * C::V_BYTES, ones, sd);
+      gemm_pv<C>(o, lblk, p, v_tiles + last * C::V_BYTES, sd);
       sched_arrive();
       commit_and_wait<C>(s, o, lblk);
       add_lblk();
