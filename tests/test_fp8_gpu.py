@@ -127,10 +127,12 @@ def test_fp8_prefill_more_tiles_than_sms(rng, B, T, S, Nq, Nkv, D, causal):
 
 
 def test_fp8_prefill_portable_mma_path(rng, monkeypatch):
-  """The mma.sync path (the sm_100a build's) run on this GPU."""
+  """The mma.sync path (the sm_100a build's) run on this GPU, with one tile per CTA and
+  with several (256 tiles: the tile boundary)."""
   monkeypatch.setenv("JATTN_FP8_MMA", "sync")
   for causal in (False, True):
     _check_prefill(rng, B=1, T=190, S=260, Nq=4, Nkv=1, D=128, causal=causal)
+  _check_prefill(rng, B=2, T=1024, S=1024, Nq=16, Nkv=4, D=128, causal=True)
 
 
 @pytest.mark.parametrize("D,G,page_size,S", [(128, 4, 16, 700), (128, 16, 8, 2100),
