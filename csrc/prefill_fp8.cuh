@@ -74,8 +74,8 @@ __host__ __device__ constexpr int key_of_slot(int k) {
 #ifndef JATTN_RESCALE_TAU
 #define JATTN_RESCALE_TAU 2.75f
 #endif
-#ifndef JATTN_LAZY_ALPHA
-#define JATTN_LAZY_ALPHA 1
+#ifndef JATTN_VSCALE_EARLY
+#define JATTN_VSCALE_EARLY 1
 #endif
 constexpr float kPBias = JATTN_P_BIAS;
 constexpr float kRescaleTau = JATTN_RESCALE_TAU;
@@ -512,294 +512,215 @@ __global__ void __launch_bounds__(384, 1)
   auto release_q = [&](int qs) { mbar_arrive(&q_empty[qs]); };
   if (cw == 1) named_arrive(1, 256);  // consumer 0 issues first
 
-  // The n-th tile of this CTA, as the consumers need it. Its scales are read here, at the
-  // tile's start, so that no global load waits in the softmax or the epilogue.
-  struct Cur {
-    Tile x;
-    int qs, n_masked;
-    float scale_log2, v_scale;
-  };
-  auto fetch = [&](int n, Cur& c) {  // false: no more tiles
-    c.qs = n % QS;
-    mbar_wait(&q_full[c.qs], (n / QS) & 1);
+  int it0 = 0;  // K/V blocks consumed before this tile: ring position across tiles
+  for (int n = 0;; ++n) {
+    const int qs = n % QS;
+    mbar_wait(&q_full[qs], (n / QS) & 1);
     // Read through a warp reduction: its result is warp-uniform for the compiler, so the
     // ring positions and descriptors derived from the tile stay in uniform registers.
-    const int tile = __reduce_max_sync(0xffffffff, tile_slot[c.qs]);
-    if (tile < 0) {
-      c = Cur{};
-      return false;
-    }
-    c.x = tile_of<C, CAUSAL>(tile, prm);
-    c.scale_log2 = prm.sm_scale * prm.q_scale[c.x.hq] * prm.k_scale[c.x.hk] * kLog2e;
-    c.v_scale = prm.v_scale[c.x.hk];
-    // Blocks that need a mask (keys past S, or past the diagonal of the tile's first
-    // row) are the highest ones, i.e. the first n_masked visited; the others run the
-    // softmax without any per-key test.
-    int first_masked = prm.S / BN;
-    if (CAUSAL) first_masked = min(first_masked, max(0, c.x.m0 + offset + 1) / BN);
-    c.n_masked = c.x.n_blocks - min(first_masked, c.x.n_blocks);
-    return true;
-  };
+    const int tile = __reduce_max_sync(0xffffffff, tile_slot[qs]);
+    if (tile < 0) break;
+    const Tile x = tile_of<C, CAUSAL>(tile, prm);
+    const int m0 = x.m0, n_blocks = x.n_blocks;
+    const uint8_t* q_tile = q_tiles + qs * C::Q_BYTES;
+    const float scale_log2 = prm.sm_scale * prm.q_scale[x.hq] * prm.k_scale[x.hk] * kLog2e;
+#if JATTN_VSCALE_EARLY
+    const float v_scale = prm.v_scale[x.hk];  // read now: in the epilogue it waited there
+#endif
 
-  float o[D / 2];
-  float m[2], lsum[2];  // running max (log2 units) and float32 row sums of P: rows g, g + 8
-  float lblk[4] = {0.f, 0.f, 0.f, 0.f};  // one block's row sums, from the tensor cores
-  float s[BN / 2];
-#pragma unroll
-  for (int i = 0; i < BN / 2; ++i) s[i] = 0.f;
-  uint32_t p[BN / 32][4];
-  auto reset = [&] {  // a new tile's state
+    float o[D / 2];
 #pragma unroll
     for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
-    m[0] = m[1] = -INFINITY;
-    lsum[0] = lsum[1] = 0.f;
-  };
+    float m[2] = {-INFINITY, -INFINITY};
+    float lsum[2] = {0.f, 0.f};  // row sums of P (float32): rows g and g + 8
+    float lblk[4] = {0.f, 0.f, 0.f, 0.f};  // one block's, from the tensor cores (gemm_pv)
 
-  // Online softmax of block j of tile c held in s: masks if `mask`, raises m where the
-  // block's max passes it by more than kRescaleTau, leaves the probabilities in s (pack_p
-  // makes them e4m3; their row sums come from the P.V step) and the factors that rescale
-  // o and lsum to the new m in alpha (1 where m stayed); returns whether any row of the
-  // warp raised m (warp-uniform), i.e. whether o and lsum need rescaling. The row max runs
-  // as 4 independent chains (one serial chain of 32 dependent instructions per row was
-  // exposed: one warp per scheduler is in here).
-  // (Called with a constant mask: after inlining, each call site is specialized.)
-  auto softmax = [&](const Cur& c, int j, bool mask, float (&alpha)[2]) {
-    const int key0 = j * BN + 2 * t;
-    bool raised = false;
+    if (n_blocks == 0) release_q(qs);  // no keys: o stays zero, lse -inf
+    if (n_blocks > 0) {
+      float s[BN / 2];
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      if (mask) {
-        const int last_key = CAUSAL ? c.x.m0 + row_in_cta + 8 * h + offset : prm.S - 1;
+      for (int i = 0; i < BN / 2; ++i) s[i] = 0.f;
+      uint32_t p[BN / 32][4];
+
+      // Blocks that need a mask (keys past S, or past the diagonal of the tile's first
+      // row) are the highest ones, i.e. the first n_masked visited; the others run the
+      // softmax without any per-key test.
+      int first_masked = (prm.S / BN);
+      if (CAUSAL) first_masked = min(first_masked, max(0, m0 + offset + 1) / BN);
+      const int n_masked = n_blocks - min(first_masked, n_blocks);
+
+      // Online softmax of block j held in s: masks if `mask`, raises m where the block's
+      // max passes it by more than kRescaleTau, leaves the probabilities in s (pack_p makes
+      // them e4m3; their row sums come from the P.V step) and the factors that rescale o
+      // and lsum to the new m in alpha (1 where m stayed); returns whether any row of the
+      // warp raised m (warp-uniform), i.e. whether o and lsum need rescaling. The row max
+      // runs as 4 independent chains (one serial chain of 32 dependent instructions per row
+      // was exposed: one warp per scheduler is in here).
+      // (Called with a constant mask: after inlining, each call site is specialized.)
+      auto softmax = [&](int j, bool mask, float (&alpha)[2]) {
+        const int key0 = j * BN + 2 * t;
+        bool raised = false;
 #pragma unroll
-        for (int nt = 0; nt < BN / 8; ++nt)
+        for (int h = 0; h < 2; ++h) {
+          if (mask) {
+            const int last_key = CAUSAL ? m0 + row_in_cta + 8 * h + offset : prm.S - 1;
 #pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int key = key0 + nt * 8 + e;
-            if (key >= prm.S || key > last_key) s[nt * 4 + 2 * h + e] = -INFINITY;
+            for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+              for (int e = 0; e < 2; ++e) {
+                const int key = key0 + nt * 8 + e;
+                if (key >= prm.S || key > last_key) s[nt * 4 + 2 * h + e] = -INFINITY;
+              }
           }
-      }
-      // of the raw q.k; the chains start from the first two n8 blocks' values
-      float mx4[4] = {s[2 * h], s[2 * h + 1], s[4 + 2 * h], s[4 + 2 * h + 1]};
+          // of the raw q.k; the chains start from the first two n8 blocks' values
+          float mx4[4] = {s[2 * h], s[2 * h + 1], s[4 + 2 * h], s[4 + 2 * h + 1]};
 #pragma unroll
-      for (int nt = 2; nt < BN / 8; ++nt)
+          for (int nt = 2; nt < BN / 8; ++nt)
 #pragma unroll
-        for (int e = 0; e < 2; ++e)
-          mx4[2 * (nt % 2) + e] = fmaxf(mx4[2 * (nt % 2) + e], s[nt * 4 + 2 * h + e]);
-      float mx = fmaxf(fmaxf(mx4[0], mx4[1]), fmaxf(mx4[2], mx4[3]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
-      const float m_blk = mx * c.scale_log2;  // m is kept in log2 units
-      const float m_new = m_blk > m[h] + kRescaleTau ? m_blk : m[h];
-      // -inf only where every key so far is masked: in a block without a mask m_blk is
-      // finite, so m_new is too.
-      const float m_use = mask && m_new == -INFINITY ? 0.f : m_new;
-#if JATTN_LAZY_ALPHA
-      alpha[h] = m[h];  // the old max: rescale_o makes the factor
-#else
-      alpha[h] = exp2_approx(m[h] - m_use);
-#endif
-      raised |= m_new != m[h];
-      m[h] = m_new;
-      const float bias = kPBias - m_use;
+            for (int e = 0; e < 2; ++e)
+              mx4[2 * (nt % 2) + e] = fmaxf(mx4[2 * (nt % 2) + e], s[nt * 4 + 2 * h + e]);
+          float mx = fmaxf(fmaxf(mx4[0], mx4[1]), fmaxf(mx4[2], mx4[3]));
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
+          const float m_blk = mx * scale_log2;  // m is kept in log2 units
+          const float m_new = m_blk > m[h] + kRescaleTau ? m_blk : m[h];
+          // -inf only where every key so far is masked: in a block without a mask m_blk is
+          // finite, so m_new is too.
+          const float m_use = mask && m_new == -INFINITY ? 0.f : m_new;
+          alpha[h] = exp2_approx(m[h] - m_use);
+          raised |= m_new != m[h];
+          m[h] = m_new;
+          const float bias = kPBias - m_use;
 #pragma unroll
-      for (int nt = 0; nt < BN / 8; ++nt)
+          for (int nt = 0; nt < BN / 8; ++nt)
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int i = nt * 4 + 2 * h + e;
-          s[i] = exp2_approx(fmaf(s[i], c.scale_log2, bias));
+            for (int e = 0; e < 2; ++e) {
+              const int i = nt * 4 + 2 * h + e;
+              s[i] = exp2_approx(fmaf(s[i], scale_log2, bias));
+            }
         }
-    }
-    return __any_sync(0xffffffff, raised);  // warp-uniform: rescale o?
-  };
-  auto pack_p = [&](uint32_t (&pd)[BN / 32][4]) {
+        return __any_sync(0xffffffff, raised);  // warp-uniform: rescale o?
+      };
+      auto pack_p = [&](uint32_t (&pd)[BN / 32][4]) {
 #pragma unroll
-    for (int kk = 0; kk < BN / 32; ++kk) {
-      const float* s0 = &s[kk * 16];  // n8 blocks 4kk .. 4kk+3
-      pd[kk][0] = pack_e4m3x4(s0[0], s0[1], s0[4], s0[5]);
-      pd[kk][1] = pack_e4m3x4(s0[2], s0[3], s0[6], s0[7]);
-      pd[kk][2] = pack_e4m3x4(s0[8], s0[9], s0[12], s0[13]);
-      pd[kk][3] = pack_e4m3x4(s0[10], s0[11], s0[14], s0[15]);
-    }
-  };
-  auto rescale_o = [&](const float (&alpha_)[2]) {
-#if JATTN_LAZY_ALPHA
-    float alpha[2];
+        for (int kk = 0; kk < BN / 32; ++kk) {
+          const float* s0 = &s[kk * 16];  // n8 blocks 4kk .. 4kk+3
+          pd[kk][0] = pack_e4m3x4(s0[0], s0[1], s0[4], s0[5]);
+          pd[kk][1] = pack_e4m3x4(s0[2], s0[3], s0[6], s0[7]);
+          pd[kk][2] = pack_e4m3x4(s0[8], s0[9], s0[12], s0[13]);
+          pd[kk][3] = pack_e4m3x4(s0[10], s0[11], s0[14], s0[15]);
+        }
+      };
+      auto rescale_o = [&](const float (&alpha)[2]) {
 #pragma unroll
-    for (int h = 0; h < 2; ++h) alpha[h] = alpha_[h] == m[h] ? 1.f : exp2_approx(alpha_[h] - m[h]);
-#else
-    const float (&alpha)[2] = alpha_;
-#endif
-#pragma unroll
-    for (int i = 0; i < D / 2; i += 4) {
-      o[i] *= alpha[0];
-      o[i + 1] *= alpha[0];
-      o[i + 2] *= alpha[1];
-      o[i + 3] *= alpha[1];
-    }
-    lsum[0] *= alpha[0];
-    lsum[1] *= alpha[1];
-  };
-  auto release = [&](int stage) {
-    __syncwarp();
-    if (lane == 0) mbar_arrive(&empty[stage]);
-  };
-  // The first visited block of tile c (its softmax from a fresh state), given S in s.
-  auto first_softmax = [&](const Cur& c) {
-    float alpha[2];  // unused: o is zero
-    if (c.n_masked > 0) softmax(c, c.x.n_blocks - 1, true, alpha);
-    else softmax(c, c.x.n_blocks - 1, false, alpha);
-  };
+        for (int i = 0; i < D / 2; i += 4) {
+          o[i] *= alpha[0];
+          o[i + 1] *= alpha[0];
+          o[i + 2] *= alpha[1];
+          o[i + 3] *= alpha[1];
+        }
+        lsum[0] *= alpha[0];
+        lsum[1] *= alpha[1];
+      };
+      auto add_lblk = [&] {  // after the P.V group has completed
+        lsum[0] += lblk[0];
+        lsum[1] += lblk[2];
+      };
+      auto release = [&](int stage) {
+        __syncwarp();
+        if (lane == 0) mbar_arrive(&empty[stage]);
+      };
 
-  // O of tile c (o, with row maxima mo and sums lo) goes through this consumer's staging
-  // buffer (128-byte swizzled panels, as the TMA store reads them) and leaves by one TMA
-  // store per panel; rows past T are clipped.
-  auto epilogue = [&](const Cur& c, const float (&mo)[2], const float (&lo)[2]) {
+      // First block: S only (o is still zero: no rescale).
+      {
+        const int stage = it0 % STAGES;
+        mbar_wait(&k_full[stage], (it0 / STAGES) & 1);
+        sched_wait();
+        issue_fence<C>(s, o, lblk);
+        gemm_qk<C>(s, q_tile, k_tiles + stage * C::K_BYTES, cw * 64, sd);
+        sched_arrive();
+        commit_and_wait<C>(s, o, lblk);
+        float alpha[2];
+        if (n_masked > 0) softmax(n_blocks - 1, true, alpha);
+        else softmax(n_blocks - 1, false, alpha);
+        pack_p(p);
+      }
+      // Block it: S_it = Q K_it^T and O += P_{it-1} V_{it-1}, then the softmax of S_it.
+      auto step = [&](int it, bool mask) {
+        const int g_it = it0 + it;
+        const int stage = g_it % STAGES, prev = (g_it - 1) % STAGES;
+        mbar_wait(&k_full[stage], (g_it / STAGES) & 1);
+        mbar_wait(&v_full[prev], ((g_it - 1) / STAGES) & 1);
+        sched_wait();
+        issue_fence<C>(s, o, lblk);
+        gemm_qk<C>(s, q_tile, k_tiles + stage * C::K_BYTES, cw * 64, sd);
+        float alpha[2];
+        // S first, alone; then P.V as its own group, which runs under the softmax of S
+        // (S's registers are not in P.V's group, so ptxas need not wait for P.V before the
+        // softmax writes them; with S and P.V in one group it did); P is packed (its
+        // registers redefined) after P.V is done.
+        commit_and_wait<C>(s, o, lblk);
+        issue_fence<C>(s, o, lblk);
+        gemm_pv<C>(o, lblk, p, v_tiles + prev * C::V_BYTES, sd);
+        commit_group<C>();
+        sched_arrive();
+        const bool raised = softmax(n_blocks - 1 - it, mask, alpha);
+        wait_groups<C>(s, o, lblk);
+        add_lblk();
+        release(prev);
+        pack_p(p);
+        if (raised) rescale_o(alpha);
+      };
+      int it = 1;
+      for (; it < n_masked; ++it) step(it, true);
+      for (; it < n_blocks; ++it) step(it, false);
+      release_q(qs);  // every S of this tile has completed: the producer may refill Q
+      // Last block: P.V only.
+      const int g_last = it0 + n_blocks - 1, last = g_last % STAGES;
+      mbar_wait(&v_full[last], (g_last / STAGES) & 1);
+      sched_wait();
+      issue_fence<C>(s, o, lblk);
+      gemm_pv<C>(o, lblk, p, v_tiles + last * C::V_BYTES, sd);
+      sched_arrive();
+      commit_and_wait<C>(s, o, lblk);
+      add_lblk();
+      release(last);
+      it0 += n_blocks;
+    }
+
+    // ------------------------------------------------------------------ epilogue
+    // O goes through this consumer's staging buffer (128-byte swizzled panels, as the TMA
+    // store reads them) and leaves by one TMA store per panel; rows past T are clipped.
     uint8_t* o_stage = o_tiles + cw * C::O_WG_BYTES;
     const bool leader = threadIdx.x % 128 == 0;
     if (leader) bulk_wait_all<true>();  // the previous tile's store has read the buffer
     named_sync(3 + cw, 128);
+#if !JATTN_VSCALE_EARLY
+    const float v_scale = prm.v_scale[x.hk];
+#endif
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const float lt = lo[h];
-      const int r = warp * 16 + g + 8 * h, row = c.x.m0 + cw * 64 + r;
-      const float inv = lt > 0.f ? c.v_scale / lt : 0.f;
+      const float lt = lsum[h];
+      const int r = warp * 16 + g + 8 * h, row = m0 + cw * 64 + r;
+      const float inv = lt > 0.f ? v_scale / lt : 0.f;
 #pragma unroll
       for (int dt = 0; dt < D / 8; ++dt)
         *reinterpret_cast<uint32_t*>(o_stage +
                                      tile_offset<C::O_PANEL>(64, r, (dt * 8 + 2 * t) * 2)) =
             f32x2_to_bf16x2(o[dt * 4 + 2 * h] * inv, o[dt * 4 + 2 * h + 1] * inv);
       if (t == 0 && row < prm.T)
-        prm.lse[(size_t(c.x.b) * prm.T + row) * prm.Nq + c.x.hq] =
-            lt > 0.f ? (mo[h] + __log2f(lt) - kPBias) * kLn2 : -INFINITY;
+        prm.lse[(size_t(x.b) * prm.T + row) * prm.Nq + x.hq] =
+            lt > 0.f ? (m[h] + __log2f(lt) - kPBias) * kLn2 : -INFINITY;
     }
     fence_proxy_async_smem();
     named_sync(3 + cw, 128);
     if (leader) {
 #pragma unroll
       for (int p = 0; p < 2 * D / C::O_PANEL; ++p)
-        tma_store_4d(&o_map, o_stage + p * 64 * C::O_PANEL, p * C::O_PANEL, c.x.hq,
-                     c.x.m0 + cw * 64, c.x.b);
+        tma_store_4d(&o_map, o_stage + p * 64 * C::O_PANEL, p * C::O_PANEL, x.hq,
+                     m0 + cw * 64, x.b);
       bulk_commit();
     }
-  };
-
-#ifndef JATTN_FUSED_BOUNDARY
-#define JATTN_FUSED_BOUNDARY 1
-#endif
-  // The tiles run as one stream of KV blocks (it0: blocks consumed before tile `cur`,
-  // the ring position across tiles). Step it of a tile issues S_it = Q K_it^T and
-  // O += P_{it-1} V_{it-1} in one turn, then runs the softmax of S_it. Where a tile with
-  // keys follows one, the boundary is such a step too: S of the next tile's first block
-  // and P.V of this tile's last, then that softmax, and this tile's epilogue once its
-  // P.V is done; so neither GEMM waits alone at the boundary.
-  Cur cur;
-  bool have = fetch(0, cur);
-  bool started = false;  // cur's first S was issued (at the previous boundary)
-  int it0 = 0;
-  for (int n = 0; have; ++n) {
-    const int n_blocks = __reduce_max_sync(0xffffffff, cur.x.n_blocks);
-    if (n_blocks == 0) {  // no keys: o stays zero, lse -inf
-      release_q(cur.qs);
-      reset();
-      epilogue(cur, m, lsum);
-      have = fetch(n + 1, cur);
-      continue;
-    }
-    const uint8_t* q_tile = q_tiles + cur.qs * C::Q_BYTES;
-    if (!started) {  // first block: S only
-      reset();
-      const int stage = it0 % STAGES;
-      mbar_wait(&k_full[stage], (it0 / STAGES) & 1);
-      sched_wait();
-      issue_fence<C>(s, o, lblk);
-      gemm_qk<C>(s, q_tile, k_tiles + stage * C::K_BYTES, cw * 64, sd);
-      sched_arrive();
-      commit_and_wait<C>(s, o, lblk);
-      first_softmax(cur);
-      pack_p(p);
-    }
-    // Block it: S_it = Q K_it^T and O += P_{it-1} V_{it-1}, then the softmax of S_it.
-    auto step = [&](int it, bool mask) {
-      const int g_it = it0 + it;
-      const int stage = g_it % STAGES, prev = (g_it - 1) % STAGES;
-      mbar_wait(&k_full[stage], (g_it / STAGES) & 1);
-      mbar_wait(&v_full[prev], ((g_it - 1) / STAGES) & 1);
-      sched_wait();
-      issue_fence<C>(s, o, lblk);
-      gemm_qk<C>(s, q_tile, k_tiles + stage * C::K_BYTES, cw * 64, sd);
-      float alpha[2];
-      // S first, alone; then P.V as its own group, which runs under the softmax of S
-      // (S's registers are not in P.V's group, so ptxas need not wait for P.V before the
-      // softmax writes them; with S and P.V in one group it did); P is packed (its
-      // registers redefined) after P.V is done.
-      commit_and_wait<C>(s, o, lblk);
-      issue_fence<C>(s, o, lblk);
-      gemm_pv<C>(o, lblk, p, v_tiles + prev * C::V_BYTES, sd);
-      commit_group<C>();
-      sched_arrive();
-      const bool raised = softmax(cur, n_blocks - 1 - it, mask, alpha);
-      wait_groups<C>(s, o, lblk);
-      lsum[0] += lblk[0];
-      lsum[1] += lblk[2];
-      release(prev);
-      pack_p(p);
-      if (raised) rescale_o(alpha);
-    };
-    int it = 1;
-    const int n_masked = __reduce_max_sync(0xffffffff, cur.n_masked);
-    for (; it < n_masked; ++it) step(it, true);
-    for (; it < n_blocks; ++it) step(it, false);
-    release_q(cur.qs);  // every S of this tile has completed: the producer may refill Q
-
-    // With one Q slot the next tile's Q is loaded only now: it is waited for after this
-    // tile's epilogue, which hides the load.
-    constexpr bool fuse = JATTN_FUSED_BOUNDARY && QS > 1;
-    Cur next;
-    bool have_next = fuse && fetch(n + 1, next);
-    const int g_last = it0 + n_blocks - 1, last = g_last % STAGES;
-    it0 += n_blocks;
-    if (fuse && have_next && next.x.n_blocks > 0) {
-      // Boundary: S of next's first block and P.V of this tile's last block in one turn.
-      const int stage = it0 % STAGES;
-      mbar_wait(&k_full[stage], (it0 / STAGES) & 1);
-      mbar_wait(&v_full[last], (g_last / STAGES) & 1);
-      sched_wait();
-      issue_fence<C>(s, o, lblk);
-      gemm_qk<C>(s, q_tiles + next.qs * C::Q_BYTES, k_tiles + stage * C::K_BYTES, cw * 64, sd);
-      commit_and_wait<C>(s, o, lblk);
-      issue_fence<C>(s, o, lblk);
-      gemm_pv<C>(o, lblk, p, v_tiles + last * C::V_BYTES, sd);
-      commit_group<C>();
-      sched_arrive();
-      const float mo[2] = {m[0], m[1]};
-      m[0] = m[1] = -INFINITY;
-      first_softmax(next);
-      wait_groups<C>(s, o, lblk);
-      const float lo[2] = {lsum[0] + lblk[0], lsum[1] + lblk[2]};
-      release(last);
-      epilogue(cur, mo, lo);
-      pack_p(p);
-#pragma unroll
-      for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
-      lsum[0] = lsum[1] = 0.f;
-      started = true;
-    } else {
-      // Last block: P.V only, then the epilogue.
-      mbar_wait(&v_full[last], (g_last / STAGES) & 1);
-      sched_wait();
-      issue_fence<C>(s, o, lblk);
-      gemm_pv<C>(o, lblk, p, v_tiles + last * C::V_BYTES, sd);
-      sched_arrive();
-      commit_and_wait<C>(s, o, lblk);
-      lsum[0] += lblk[0];
-      lsum[1] += lblk[2];
-      release(last);
-      epilogue(cur, m, lsum);
-      started = false;
-      if (!fuse) have_next = fetch(n + 1, next);
-    }
-    cur = next;
-    have = have_next;
   }
   if (threadIdx.x % 128 == 0) bulk_wait_all<false>();  // before the CTA's memory goes
   // Consumer 1 hands the turn over after each of its GEMM issues, the last one included:
