@@ -74,9 +74,6 @@ __host__ __device__ constexpr int key_of_slot(int k) {
 #ifndef JATTN_RESCALE_TAU
 #define JATTN_RESCALE_TAU 2.75f
 #endif
-#ifndef JATTN_VSCALE_EARLY
-#define JATTN_VSCALE_EARLY 1
-#endif
 constexpr float kPBias = JATTN_P_BIAS;
 constexpr float kRescaleTau = JATTN_RESCALE_TAU;
 static_assert(kPBias + kRescaleTau <= 8.75f, "p must stay below e4m3's 448");
@@ -524,9 +521,8 @@ __global__ void __launch_bounds__(384, 1)
     const int m0 = x.m0, n_blocks = x.n_blocks;
     const uint8_t* q_tile = q_tiles + qs * C::Q_BYTES;
     const float scale_log2 = prm.sm_scale * prm.q_scale[x.hq] * prm.k_scale[x.hk] * kLog2e;
-#if JATTN_VSCALE_EARLY
-    const float v_scale = prm.v_scale[x.hk];  // read now: in the epilogue it waited there
-#endif
+    // read now, not in the epilogue, where its L2 latency was on the path
+    const float v_scale = prm.v_scale[x.hk];
 
     float o[D / 2];
 #pragma unroll
@@ -695,9 +691,6 @@ __global__ void __launch_bounds__(384, 1)
     const bool leader = threadIdx.x % 128 == 0;
     if (leader) bulk_wait_all<true>();  // the previous tile's store has read the buffer
     named_sync(3 + cw, 128);
-#if !JATTN_VSCALE_EARLY
-    const float v_scale = prm.v_scale[x.hk];
-#endif
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const float lt = lsum[h];
