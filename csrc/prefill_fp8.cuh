@@ -74,6 +74,9 @@ __host__ __device__ constexpr int key_of_slot(int k) {
 #ifndef JATTN_RESCALE_TAU
 #define JATTN_RESCALE_TAU 2.75f
 #endif
+#ifndef JATTN_SCALES_SMEM
+#define JATTN_SCALES_SMEM 1
+#endif
 constexpr float kPBias = JATTN_P_BIAS;
 constexpr float kRescaleTau = JATTN_RESCALE_TAU;
 static_assert(kPBias + kRescaleTau <= 8.75f, "p must stay below e4m3's 448");
@@ -414,6 +417,7 @@ __global__ void __launch_bounds__(384, 1)
   uint64_t* v_full = k_full + STAGES;
   uint64_t* empty = v_full + STAGES;
   __shared__ int tile_slot[QS];  // tile index, -1: no more
+  __shared__ float2 tile_scales[QS];  // the tile's (scale_log2, v_scale), by the producer
 
   const int wg = threadIdx.x / 128;
   if (threadIdx.x == 0) {
@@ -453,6 +457,12 @@ __global__ void __launch_bounds__(384, 1)
           break;
         }
         const Tile x = tile_of<C, CAUSAL>(t, prm);
+#if JATTN_SCALES_SMEM
+        // The scales' global loads wait here, a tile ahead of the consumers, not in
+        // front of a consumer's first S (the q_full arrival below releases them).
+        tile_scales[qs] = make_float2(
+            prm.sm_scale * prm.q_scale[x.hq] * prm.k_scale[x.hk] * kLog2e, prm.v_scale[x.hk]);
+#endif
         if (x.n_blocks == 0) {  // no keys: the consumers only write the empty rows
           mbar_arrive(&q_full[qs]);
           continue;
@@ -520,9 +530,14 @@ __global__ void __launch_bounds__(384, 1)
     const Tile x = tile_of<C, CAUSAL>(tile, prm);
     const int m0 = x.m0, n_blocks = x.n_blocks;
     const uint8_t* q_tile = q_tiles + qs * C::Q_BYTES;
+#if JATTN_SCALES_SMEM
+    const float2 sc = tile_scales[qs];
+    const float scale_log2 = sc.x, v_scale = sc.y;
+#else
     const float scale_log2 = prm.sm_scale * prm.q_scale[x.hq] * prm.k_scale[x.hk] * kLog2e;
     // read now, not in the epilogue, where its L2 latency was on the path
     const float v_scale = prm.v_scale[x.hk];
+#endif
 
     float o[D / 2];
 #pragma unroll
