@@ -26,12 +26,11 @@
 // A tile = 128 query rows of one (batch, head). The kernel is persistent: one CTA per SM
 // loops over tiles, handed out in head-major, longest-first order (the first by
 // blockIdx.x, the rest from an atomic counter), so a few heads' K/V stay in L2.
-// Warpgroup 0 is the producer: one thread fetches the next tile, publishes it in a Q slot
-// (Q_SLOTS of them) and issues TMA loads of its Q and of the K / V^T blocks (V^T once the
-// transpose has counted the pair complete) into a STAGES-deep ring, running ahead of the
-// consumers across tiles (the next tile's loads overlap the current tile's last P.V and
-// epilogue). Warpgroups 1 and 2 each own 64 rows
-// of a tile. In its turn (ping-pong through named barriers 1 and 2; the turns continue
+// Warpgroup 0 is the producer: one thread fetches the next tile, publishes it (index and
+// scales) in a Q slot (Q_SLOTS of them) and issues TMA loads of its Q and of the K / V^T
+// blocks (V^T once the transpose has counted the pair complete) into a STAGES-deep ring,
+// running ahead of the consumers across tiles (the next tile's loads overlap the current
+// tile's last P.V and epilogue). Warpgroups 1 and 2 each own 64 rows of a tile. In its turn (ping-pong through named barriers 1 and 2; the turns continue
 // across tiles) a consumer issues S_j = Q K_j^T, waits for it, issues
 // O += P_{j-1} V_{j-1} and hands the turn over; then it runs the softmax of S_j while its
 // own P.V and the other consumer's GEMMs use the tensor cores. KV blocks are visited from
@@ -73,9 +72,6 @@ __host__ __device__ constexpr int key_of_slot(int k) {
 #endif
 #ifndef JATTN_RESCALE_TAU
 #define JATTN_RESCALE_TAU 2.75f
-#endif
-#ifndef JATTN_SCALES_SMEM
-#define JATTN_SCALES_SMEM 1
 #endif
 constexpr float kPBias = JATTN_P_BIAS;
 constexpr float kRescaleTau = JATTN_RESCALE_TAU;
@@ -457,12 +453,10 @@ __global__ void __launch_bounds__(384, 1)
           break;
         }
         const Tile x = tile_of<C, CAUSAL>(t, prm);
-#if JATTN_SCALES_SMEM
         // The scales' global loads wait here, a tile ahead of the consumers, not in
         // front of a consumer's first S (the q_full arrival below releases them).
         tile_scales[qs] = make_float2(
             prm.sm_scale * prm.q_scale[x.hq] * prm.k_scale[x.hk] * kLog2e, prm.v_scale[x.hk]);
-#endif
         if (x.n_blocks == 0) {  // no keys: the consumers only write the empty rows
           mbar_arrive(&q_full[qs]);
           continue;
@@ -530,14 +524,8 @@ __global__ void __launch_bounds__(384, 1)
     const Tile x = tile_of<C, CAUSAL>(tile, prm);
     const int m0 = x.m0, n_blocks = x.n_blocks;
     const uint8_t* q_tile = q_tiles + qs * C::Q_BYTES;
-#if JATTN_SCALES_SMEM
-    const float2 sc = tile_scales[qs];
+    const float2 sc = tile_scales[qs];  // staged by the producer
     const float scale_log2 = sc.x, v_scale = sc.y;
-#else
-    const float scale_log2 = prm.sm_scale * prm.q_scale[x.hq] * prm.k_scale[x.hk] * kLog2e;
-    // read now, not in the epilogue, where its L2 latency was on the path
-    const float v_scale = prm.v_scale[x.hk];
-#endif
 
     float o[D / 2];
 #pragma unroll
