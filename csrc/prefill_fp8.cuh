@@ -30,11 +30,12 @@
 // scales) in a Q slot (Q_SLOTS of them) and issues TMA loads of its Q and of the K / V^T
 // blocks (V^T once the transpose has counted the pair complete) into a STAGES-deep ring,
 // running ahead of the consumers across tiles (the next tile's loads overlap the current
-// tile's last P.V and epilogue). Warpgroups 1 and 2 each own 64 rows of a tile. In its turn (ping-pong through named barriers 1 and 2; the turns continue
-// across tiles) a consumer issues S_j = Q K_j^T, waits for it, issues
-// O += P_{j-1} V_{j-1} and hands the turn over; then it runs the softmax of S_j while its
-// own P.V and the other consumer's GEMMs use the tensor cores. KV blocks are visited from
-// the last (diagonal, masked) to the first. O leaves through shared memory by TMA stores.
+// tile's last P.V and epilogue). Warpgroups 1 and 2 each own 64 rows of a tile. In its
+// turn (ping-pong through named barriers 1 and 2; the turns continue across tiles) a
+// consumer issues S_j = Q K_j^T, waits for it, issues O += P_{j-1} V_{j-1} and hands the
+// turn over; then it runs the softmax of S_j while its own P.V and the other consumer's
+// GEMMs use the tensor cores. KV blocks are visited from the last (diagonal, masked) to
+// the first. O leaves through shared memory by TMA stores.
 //
 // The GEMMs come in two flavours sharing everything else (the accumulator layouts agree):
 //   JATTN_WGMMA=1 (sm_90a): wgmma.m64nNk32 e4m3 (QGMMA), A = Q from shared memory for S,
