@@ -16,10 +16,9 @@
 // out of e4m3's subnormal range for 6 more binades when p is cast to e4m3 for the P.V
 // product. m is a running max raised lazily: only when a block's max exceeds it by more
 // than kRescaleTau (2.75), so most blocks skip O's rescale and p stays <= 2^8.75 < 448
-// (below). l sums the same e4m3 p
-// that P.V multiplies (the tensor cores sum each block: P times a tile of ones beside each
-// P.V step; the blocks' sums add up in float32), so o's weights sum to one and (o, lse)
-// describe the same p;
+// (below). l sums the same e4m3 p that P.V multiplies (the tensor cores sum each block: P
+// times a tile of ones beside each P.V step; the blocks' sums add up in float32), so o's
+// weights sum to one and (o, lse) describe the same p;
 // o = v_scale * (P.V) / l, lse = (m + log2 l - kPBias) * ln 2. Against the exact softmax, l
 // is off by the rounding of p to e4m3 (at most 6.25 % per term; ~3 % on random data).
 //
