@@ -46,7 +46,7 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from jattn import tuned
 from jattn.cache import is_float8
-from jattn.pallas.prefill import online_softmax
+from jattn.pallas.prefill import mma_acc, online_softmax
 from jattn.plan import DecodePlan, block_kv, plan_decode  # noqa: F401  (re-exported)
 from jattn.variants import Context, Variant, kernel_trace_reason
 
@@ -56,6 +56,8 @@ SMEM_BUDGET = 110 * 1024       # two CTAs per SM (228 KiB per SM on Hopper)
 MERGE_RING_BYTES = 160 * 1024  # partials in flight per merge CTA
 TMA_ALIGN = 128                # shared-memory destination alignment of a TMA copy (bytes)
 QMAX = 384.0                   # |c q| of a float8-split query row (e4m3 max is 448)
+EARLY_K_REFILL = True          # session 17 A/B: refill a K slot after Q K^T, not after P V
+P_IN_REGISTERS = True          # session 17 A/B: P V with P from registers (no SMEM round trip)
 
 
 # ----------------------------------------------------------------------------- tiles
@@ -112,7 +114,8 @@ def _smem_bytes(stages, bk, d, dv, q_dtype, kv_dtype, staged, qk8=False,
   qb, kb = compute_dtype(q_dtype, kv_dtype).itemsize, jnp.dtype(kv_dtype).itemsize
   q_tile = ROWS * d * qb
   ring = stages * bk * (d + dv) * (kb if staged else qb)
-  tiled = (bk * ((0 if qk8 else d) + dv) * qb if staged else 0) + ROWS * bk * qb
+  tiled = ((bk * ((0 if qk8 else d) + dv) * qb if staged else 0)
+           + (0 if P_IN_REGISTERS else ROWS * bk * qb))
   q_raw = ROWS * d * jnp.dtype(q_dtype).itemsize
   epilogue = ROWS * dv * 4 + ROWS * 4
   if q_first:
@@ -203,7 +206,8 @@ def _iota(shape, dim):
 def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
                    params_ref, o_ref, lse_ref, q_smem, q_bar, *,
                    G, bk, stages, sm_scale, variant, param_names, param_dtypes,
-                   staged, ring_tiled, qk8, final, fold_k_scale, fold_v_scale, q_first):
+                   staged, ring_tiled, qk8, final, fold_k_scale, fold_v_scale, q_first,
+                   interpret):
   """One (kv head, unit): attention of the unit's keys for the kv head's G query heads.
   `final`: the unit is its whole sequence, write o / lse; else write a partial.
   `q_first`: stage Q before the ring is allocated (less shared memory, the first tiles
@@ -238,14 +242,16 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
         jnp.clip(pt_ref[b, jnp.minimum((t * bk + j * rows) // ps, M - 1)], 0, P - 1)
         for j in range(copies))
 
-  def issue(t, slot, k_ring, v_ring, k_bar, v_bar, pages=None):
-    """Start the copies of tile t into ring slot `slot`."""
+  def issue(t, slot, k_ring, v_ring, k_bar, v_bar, pages=None, parts="kv"):
+    """Start the copies of tile t into ring slot `slot` (of K and/or V: `parts`)."""
     r0 = (t * bk) % ps if ps > bk else 0
     def one(j, page):
-      plgpu.copy_gmem_to_smem(k_ref.at[page, pl.ds(r0, rows), kvh],
-                              k_ring.at[slot, pl.ds(j * rows, rows)], k_bar.at[slot])
-      plgpu.copy_gmem_to_smem(v_ref.at[page, pl.ds(r0, rows), kvh],
-                              v_ring.at[slot, pl.ds(j * rows, rows)], v_bar.at[slot])
+      if "k" in parts:
+        plgpu.copy_gmem_to_smem(k_ref.at[page, pl.ds(r0, rows), kvh],
+                                k_ring.at[slot, pl.ds(j * rows, rows)], k_bar.at[slot])
+      if "v" in parts:
+        plgpu.copy_gmem_to_smem(v_ref.at[page, pl.ds(r0, rows), kvh],
+                                v_ring.at[slot, pl.ds(j * rows, rows)], v_bar.at[slot])
     if prefetch:
       for j, page in enumerate(page_ids(t) if pages is None else pages):
         one(j, page)
@@ -324,8 +330,10 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
       refill = i + stages < n
       # Page ids for the refill of the next iteration: loaded now, used one tile later.
       next_pages = page_ids(t + stages + 1) if prefetch else ()
+      split_refill = EARLY_K_REFILL and not staged and not qk8
       plgpu.barrier_wait(k_bar.at[slot])
-      plgpu.barrier_wait(v_bar.at[slot])
+      if not split_refill:
+        plgpu.barrier_wait(v_bar.at[slot])
       if qk8:      # K stays float8 in the ring; V: ring -> registers (to f16) -> tile
         k_view, v_view = k_ring.at[slot], v_tiled
       elif staged:   # ring slot -> registers (dequantize / relayout / transform) -> tiles
@@ -362,6 +370,10 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
           plgpu.wgmma(acc_ref, q_smem, k_view.transpose((1, 0)))
         return acc_ref[...]
       s = pl.run_scoped(qk, plgpu.ACC(shape, jnp.float32)) * scale
+      if split_refill:   # the K slot is read: refill it now, V once P V has read it
+        @pl.when(refill)
+        def _():
+          issue(t + stages, slot, k_ring, v_ring, k_bar, v_bar, pages or None, parts="k")
       kv_pos = t * bk + cols
       ctx = Context(q_pos=_full(shape, q_pos), kv_pos=kv_pos, head=head,
                     batch=_full(shape, b), params=params)
@@ -372,8 +384,11 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
         keep = jnp.logical_and(keep, variant.logits_mask(ctx))
       s = jnp.where(keep, s * LOG2E, -jnp.inf)
       m_new, alpha, p, l_i = online_softmax(s, m_i, l_i)
-      p_smem[...] = p.astype(cdt)
-      plgpu.commit_smem()   # qk8: also the V tile, and every thread is done with the slot
+      if not P_IN_REGISTERS:
+        p_smem[...] = p.astype(cdt)
+        plgpu.commit_smem()   # qk8: also the V tile, and every thread is done with the slot
+      elif qk8:
+        plgpu.commit_smem()   # the V tile, and every thread is done with the slot
 
       if qk8:
         @pl.when(refill)
@@ -383,13 +398,20 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
       def pv(acc_ref):
         plgpu.wgmma(acc_ref, p_smem, v_view)
         return acc_ref[...]
-      acc = (acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
-             + pl.run_scoped(pv, plgpu.ACC(acc.shape, jnp.float32)))
+      if split_refill:
+        plgpu.barrier_wait(v_bar.at[slot])
+      if P_IN_REGISTERS:
+        acc = mma_acc(acc * lax.broadcast_in_dim(alpha, acc.shape, [0]), p.astype(cdt),
+                      v_view, interpret)
+      else:
+        acc = (acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
+               + pl.run_scoped(pv, plgpu.ACC(acc.shape, jnp.float32)))
 
       if not staged:
         @pl.when(refill)
         def _():
-          issue(t + stages, slot, k_ring, v_ring, k_bar, v_bar, pages or None)
+          issue(t + stages, slot, k_ring, v_ring, k_bar, v_bar, pages or None,
+                parts="v" if split_refill else "kv")
       return acc, m_new, l_i, next_pages
 
     acc = plgpu.layout_cast(jnp.zeros((ROWS, Dv), jnp.float32), plgpu.Layout.WGMMA)
@@ -435,7 +457,8 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
         functools.partial(main, par_smem=par_smem, par_bar=par_bar, q_inv=q_inv),
         plgpu.SMEM((stages, bk, D), ring_dtype, transforms=ring_tf[0]),
         plgpu.SMEM((stages, bk, Dv), ring_dtype, transforms=ring_tf[1]),
-        plgpu.SMEM((ROWS, bk), cdt, transforms=v_tf),   # wgmma: A and B share a swizzle
+        (None if P_IN_REGISTERS else
+         plgpu.SMEM((ROWS, bk), cdt, transforms=v_tf)),  # wgmma: A and B share a swizzle
         *tiled,
         plgpu.Barrier(num_arrivals=copies, num_barriers=stages),
         plgpu.Barrier(num_arrivals=copies, num_barriers=stages))
@@ -600,7 +623,7 @@ def decode(q, cache, page_table, kv_lens, *, sm_scale: float, variant: Variant,
       variant=variant, param_names=names, param_dtypes=dtypes, staged=staged,
       ring_tiled=_ring_tiled(cache.dtype, ps, D, Dv, variant), qk8=qk8, final=not plan.split,
       fold_k_scale=f8 and variant.key_transform is None,
-      fold_v_scale=f8, q_first=q_first)
+      fold_v_scale=f8, q_first=q_first, interpret=bool(interpret))
   o, lse = plgpu.kernel(
       kernel,
       out_type=(final_types if not plan.split else
