@@ -11,12 +11,14 @@ units of about equal work, so that one long sequence among short ones is spread 
 many CTAs; a uniform batch that fills the GPU is not cut at all. One CTA handles one
 (unit, kv head): its G query heads are the first rows of a 64-row tile (the other rows
 are zero and discarded), so each KV tile is read from HBM once for the whole group and
-both products run on the tensor cores (wgmma, M = 64; P goes through shared memory):
+both products run on the tensor cores (wgmma, M = 64; P is the register operand):
 
   S = Q K^T [64, 64] (f32)  ->  online softmax (exp2)  ->  O += P V [64, Dv] (f32)
 
 Each tile arrives through TMA copies, one per page (several per tile for small pages),
-`stages` tiles deep; the page ids of the next refill are loaded one tile early. Q is
+`stages` tiles deep; the page ids of the next refill are loaded one tile early. Pages
+that go straight to wgmma refill a K slot as soon as Q K^T has read it and the V slot
+after P V (one CTA per SM then reads 4 % faster, session 17). Q is
 staged while the first tiles load (float8 pages with e4m3 Q·Kᵀ: before the ring is
 allocated, which measured faster there, `DecodeConfig.q_first`). bf16/fp16
 pages whose size is a multiple of 8 are copied straight into the swizzled layout wgmma
@@ -56,8 +58,6 @@ SMEM_BUDGET = 110 * 1024       # two CTAs per SM (228 KiB per SM on Hopper)
 MERGE_RING_BYTES = 160 * 1024  # partials in flight per merge CTA
 TMA_ALIGN = 128                # shared-memory destination alignment of a TMA copy (bytes)
 QMAX = 384.0                   # |c q| of a float8-split query row (e4m3 max is 448)
-EARLY_K_REFILL = True          # session 17 A/B: refill a K slot after Q K^T, not after P V
-P_IN_REGISTERS = True          # session 17 A/B: P V with P from registers (no SMEM round trip)
 
 
 # ----------------------------------------------------------------------------- tiles
@@ -114,8 +114,7 @@ def _smem_bytes(stages, bk, d, dv, q_dtype, kv_dtype, staged, qk8=False,
   qb, kb = compute_dtype(q_dtype, kv_dtype).itemsize, jnp.dtype(kv_dtype).itemsize
   q_tile = ROWS * d * qb
   ring = stages * bk * (d + dv) * (kb if staged else qb)
-  tiled = ((bk * ((0 if qk8 else d) + dv) * qb if staged else 0)
-           + (0 if P_IN_REGISTERS else ROWS * bk * qb))
+  tiled = bk * ((0 if qk8 else d) + dv) * qb if staged else 0
   q_raw = ROWS * d * jnp.dtype(q_dtype).itemsize
   epilogue = ROWS * dv * 4 + ROWS * 4
   if q_first:
@@ -304,7 +303,7 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
     return pl.run_scoped(functools.partial(stage_q, p_smem=par_smem),
                          plgpu.SMEM((ROWS, D), q_ref.dtype))
 
-  def main(k_ring, v_ring, p_smem, k_tiled, v_tiled, k_bar, v_bar, par_smem, par_bar,
+  def main(k_ring, v_ring, k_tiled, v_tiled, k_bar, v_bar, par_smem, par_bar,
            q_inv):
     @pl.loop(0, jnp.minimum(n, stages))
     def _(s):
@@ -330,9 +329,8 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
       refill = i + stages < n
       # Page ids for the refill of the next iteration: loaded now, used one tile later.
       next_pages = page_ids(t + stages + 1) if prefetch else ()
-      split_refill = EARLY_K_REFILL and not staged and not qk8
       plgpu.barrier_wait(k_bar.at[slot])
-      if not split_refill:
+      if staged:   # else V is waited for just before P V
         plgpu.barrier_wait(v_bar.at[slot])
       if qk8:      # K stays float8 in the ring; V: ring -> registers (to f16) -> tile
         k_view, v_view = k_ring.at[slot], v_tiled
@@ -370,7 +368,7 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
           plgpu.wgmma(acc_ref, q_smem, k_view.transpose((1, 0)))
         return acc_ref[...]
       s = pl.run_scoped(qk, plgpu.ACC(shape, jnp.float32)) * scale
-      if split_refill:   # the K slot is read: refill it now, V once P V has read it
+      if not staged:   # the K slot is read: refill it now, V once P V has read it
         @pl.when(refill)
         def _():
           issue(t + stages, slot, k_ring, v_ring, k_bar, v_bar, pages or None, parts="k")
@@ -384,34 +382,22 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
         keep = jnp.logical_and(keep, variant.logits_mask(ctx))
       s = jnp.where(keep, s * LOG2E, -jnp.inf)
       m_new, alpha, p, l_i = online_softmax(s, m_i, l_i)
-      if not P_IN_REGISTERS:
-        p_smem[...] = p.astype(cdt)
-        plgpu.commit_smem()   # qk8: also the V tile, and every thread is done with the slot
-      elif qk8:
+      if qk8:
         plgpu.commit_smem()   # the V tile, and every thread is done with the slot
 
-      if qk8:
         @pl.when(refill)
         def _():
           issue(t + stages, slot, k_ring, v_ring, k_bar, v_bar, pages or None)
 
-      def pv(acc_ref):
-        plgpu.wgmma(acc_ref, p_smem, v_view)
-        return acc_ref[...]
-      if split_refill:
+      if not staged:
         plgpu.barrier_wait(v_bar.at[slot])
-      if P_IN_REGISTERS:
-        acc = mma_acc(acc * lax.broadcast_in_dim(alpha, acc.shape, [0]), p.astype(cdt),
-                      v_view, interpret)
-      else:
-        acc = (acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
-               + pl.run_scoped(pv, plgpu.ACC(acc.shape, jnp.float32)))
+      acc = mma_acc(acc * lax.broadcast_in_dim(alpha, acc.shape, [0]), p.astype(cdt),
+                    v_view, interpret)
 
       if not staged:
         @pl.when(refill)
         def _():
-          issue(t + stages, slot, k_ring, v_ring, k_bar, v_bar, pages or None,
-                parts="v" if split_refill else "kv")
+          issue(t + stages, slot, k_ring, v_ring, k_bar, v_bar, pages or None, parts="v")
       return acc, m_new, l_i, next_pages
 
     acc = plgpu.layout_cast(jnp.zeros((ROWS, Dv), jnp.float32), plgpu.Layout.WGMMA)
@@ -457,8 +443,6 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
         functools.partial(main, par_smem=par_smem, par_bar=par_bar, q_inv=q_inv),
         plgpu.SMEM((stages, bk, D), ring_dtype, transforms=ring_tf[0]),
         plgpu.SMEM((stages, bk, Dv), ring_dtype, transforms=ring_tf[1]),
-        (None if P_IN_REGISTERS else
-         plgpu.SMEM((ROWS, bk), cdt, transforms=v_tf)),  # wgmma: A and B share a swizzle
         *tiled,
         plgpu.Barrier(num_arrivals=copies, num_barriers=stages),
         plgpu.Barrier(num_arrivals=copies, num_barriers=stages))
