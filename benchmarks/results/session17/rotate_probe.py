@@ -38,6 +38,7 @@ SHAPES = ((4, 4096, 32, 32, 128), (1, 8192, 32, 32, 128), (4, 4096, 32, 8, 128),
 def rotated(on):
   old = P.ROTATED
   P.ROTATED = on
+  jax.clear_caches()   # jattn's kernels are traced once per signature otherwise
   try:
     yield
   finally:
