@@ -119,7 +119,6 @@ def default_config(head_dim: int, v_head_dim: int, interpret: Any = False,
 
 
 SMEM_LIMIT = 232448   # bytes of shared memory one CTA may use on Hopper (227 KiB)
-ROTATED = True        # session 17 A/B: S_{j+1} issued behind P_j V_j in one turn
 
 
 def smem_bytes(cfg: Config, d: int, dv: int, q_bufs: int, kv_halves: int = 1) -> int:
@@ -478,8 +477,6 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
   # head dim 256 and T 8192 ~2 % slower (benchmarks/NOTES.md, session 9), hence by width.
   regs = (240, 24) if max(q_smem.shape[-1], v_smem.shape[-1]) <= 64 else (232, 40)
 
-  rotated = ROTATED and not geo.sparse
-
   @pl.when(wg < 2)
   def _consumer():
     plgpu.set_max_registers(regs[0], action="increase")
@@ -535,69 +532,6 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
         @pl.when(j + 1 < hi)
         def _():
           plgpu.barrier_wait(k_bar.at[slot_of(j + 1)])
-
-      def qk_first(j):
-        """S_j = Q K_j^T for the first step of a rotated item (turn handed over at issue)."""
-        def qk(acc_ref):
-          plgpu.wgmma(acc_ref, qs, kv_at(slot_of(j), j, k_smem).T)
-          plgpu.barrier_arrive(sched)
-          return acc_ref[...]
-
-        s = pl.run_scoped(qk, plgpu.ACC((bq, bkv), jnp.float32))
-        plgpu.barrier_arrive(k_free.at[slot_of(j)])
-        return s
-
-      def rotated_step(j, carry, masked):
-        """`step` with S_{j+1} = Q K_{j+1}^T issued right behind P_j V_j, in the same turn
-        and under one wait: S_j comes in the carry (ROTATED)."""
-        acc, m_i, l_i, s = carry
-        slot = slot_of(j)
-        plgpu.barrier_wait(sched)
-        acc, m_new, l_i, p16 = softmax(s, j, acc, m_i, l_i, masked)
-        plgpu.barrier_arrive(sched)
-        plgpu.barrier_wait(v_bar.at[slot])
-        plgpu.barrier_wait(sched)
-        has_next = j + 1 < hi
-
-        def gemms(s_ref):
-          def pv(o_ref):
-            plgpu.wgmma(o_ref, p16, kv_at(slot, j, v_smem))
-
-            @pl.when(has_next)
-            def _():
-              plgpu.barrier_wait(k_bar.at[slot_of(j + 1)])
-              plgpu.wgmma(s_ref, qs, kv_at(slot_of(j + 1), j + 1, k_smem).T)
-              plgpu.barrier_arrive(sched)
-
-          if interpret:
-            out = acc + jnp.dot(p16, kv_at(slot, j, v_smem)[...],
-                                preferred_element_type=jnp.float32)
-            wait_next_k(j)
-            s_next = pl.run_scoped(lambda r: (plgpu.wgmma(r, qs, kv_at(
-                slot_of(j + 1), j + 1, k_smem).T), r[...])[1], plgpu.ACC((bq, bkv), jnp.float32))
-            pl.when(has_next)(lambda: plgpu.barrier_arrive(sched))
-            return out, s_next
-          out = pl.run_state(pv)(plgpu.ACC.init(acc))
-          return out, s_ref[...]
-
-        acc, s_next = pl.run_scoped(gemms, plgpu.ACC((bq, bkv), jnp.float32))
-        plgpu.barrier_arrive(v_free.at[slot])
-        pl.when(has_next)(lambda: plgpu.barrier_arrive(k_free.at[slot_of(j + 1)]))
-        return acc, m_new, l_i, s_next
-
-      def softmax(s, j, acc, m_i, l_i, masked):
-        """Online softmax of the raw tile s: (O rescaled, m, l, P) with l summed as `step`."""
-        t, c = logits(s, j, masked)
-        row_max = t.max(axis=1)
-        m_new = jnp.maximum(m_i, row_max if c is None else row_max * c)
-        m_use = jnp.where(m_new == -jnp.inf, 0.0, m_new)
-        alpha = jnp.exp2(m_i - m_use)
-        m_b = lax.broadcast_in_dim(m_use, t.shape, [0])
-        p = jnp.exp2(t - m_b if c is None else t * c - m_b)
-        acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
-        l_i = l_i * alpha + p.sum(axis=1)
-        p16 = p.astype(dtype)
-        return lax.optimization_barrier((acc, m_new, l_i, p16))
 
       def step(j, carry, masked):
         acc, m_i, l_i = carry
@@ -668,18 +602,9 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
 
         pl.when(wg == 1)(rendezvous)
       with jax.named_scope("steps"):
-        if rotated:
-          s0 = lax.cond(hi > lo, lambda: qk_first(lo),
-                        lambda: plgpu.layout_cast(jnp.zeros((bq, bkv), jnp.float32), _WGMMA))
-          carry = (acc, m_i, l_i, s0)
-          for start, stop, masked in segments:
-            carry = lax.fori_loop(start, stop,
-                                  functools.partial(rotated_step, masked=masked), carry)
-          carry = carry[:3]
-        else:
-          carry = (acc, m_i, l_i)
-          for start, stop, masked in segments:
-            carry = lax.fori_loop(start, stop, functools.partial(step, masked=masked), carry)
+        carry = (acc, m_i, l_i)
+        for start, stop, masked in segments:
+          carry = lax.fori_loop(start, stop, functools.partial(step, masked=masked), carry)
         if geo.sparse:
           carry = lax.fori_loop(n, hi, idle_step, carry)
       acc, m_i, l_i = carry
