@@ -18,7 +18,7 @@ both products run on the tensor cores (wgmma, M = 64; P is the register operand)
 Each tile arrives through TMA copies, one per page (several per tile for small pages),
 `stages` tiles deep; the page ids of the next refill are loaded one tile early. Pages
 that go straight to wgmma refill a K slot as soon as Q K^T has read it and the V slot
-after P V (one CTA per SM then reads 4 % faster, session 17). Q is
+after P V (with P in registers: 4 % faster at one CTA per SM, session 17). Q is
 staged while the first tiles load (float8 pages with e4m3 Q·Kᵀ: before the ring is
 allocated, which measured faster there, `DecodeConfig.q_first`). bf16/fp16
 pages whose size is a multiple of 8 are copied straight into the swizzled layout wgmma
@@ -212,7 +212,9 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
   `q_first`: stage Q before the ring is allocated (less shared memory, the first tiles
   load after Q instead of during it).
   `qk8`: float8 K is read by the tensor cores straight from the ring; q_smem is then the
-  pair (hi, lo) of e4m3 tiles of the scaled query (see `stage_q`)."""
+  pair (hi, lo) of e4m3 tiles of the scaled query (see `stage_q`).
+  `interpret`: P V as a plain dot (the GPU interpreter has no wgmma with a register
+  operand, see `prefill.mma_acc`)."""
   P, ps, Nkv = k_ref.shape[:3]
   M = pt_ref.shape[1]
   D, Dv = q_ref.shape[1], v_ref.shape[3]   # q_ref: the queries as rows [B * Nq, D]
