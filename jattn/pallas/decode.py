@@ -58,7 +58,6 @@ SMEM_BUDGET = 110 * 1024       # two CTAs per SM (228 KiB per SM on Hopper)
 MERGE_RING_BYTES = 160 * 1024  # partials in flight per merge CTA
 TMA_ALIGN = 128                # shared-memory destination alignment of a TMA copy (bytes)
 QMAX = 384.0                   # |c q| of a float8-split query row (e4m3 max is 448)
-RELAYOUT = False               # session 17 A/B: whole-row TMA copies, swizzled in place
 
 
 # ----------------------------------------------------------------------------- tiles
@@ -223,7 +222,6 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
   cdt = (jnp.dtype(jnp.float16) if qk8 else q_smem.dtype)   # operand dtype of P V
   w = lax.axis_index("cta")             # position in dispatch order (plan.work)
   kvh = units_ref[w, 4]
-  relayout = RELAYOUT and not staged
   active = units_ref[w, 0] >= 0         # a real unit: it writes even if it skips
   b = jnp.maximum(units_ref[w, 0], 0)   # every tile (empty sequence, band)
   t_lo, t_hi = units_ref[w, 1], units_ref[w, 2]
@@ -358,12 +356,6 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
         @pl.when(refill)
         def _():
           issue(t + stages, slot, k_ring, v_ring, k_bar, v_bar, pages or None)
-      elif relayout:   # raw rows -> registers -> the same bytes, swizzled
-        k_view, v_view = k_tiled.at[slot], v_tiled.at[slot]
-        k = plgpu.load(k_ring.at[slot], layout=plgpu.Layout.WGMMA, optimized=False)
-        plgpu.commit_smem()   # every thread has read the raw slot
-        k_view[...] = k
-        plgpu.commit_smem()
       else:
         k_view, v_view = k_ring.at[slot], v_ring.at[slot]
 
@@ -401,11 +393,6 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
 
       if not staged:
         plgpu.barrier_wait(v_bar.at[slot])
-      if relayout:
-        v = plgpu.load(v_ring.at[slot], layout=plgpu.Layout.WGMMA, optimized=False)
-        plgpu.commit_smem()
-        v_view[...] = v
-        plgpu.commit_smem()
       acc = mma_acc(acc * lax.broadcast_in_dim(alpha, acc.shape, [0]), p.astype(cdt),
                     v_view, interpret)
 
@@ -454,20 +441,13 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
       ring_tf = ((), ())
     tiled = ((plgpu.SMEM((bk, D), cdt, transforms=k_tf) if not qk8 else None,
               plgpu.SMEM((bk, Dv), cdt, transforms=v_tf)) if staged else (None, None))
-    bars = (plgpu.Barrier(num_arrivals=copies, num_barriers=stages),
-            plgpu.Barrier(num_arrivals=copies, num_barriers=stages))
-    run = functools.partial(main, par_smem=par_smem, par_bar=par_bar, q_inv=q_inv)
-    if relayout:   # the raw ring and its swizzled tiles share their bytes
-      union = plgpu.RefUnion(
-          (plgpu.SMEM((stages, bk, D), cdt), plgpu.SMEM((stages, bk, Dv), cdt)),
-          (plgpu.SMEM((stages, bk, D), cdt, transforms=k_tf),
-           plgpu.SMEM((stages, bk, Dv), cdt, transforms=v_tf)))
-      acc, m_i, l_i = pl.run_scoped(
-          lambda u, kb, vb: run(*u[0], *u[1], kb, vb), union, *bars)
-    else:
-      acc, m_i, l_i = pl.run_scoped(
-          run, plgpu.SMEM((stages, bk, D), ring_dtype, transforms=ring_tf[0]),
-          plgpu.SMEM((stages, bk, Dv), ring_dtype, transforms=ring_tf[1]), *tiled, *bars)
+    acc, m_i, l_i = pl.run_scoped(
+        functools.partial(main, par_smem=par_smem, par_bar=par_bar, q_inv=q_inv),
+        plgpu.SMEM((stages, bk, D), ring_dtype, transforms=ring_tf[0]),
+        plgpu.SMEM((stages, bk, Dv), ring_dtype, transforms=ring_tf[1]),
+        *tiled,
+        plgpu.Barrier(num_arrivals=copies, num_barriers=stages),
+        plgpu.Barrier(num_arrivals=copies, num_barriers=stages))
     pl.run_scoped(functools.partial(epilogue, acc, m_i, l_i),
                   plgpu.SMEM((ROWS, Dv), o_ref.dtype), plgpu.SMEM((ROWS,), jnp.float32))
 
