@@ -58,7 +58,6 @@ SMEM_BUDGET = 110 * 1024       # two CTAs per SM (228 KiB per SM on Hopper)
 MERGE_RING_BYTES = 160 * 1024  # partials in flight per merge CTA
 TMA_ALIGN = 128                # shared-memory destination alignment of a TMA copy (bytes)
 QMAX = 384.0                   # |c q| of a float8-split query row (e4m3 max is 448)
-LDG = False                    # session 17 A/B: K/V through registers (16-byte loads)
 
 
 # ----------------------------------------------------------------------------- tiles
@@ -223,8 +222,6 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
   cdt = (jnp.dtype(jnp.float16) if qk8 else q_smem.dtype)   # operand dtype of P V
   w = lax.axis_index("cta")             # position in dispatch order (plan.work)
   kvh = units_ref[w, 4]
-  ldg = (LDG and not staged and max(bk // ps, 1) <= 8 and stages == 2
-         and D * k_ref.dtype.itemsize % 128 == 0 and Dv * k_ref.dtype.itemsize % 128 == 0)
   active = units_ref[w, 0] >= 0         # a real unit: it writes even if it skips
   b = jnp.maximum(units_ref[w, 0], 0)   # every tile (empty sequence, band)
   t_lo, t_hi = units_ref[w, 1], units_ref[w, 2]
@@ -239,7 +236,6 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
   copies = max(bk // ps, 1)            # TMA copies per tile and operand
   rows = min(ps, bk)                   # rows of each copy
   prefetch = copies <= 8               # page ids of the next issue ride in the loop
-  ahead = 1 if ldg else stages         # tiles between the loop and its next issue
 
   def page_ids(t):
     """Page of each copy of tile t (absolute tile index in the sequence)."""
@@ -309,30 +305,11 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
     return pl.run_scoped(functools.partial(stage_q, p_smem=par_smem),
                          plgpu.SMEM((ROWS, D), q_ref.dtype))
 
-  copy_layouts = [plgpu.Layout.SMEM_GMEM_COPY((rows, d), k_ref.dtype, 128) for d in (D, Dv)]
-
-  def fetch(t, pages):
-    """ldg: tile t's K and V rows into registers, 16 bytes a thread and load."""
-    r0 = (t * bk) % ps if ps > bk else 0
-    return tuple(
-        plgpu.load(src.at[page, pl.ds(r0, rows), kvh], layout=lay, optimized=False)
-        for src, lay in ((k_ref, copy_layouts[0]), (v_ref, copy_layouts[1])) for page in pages)
-
-  def store_tile(regs, slot, k_ring, v_ring):
-    for part, (x, dst) in enumerate(zip(regs, [k_ring] * copies + [v_ring] * copies)):
-      dst.at[slot, pl.ds((part % copies) * rows, rows)][...] = x
-    plgpu.commit_smem()
-
   def main(k_ring, v_ring, k_tiled, v_tiled, k_bar, v_bar, par_smem, par_bar,
            q_inv):
-    if ldg:
-      @pl.when(n > 0)
-      def _():
-        store_tile(fetch(t_lo, page_ids(t_lo)), 0, k_ring, v_ring)
-    else:
-      @pl.loop(0, jnp.minimum(n, stages))
-      def _(s):
-        issue(t_lo + s, s, k_ring, v_ring, k_bar, v_bar)
+    @pl.loop(0, jnp.minimum(n, stages))
+    def _(s):
+      issue(t_lo + s, s, k_ring, v_ring, k_bar, v_bar)
 
     if not q_first:   # Q is staged while the first tiles load
       q_inv = staged_query(par_smem, par_bar)
@@ -353,14 +330,8 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
       t = t_lo + i
       refill = i + stages < n
       # Page ids for the refill of the next iteration: loaded now, used one tile later.
-      next_pages = page_ids(t + ahead + 1) if prefetch else ()
-      if ldg:   # the next tile's rows, in registers until this tile's products are done
-        zeros = lambda: tuple(
-            plgpu.layout_cast(jnp.zeros((rows, d), k_ref.dtype), lay)
-            for d, lay in ((D, copy_layouts[0]), (Dv, copy_layouts[1])) for _ in range(copies))
-        nxt = lax.cond(i + 1 < n, lambda: fetch(t + 1, pages), zeros)
-      else:
-        plgpu.barrier_wait(k_bar.at[slot])
+      next_pages = page_ids(t + stages + 1) if prefetch else ()
+      plgpu.barrier_wait(k_bar.at[slot])
       if staged:   # else V is waited for just before P V
         plgpu.barrier_wait(v_bar.at[slot])
       if qk8:      # K stays float8 in the ring; V: ring -> registers (to f16) -> tile
@@ -399,7 +370,7 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
           plgpu.wgmma(acc_ref, q_smem, k_view.transpose((1, 0)))
         return acc_ref[...]
       s = pl.run_scoped(qk, plgpu.ACC(shape, jnp.float32)) * scale
-      if not staged and not ldg:   # the K slot is read: refill it now, V once P V has read it
+      if not staged:   # the K slot is read: refill it now, V once P V has read it
         @pl.when(refill)
         def _():
           issue(t + stages, slot, k_ring, v_ring, k_bar, v_bar, pages or None, parts="k")
@@ -420,14 +391,12 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
         def _():
           issue(t + stages, slot, k_ring, v_ring, k_bar, v_bar, pages or None)
 
-      if not staged and not ldg:
+      if not staged:
         plgpu.barrier_wait(v_bar.at[slot])
       acc = mma_acc(acc * lax.broadcast_in_dim(alpha, acc.shape, [0]), p.astype(cdt),
                     v_view, interpret)
 
-      if ldg:
-        pl.when(i + 1 < n)(lambda: store_tile(nxt, 1 - slot, k_ring, v_ring))
-      elif not staged:
+      if not staged:
         @pl.when(refill)
         def _():
           issue(t + stages, slot, k_ring, v_ring, k_bar, v_bar, pages or None, parts="v")
@@ -437,7 +406,7 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
     m_i = plgpu.layout_cast(jnp.full((ROWS,), -jnp.inf, jnp.float32),
                             plgpu.Layout.WGMMA.reduce(1))
     l_i = plgpu.layout_cast(jnp.zeros((ROWS,), jnp.float32), plgpu.Layout.WGMMA.reduce(1))
-    pages = page_ids(t_lo + ahead) if prefetch else ()
+    pages = page_ids(t_lo + stages) if prefetch else ()
     acc, m_i, l_i, _ = lax.fori_loop(0, n, body, (acc, m_i, l_i, pages))
     return acc, m_i, l_i
 
