@@ -183,22 +183,22 @@ class Sparse(P.Dense):
     t = refs.extra[0]
     return g, (t[hl, r, HEADER + g], t[hl, r + 1, HEADER + g])
 
-  def load_kv(self, refs, b, base, kvh, j, bkv, k_dst, v_dst, k_bar, v_bar):
-    """Step g: consumer c's g-th tile into half c, for c = 1 only from the first step
-    that is not shared (a plain arrival where nothing is loaded)."""
+  def load_kv(self, refs, b, base, kvh, j, bkv, src, dst, bar):
+    """Step g of src (refs.k or refs.v): consumer c's g-th tile into half c, for c = 1
+    only from the first step that is not shared (a plain arrival where nothing is
+    loaded)."""
     g, tiles = j
     (n0, n1), ns = base[2], base[3]
     loads = (g < n0, jnp.logical_and(g >= ns, g < n1))
-    for src, dst, bar in ((refs.k, k_dst, k_bar), (refs.v, v_dst, v_bar)):
-      for c in range(2):
-        @pl.when(loads[c])
-        def _():
-          rows = pl.ds(pl.multiple_of(tiles[c] * bkv, 8), bkv)
-          plgpu.copy_gmem_to_smem(src.at[b, rows, kvh], dst.at[c], bar)
+    for c in range(2):
+      @pl.when(loads[c])
+      def _():
+        rows = pl.ds(pl.multiple_of(tiles[c] * bkv, 8), bkv)
+        plgpu.copy_gmem_to_smem(src.at[b, rows, kvh], dst.at[c], bar)
 
-        @pl.when(jnp.logical_not(loads[c]))
-        def _():
-          plgpu.barrier_arrive(bar)
+      @pl.when(jnp.logical_not(loads[c]))
+      def _():
+        plgpu.barrier_arrive(bar)
 
 
 # ----------------------------------------------------------------------------- forward

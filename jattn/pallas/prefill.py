@@ -118,6 +118,8 @@ def default_config(head_dim: int, v_head_dim: int, interpret: Any = False,
                 persistent=bool(interpret) or dense, heavy_first=not dense)
 
 
+SPLIT_REFILL = True   # A/B switch for session 18's call 1 (benchmarks/NOTES.md); removed after
+
 SMEM_LIMIT = 232448   # bytes of shared memory one CTA may use on Hopper (227 KiB)
 
 
@@ -344,10 +346,9 @@ class Dense:
   def kv_index(self, refs, base, j):
     return j
 
-  def load_kv(self, refs, b, base, kvh, j, bkv, k_dst, v_dst, k_bar, v_bar):
-    rows = pl.ds(j * bkv, bkv)
-    plgpu.copy_gmem_to_smem(refs.k.at[b, rows, kvh], k_dst, k_bar)
-    plgpu.copy_gmem_to_smem(refs.v.at[b, rows, kvh], v_dst, v_bar)
+  def load_kv(self, refs, b, base, kvh, j, bkv, src, dst, bar):
+    """Tile j of src (refs.k or refs.v) into its ring slot dst, arriving on bar."""
+    plgpu.copy_gmem_to_smem(src.at[b, pl.ds(j * bkv, bkv), kvh], dst, bar)
 
 
 class Packed:
@@ -405,23 +406,19 @@ class Packed:
     n = bkv // ps
     return j, tuple(page(j * n + u) for u in range(n))
 
-  def load_kv(self, refs, b, base, kvh, j, bkv, k_dst, v_dst, k_bar, v_bar):
+  def load_kv(self, refs, b, base, kvh, j, bkv, src, dst, bar):
     if not self.paged:
       rows = pl.ds(pl.multiple_of(base + j * bkv, 8), bkv)
-      plgpu.copy_gmem_to_smem(refs.k.at[rows, kvh], k_dst, k_bar)
-      plgpu.copy_gmem_to_smem(refs.v.at[rows, kvh], v_dst, v_bar)
+      plgpu.copy_gmem_to_smem(src.at[rows, kvh], dst, bar)
       return
     j, pages = j
     ps = self.page_size
     if ps >= bkv:
       rows = pl.ds(pl.multiple_of(lax.rem(j * bkv, ps), 8), bkv)
-      plgpu.copy_gmem_to_smem(refs.k.at[pages[0], rows, kvh], k_dst, k_bar)
-      plgpu.copy_gmem_to_smem(refs.v.at[pages[0], rows, kvh], v_dst, v_bar)
+      plgpu.copy_gmem_to_smem(src.at[pages[0], rows, kvh], dst, bar)
       return
     for u, page in enumerate(pages):
-      plgpu.copy_gmem_to_smem(refs.k.at[page, :, kvh], k_dst.at[pl.ds(u * ps, ps)], k_bar)
-    for u, page in enumerate(pages):
-      plgpu.copy_gmem_to_smem(refs.v.at[page, :, kvh], v_dst.at[pl.ds(u * ps, ps)], v_bar)
+      plgpu.copy_gmem_to_smem(src.at[page, :, kvh], dst.at[pl.ds(u * ps, ps)], bar)
 
 
 # ----------------------------------------------------------------------------- kernel
@@ -661,13 +658,20 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
         slot = lax.rem(g, stages)
         j = geo.kv_index(refs, kv_base, j)   # tile ids / page ids, read before the wait
 
-        @pl.when(g >= stages)
-        def _():
-          plgpu.barrier_wait(k_free.at[slot])
-          plgpu.barrier_wait(v_free.at[slot])
-
-        geo.load_kv(refs, b, kv_base, kvh, j, bkv, k_smem.at[slot], v_smem.at[slot],
-                    k_bar.at[slot], v_bar.at[slot])
+        # K's slot frees once both consumers' Q.K^T has read it, V's after P.V: each
+        # copy waits for its own slot only, so K's starts half a step sooner.
+        parts = ((refs.k, k_smem, k_free, k_bar), (refs.v, v_smem, v_free, v_bar))
+        if not SPLIT_REFILL:
+          @pl.when(g >= stages)
+          def _():
+            plgpu.barrier_wait(k_free.at[slot])
+            plgpu.barrier_wait(v_free.at[slot])
+        for src, smem, free, bar in parts:
+          if SPLIT_REFILL:
+            @pl.when(g >= stages)
+            def _():
+              plgpu.barrier_wait(free.at[slot])
+          geo.load_kv(refs, b, kv_base, kvh, j, bkv, src, smem.at[slot], bar.at[slot])
 
       return base + (hi - lo)
 
