@@ -118,19 +118,17 @@ def default_config(head_dim: int, v_head_dim: int, interpret: Any = False,
                 persistent=bool(interpret) or dense, heavy_first=not dense)
 
 
-SPLIT_REFILL = True   # A/B switch for session 18's call 1 (benchmarks/NOTES.md); removed after
-
 SMEM_LIMIT = 232448   # bytes of shared memory one CTA may use on Hopper (227 KiB)
 
 
 def smem_bytes(cfg: Config, d: int, dv: int, q_bufs: int, kv_halves: int = 1) -> int:
   """Shared memory of the forward kernel's scratch (bf16/fp16; see `run_forward`), with
-  3 KiB for barriers and alignment (Mosaic GPU reported 2.7 KB over the buffers at D256
-  and in the sparse ring). kv_halves = 2: the block-sparse ring (a tile per consumer in
-  every slot)."""
+  1 KiB for barriers and alignment (Mosaic GPU counts 632 bytes over the buffers in the
+  sparse ring; `compiler_params` reserves no cross-warp reduction scratch). kv_halves = 2:
+  the block-sparse ring (a tile per consumer in every slot)."""
   bq, st = cfg.block_q, cfg.num_stages
   return 2 * (q_bufs * 2 * bq * d + (2 * bq * dv if dv != d else 0)
-              + st * kv_halves * cfg.block_kv * (d + dv)) + 4 * 2 * bq + 3072
+              + st * kv_halves * cfg.block_kv * (d + dv)) + 4 * 2 * bq + 1024
 
 
 def q_buffers(cfg: Config, d: int, dv: int, kv_halves: int = 1) -> int:
@@ -660,17 +658,12 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
 
         # K's slot frees once both consumers' Q.K^T has read it, V's after P.V: each
         # copy waits for its own slot only, so K's starts half a step sooner.
-        parts = ((refs.k, k_smem, k_free, k_bar), (refs.v, v_smem, v_free, v_bar))
-        if not SPLIT_REFILL:
+        for src, smem, free, bar in ((refs.k, k_smem, k_free, k_bar),
+                                     (refs.v, v_smem, v_free, v_bar)):
           @pl.when(g >= stages)
           def _():
-            plgpu.barrier_wait(k_free.at[slot])
-            plgpu.barrier_wait(v_free.at[slot])
-        for src, smem, free, bar in parts:
-          if SPLIT_REFILL:
-            @pl.when(g >= stages)
-            def _():
-              plgpu.barrier_wait(free.at[slot])
+            plgpu.barrier_wait(free.at[slot])
+
           geo.load_kv(refs, b, kv_base, kvh, j, bkv, src, smem.at[slot], bar.at[slot])
 
       return base + (hi - lo)
@@ -692,15 +685,18 @@ PROFILE_RANGES = 128   # per warpgroup: 3 per item; 6 KiB of SMEM per CTA
 
 
 def compiler_params(interpret) -> plgpu.CompilerParams:
-  """approx_math; with JATTN_MOSAIC_PROFILE=DIR (compiled only) also Mosaic GPU's
-  profiler: each warpgroup's named regions (`item_start`, `steps`, `item_end`) are
-  timed with the SM clock and a trace per call is written to DIR
-  (`benchmarks/kernel_trace.py` reads it)."""
+  """approx_math, and no shared memory reserved for cross-warp reductions (Mosaic GPU's
+  default keeps 2 KiB; the kernel's row reductions stay within a warp's lanes, and one
+  that needed the scratch would fail to lower, not run wrong). With
+  JATTN_MOSAIC_PROFILE=DIR (compiled only) also Mosaic GPU's profiler: each warpgroup's
+  named regions (`item_start`, `steps`, `item_end`) are timed with the SM clock and a
+  trace per call is written to DIR (`benchmarks/kernel_trace.py` reads it)."""
   trace_dir = os.environ.get("JATTN_MOSAIC_PROFILE")
   if not trace_dir or interpret:
-    return plgpu.CompilerParams(approx_math=True)
-  return plgpu.CompilerParams(approx_math=True, profile_space=PROFILE_RANGES,
-                              profile_dir=trace_dir, profile_bounds_check=True)
+    return plgpu.CompilerParams(approx_math=True, reduction_scratch_bytes=0)
+  return plgpu.CompilerParams(approx_math=True, reduction_scratch_bytes=0,
+                              profile_space=PROFILE_RANGES, profile_dir=trace_dir,
+                              profile_bounds_check=True)
 
 
 def _pad_to(x, axis, multiple):
