@@ -153,6 +153,8 @@ def _prefill_valid(config: dict, spec) -> Optional[str]:
   d, dv = spec.head_dim, spec.v_head_dim
   if max(d, dv) > 128 and config["block_kv"] > 64:
     return "head dim > 128 takes at most 64-key tiles (registers)"
+  if max(d, dv) > 64 and config["block_kv"] > 128:
+    return "head dim > 64 takes at most 128-key tiles (registers)"
   if _prefill_smem(config, d, dv) > SMEM_LIMIT:
     return f"needs {_prefill_smem(config, d, dv) // 1024} KiB of shared memory"
   if spec.page_size is not None:
@@ -171,7 +173,7 @@ def _prefill_heuristic(axes):
 
 # (32-key tiles: the P.V wgmma needs K a multiple of 64; the H100 tune run of 2026-11-25
 # recorded that error for every 32-key point at D256.)
-_PREFILL_AXES = dict(block_kv=(64, 128), num_stages=(2, 3, 4), persistent=(False, True))
+_PREFILL_AXES = dict(block_kv=(64, 128, 256), num_stages=(2, 3, 4), persistent=(False, True))
 _PREFILL_TINY = dict(block_kv=(64,), num_stages=(2,), persistent=(False,))
 
 # Pallas paged decode (jattn/pallas/decode.py): DecodeConfig(stages, waves, q_first). The plan

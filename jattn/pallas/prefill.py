@@ -109,12 +109,15 @@ def default_config(head_dim: int, v_head_dim: int, interpret: Any = False,
   natural (light-first) order: on an H200, 2-14 % faster than one CTA per tile on every
   harness shape (prefill probe runs 4-5, interleaved rounds; at head dim 256 with one Q
   buffer, see `q_buffers`). The packed ops keep one CTA per item (persistent was 28 %
-  slower on the append workload). Heads wider than 128 take 64-key tiles (registers).
-  Interpreted on CPU every op runs persistent on a 2-CTA grid: the same kernel body, far
-  fewer interpreted CTAs, and the cross-item path exercised."""
+  slower on the append workload). Heads wider than 128 take 64-key tiles (registers);
+  the dense op at head dim <= 64 takes 256-key tiles, three deep (2 % faster than 128
+  keys on an H100, causal B4 T4096: session 18, call 3). Interpreted on CPU every op runs
+  persistent on a 2-CTA grid: the same kernel body, far fewer interpreted CTAs, and the
+  cross-item path exercised."""
   d = max(head_dim, v_head_dim)
   dense = op == "attention"
-  return Config(block_kv=64 if d > 128 else 128, num_stages=3 if d <= 64 else 2,
+  block_kv = 64 if d > 128 else (256 if dense and d <= 64 else 128)
+  return Config(block_kv=block_kv, num_stages=3 if d <= 64 else 2,
                 persistent=bool(interpret) or dense, heavy_first=not dense)
 
 

@@ -9,6 +9,9 @@ default, D128 with 3 stages (persistent and one CTA per tile), D64 with 256-key 
 reference on the first rows.
 
   PYTHONPATH=.:$TOKAMAX_SITE python3 benchmarks/results/session18/config_probe.py OUT GROUP [ROUNDS]
+
+GROUP: sparse, causal, or d256 (call 4: head dim 256 persistent with one Q buffer, the
+default, against one CTA per tile, tokamax's tuned H100 choice).
 """
 
 import json
@@ -31,6 +34,7 @@ D64 = (P.Config(block_kv=256, num_stages=3, persistent=True),
 CAUSAL = (((4, 4096, 32, 32, 128), D128), ((1, 8192, 32, 32, 128), D128),
           ((4, 4096, 32, 8, 128), D128), ((4, 4096, 32, 32, 64), D64),
           ((4, 4096, 16, 16, 256), ()))
+D256 = (((4, 4096, 16, 16, 256), (P.Config(block_kv=64, num_stages=2, persistent=False),)),)
 
 
 def rand(key, shape):
@@ -71,9 +75,9 @@ def sparse_rows(rows, checks):
       checked(f"block_sparse {d} stages {st}", f, (q, k, v, lay, plan), ref, rows, checks)
 
 
-def causal_rows(rows, checks, tk):
+def causal_rows(rows, checks, tk, shapes=CAUSAL):
   c = V.causal()
-  for (B, T, Nq, Nkv, D), cfgs in CAUSAL:
+  for (B, T, Nq, Nkv, D), cfgs in shapes:
     ks = jax.random.split(jax.random.key(B * T + D), 3)
     q = rand(ks[0], (B, T, Nq, D))
     k, v = rand(ks[1], (B, T, Nkv, D)), rand(ks[2], (B, T, Nkv, D))
@@ -103,7 +107,7 @@ def main(out, group, rounds):
     tk, why = import_tokamax()
     if tk is None:
       log("tokamax:", why)
-    causal_rows(rows, checks, tk)
+    causal_rows(rows, checks, tk, D256 if group == "d256" else CAUSAL)
   for key, fn, a in rows:
     try:
       t = bench(fn, a)
