@@ -209,6 +209,10 @@ def test_supports_names_what_it_cannot_do():
   assert "head_dim 40" in P.supports(spec(head_dim=40))
   assert "page_size 4" in P.supports(spec(op="prefill", page_size=4))
   assert P.supports(spec(op="prefill", page_size=16)) is None
+  # The paged op keeps 128-key tiles at head dim 64 (the dense op takes 256): a page of
+  # 384 tokens tiles them.
+  assert P.supports(spec(op="prefill", page_size=384, head_dim=64, v_head_dim=64)) is None
+  assert P.default_config(64, 64).block_kv == 256
   assert "decode" in P.supports(spec(op="decode"))
 
 

@@ -19,8 +19,9 @@ heavy and light causal tiles mix; the next item's Q and K/V load while the curre
 finishes); the packed ops run one CTA per item, heaviest first (`default_config`). Three
 warpgroups:
   * warpgroup 2 (producer, 40 registers): TMA-loads Q and the K/V tiles into a
-    `num_stages`-deep ring of swizzled SMEM buffers, refilling a slot once both consumers
-    released it (K/V come from dense rows, packed rows or, page by page, from the cache);
+    `num_stages`-deep ring of swizzled SMEM buffers, refilling a K slot once both
+    consumers' Q K^T has read it and a V slot after their P V (K/V come from dense rows,
+    packed rows or, page by page, from the cache);
   * warpgroups 0 and 1 (consumers, 232 registers): block_q rows each. Per KV tile:
     S = Q K^T (wgmma, Q and K in SMEM), online softmax in base 2, O += P V (wgmma, P from
     registers). A shared "schedule" barrier ping-pongs the two consumers so that one's
@@ -185,7 +186,8 @@ def supports(spec) -> Optional[str]:
   if why is not None:
     return why
   if spec.op == "prefill":
-    ps, bkv = spec.page_size, default_config(spec.head_dim, spec.v_head_dim).block_kv
+    ps = spec.page_size
+    bkv = default_config(spec.head_dim, spec.v_head_dim, op="prefill").block_kv
     if not page_fits(ps, bkv):
       return (f"page_size {ps}: the kernel TMA-loads whole pages into {bkv}-row K/V tiles, "
               f"so the page size must be a multiple of 8 that divides {bkv} or a multiple "
