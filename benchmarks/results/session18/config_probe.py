@@ -10,8 +10,10 @@ reference on the first rows.
 
   PYTHONPATH=.:$TOKAMAX_SITE python3 benchmarks/results/session18/config_probe.py OUT GROUP [ROUNDS]
 
-GROUP: sparse, causal, or d256 (call 4: head dim 256 persistent with one Q buffer, the
-default, against one CTA per tile, tokamax's tuned H100 choice).
+GROUP: sparse, causal, d256 (call 4: head dim 256 persistent with one Q buffer, the
+default, against one CTA per tile, tokamax's tuned H100 choice), or d64 (call 6: the new
+256-key default at head dim 64 against the old 128-key one on other causal shapes; d64-noncausal
+the same shapes without a mask).
 """
 
 import json
@@ -35,6 +37,9 @@ CAUSAL = (((4, 4096, 32, 32, 128), D128), ((1, 8192, 32, 32, 128), D128),
           ((4, 4096, 32, 8, 128), D128), ((4, 4096, 32, 32, 64), D64),
           ((4, 4096, 16, 16, 256), ()))
 D256 = (((4, 4096, 16, 16, 256), (P.Config(block_kv=64, num_stages=2, persistent=False),)),)
+OLD64 = (P.Config(block_kv=128, num_stages=3, persistent=True),)   # the default before call 3
+D64_MORE = (((16, 1024, 32, 32, 64), OLD64), ((1, 8192, 32, 32, 64), OLD64),
+            ((8, 2048, 32, 8, 64), OLD64), ((2, 512, 32, 32, 64), OLD64))
 
 
 def rand(key, shape):
@@ -75,13 +80,13 @@ def sparse_rows(rows, checks):
       checked(f"block_sparse {d} stages {st}", f, (q, k, v, lay, plan), ref, rows, checks)
 
 
-def causal_rows(rows, checks, tk, shapes=CAUSAL):
-  c = V.causal()
+def causal_rows(rows, checks, tk, shapes=CAUSAL, causal=True):
+  c = V.causal() if causal else V.Variant()
   for (B, T, Nq, Nkv, D), cfgs in shapes:
     ks = jax.random.split(jax.random.key(B * T + D), 3)
     q = rand(ks[0], (B, T, Nq, D))
     k, v = rand(ks[1], (B, T, Nkv, D)), rand(ks[2], (B, T, Nkv, D))
-    name = f"causal B{B} T{T} H{Nq}/{Nkv} D{D}"
+    name = f"{'causal' if causal else 'noncausal'} B{B} T{T} H{Nq}/{Nkv} D{D}"
     up = lambda x: x[:1].astype(jnp.float32)
     ref = np.asarray(reference.attention(up(q), up(k), up(v), sm_scale=D ** -0.5,
                                          variant=c)[0])
@@ -92,10 +97,10 @@ def causal_rows(rows, checks, tk, shapes=CAUSAL):
                                                q_lengths=None, kv_lengths=None, config=cfg)[0]
       checked(f"{name} {label}", f, (q, k, v), ref, rows, checks)
     rows.append((f"{name} cudnn", jax.jit(lambda q, k, v: jax.nn.dot_product_attention(
-        q, k, v, is_causal=True, implementation="cudnn")), [(q, k, v)]))
+        q, k, v, is_causal=causal, implementation="cudnn")), [(q, k, v)]))
     if tk is not None:
       rows.append((f"{name} tokamax mosaic", jax.jit(lambda q, k, v: tk.dot_product_attention(
-          q, k, v, is_causal=True, implementation="mosaic")), [(q, k, v)]))
+          q, k, v, is_causal=causal, implementation="mosaic")), [(q, k, v)]))
 
 
 def main(out, group, rounds):
@@ -107,7 +112,8 @@ def main(out, group, rounds):
     tk, why = import_tokamax()
     if tk is None:
       log("tokamax:", why)
-    causal_rows(rows, checks, tk, D256 if group == "d256" else CAUSAL)
+    causal_rows(rows, checks, tk, {"d256": D256, "d64": D64_MORE, "d64-noncausal": D64_MORE}.get(group, CAUSAL),
+                causal=group != "d64-noncausal")
   for key, fn, a in rows:
     try:
       t = bench(fn, a)
