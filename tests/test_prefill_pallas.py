@@ -212,8 +212,20 @@ def test_supports_names_what_it_cannot_do():
   # The paged op keeps 128-key tiles at head dim 64 (the dense op takes 256): a page of
   # 384 tokens tiles them.
   assert P.supports(spec(op="prefill", page_size=384, head_dim=64, v_head_dim=64)) is None
-  assert P.default_config(64, 64).block_kv == 256
   assert "decode" in P.supports(spec(op="decode"))
+
+
+def test_head_dim_64_tiles_follow_the_visible_keys():
+  """256-key tiles at head dim <= 64 for the dense op unless the band leaves rows fewer
+  than 4096 keys (where the diagonal tile's masked half costs more than it saves)."""
+  bkv = lambda *a, **kw: P.default_config(*a, **kw).block_kv
+  assert bkv(64, 64) == 256
+  assert bkv(64, 64, kv_len=1024) == 256                        # no band: no masked tiles
+  assert bkv(64, 64, kv_len=4096, band=(None, 0)) == 256
+  assert bkv(64, 64, kv_len=2048, band=(None, 0)) == 128
+  assert bkv(64, 64, kv_len=8192, band=(1023, 0)) == 128        # a 1024-key window
+  assert bkv(64, 64, kv_len=8192, band=(None, 0), op="prefill") == 128
+  assert bkv(128, 128, kv_len=8192) == 128
 
 
 @pytest.mark.skipif(ON_GPU, reason="checks the CPU dispatch")

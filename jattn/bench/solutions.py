@@ -165,8 +165,9 @@ def _prefill_valid(config: dict, spec) -> Optional[str]:
 
 def _prefill_heuristic(axes):
   def heuristic(spec, interpret):
-    cfg = _module("jattn.pallas.prefill").default_config(spec.head_dim, spec.v_head_dim,
-                                                          interpret, spec.op)
+    cfg = _module("jattn.pallas.prefill").default_config(
+        spec.head_dim, spec.v_head_dim, interpret, spec.op, kv_len=spec.kv_len,
+        band=spec.variant.band if spec.variant is not None else None)
     return {k: getattr(cfg, k) for k in axes}
   return heuristic
 

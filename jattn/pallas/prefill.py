@@ -105,21 +105,35 @@ class Config:
 
 
 def default_config(head_dim: int, v_head_dim: int, interpret: Any = False,
-                   op: str = "attention") -> Config:
+                   op: str = "attention", kv_len: Optional[int] = None,
+                   band=None) -> Config:
   """Tiles by head dim and op. The dense op (`attention`) runs persistent, q tiles in
   natural (light-first) order: on an H200, 2-14 % faster than one CTA per tile on every
   harness shape (prefill probe runs 4-5, interleaved rounds; at head dim 256 with one Q
   buffer, see `q_buffers`). The packed ops keep one CTA per item (persistent was 28 %
-  slower on the append workload). Heads wider than 128 take 64-key tiles (registers);
-  the dense op at head dim <= 64 takes 256-key tiles, three deep (2 % faster than 128
-  keys on an H100, causal B4 T4096: session 18, call 3). Interpreted on CPU every op runs
-  persistent on a 2-CTA grid: the same kernel body, far fewer interpreted CTAs, and the
-  cross-item path exercised."""
+  slower on the append workload). Heads wider than 128 take 64-key tiles (registers).
+  The dense op at head dim <= 64 takes 256-key tiles, three deep, unless the variant's
+  band (`band`, e.g. causal or a window) leaves rows fewer than 4096 visible keys
+  (`kv_len`): on an H100 256 keys were 7-10 % faster non-causal at T 1024-8192, 2-9 %
+  faster causal at T >= 4096, and 1.5-4.5 % slower causal at T 1024-2048, where the
+  diagonal tile's masked half grows (session 18, calls 3 and 6). Interpreted on CPU every
+  op runs persistent on a 2-CTA grid: the same kernel body, far fewer interpreted CTAs,
+  and the cross-item path exercised."""
   d = max(head_dim, v_head_dim)
   dense = op == "attention"
-  block_kv = 64 if d > 128 else (256 if dense and d <= 64 else 128)
+  block_kv = 64 if d > 128 else 128
+  if dense and d <= 64 and (band is None or _visible_keys(kv_len, band) >= 4096):
+    block_kv = 256
   return Config(block_kv=block_kv, num_stages=3 if d <= 64 else 2,
                 persistent=bool(interpret) or dense, heavy_first=not dense)
+
+
+def _visible_keys(kv_len: Optional[int], band) -> float:
+  """Most keys a row of a banded variant can see: kv_len or the band's width (inf when
+  neither is known)."""
+  left, right = band
+  n = math.inf if kv_len is None else kv_len
+  return n if left is None else min(n, left + (right or 0) + 1)
 
 
 SMEM_LIMIT = 232448   # bytes of shared memory one CTA may use on Hopper (227 KiB)
@@ -152,7 +166,8 @@ def pick_config(op: str, q, k, v, *, batch: int, q_len: int, kv_len: int, varian
                 interpret: Any, page_size: Optional[int] = None) -> Config:
   """The config tuned on this GPU for the call's shape bucket (`jattn.tuned`; k/v may
   be pages), else `default_config`. A tuned tile that cannot read the pages is skipped."""
-  default = default_config(q.shape[-1], v.shape[-1], interpret, op)
+  default = default_config(q.shape[-1], v.shape[-1], interpret, op, kv_len=kv_len,
+                           band=variant.band if variant is not None else None)
   found = tuned.lookup(tuned.bucket(
       op, dtype=q.dtype, kv_dtype=k.dtype, head_dim=q.shape[-1], v_head_dim=v.shape[-1],
       num_q_heads=q.shape[-2], num_kv_heads=k.shape[-2], batch=batch, q_len=q_len,
