@@ -200,7 +200,8 @@ def test_tuned_lookup_by_bucket_and_fallback(monkeypatch):
                              v_head_dim=D, num_q_heads=Nq, num_kv_heads=Nkv, batch=2,
                              q_len=128, kv_len=128, variant=var)        # 100 -> 128 bucket
   chosen = dict(block_kv=64, num_stages=4, persistent=True)
-  default = pallas_prefill.default_config(D, D)
+  default = pallas_prefill.default_config(D, D, kv_len=T, band=var.band)   # (128 keys: short)
+  assert default == pallas_prefill.default_config(D, D, kv_len=128, band=var.band)
   with tuned.use(None):
     assert tuned.current_table() is None and pick(T) == default       # no table: heuristic
   if not ON_GPU:

@@ -216,12 +216,12 @@ def test_supports_names_what_it_cannot_do():
 
 
 def test_head_dim_64_tiles_follow_the_visible_keys():
-  """256-key tiles at head dim <= 64 for the dense op unless the band leaves rows fewer
-  than 4096 keys (where the diagonal tile's masked half costs more than it saves)."""
+  """256-key tiles at head dim <= 64 for the dense op unless the band leaves rows at most
+  2048 keys (where the diagonal tile's masked half costs more than it saves)."""
   bkv = lambda *a, **kw: P.default_config(*a, **kw).block_kv
   assert bkv(64, 64) == 256
   assert bkv(64, 64, kv_len=1024) == 256                        # no band: no masked tiles
-  assert bkv(64, 64, kv_len=4096, band=(None, 0)) == 256
+  assert bkv(64, 64, kv_len=2049, band=(None, 0)) == 256
   assert bkv(64, 64, kv_len=2048, band=(None, 0)) == 128
   assert bkv(64, 64, kv_len=8192, band=(1023, 0)) == 128        # a 1024-key window
   assert bkv(64, 64, kv_len=8192, band=(None, 0), op="prefill") == 128

@@ -113,16 +113,17 @@ def default_config(head_dim: int, v_head_dim: int, interpret: Any = False,
   buffer, see `q_buffers`). The packed ops keep one CTA per item (persistent was 28 %
   slower on the append workload). Heads wider than 128 take 64-key tiles (registers).
   The dense op at head dim <= 64 takes 256-key tiles, three deep, unless the variant's
-  band (`band`, e.g. causal or a window) leaves rows fewer than 4096 visible keys
-  (`kv_len`): on an H100 256 keys were 7-10 % faster non-causal at T 1024-8192, 2-9 %
-  faster causal at T >= 4096, and 1.5-4.5 % slower causal at T 1024-2048, where the
-  diagonal tile's masked half grows (session 18, calls 3 and 6). Interpreted on CPU every
+  band (`band`, e.g. causal or a window) leaves rows at most 2048 visible keys (`kv_len`;
+  the same answer for a whole tuning length bucket): on an H100 256 keys were 7-10 %
+  faster non-causal at T 1024-8192, 2-9 % faster causal at T >= 4096, and 1.5-4.5 %
+  slower causal at T 1024-2048, where the diagonal tile's masked half grows (session 18,
+  calls 3 and 6). Interpreted on CPU every
   op runs persistent on a 2-CTA grid: the same kernel body, far fewer interpreted CTAs,
   and the cross-item path exercised."""
   d = max(head_dim, v_head_dim)
   dense = op == "attention"
   block_kv = 64 if d > 128 else 128
-  if dense and d <= 64 and (band is None or _visible_keys(kv_len, band) >= 4096):
+  if dense and d <= 64 and (band is None or _visible_keys(kv_len, band) > 2048):
     block_kv = 256
   return Config(block_kv=block_kv, num_stages=3 if d <= 64 else 2,
                 persistent=bool(interpret) or dense, heavy_first=not dense)
