@@ -117,9 +117,8 @@ def default_config(head_dim: int, v_head_dim: int, interpret: Any = False,
   the same answer for a whole tuning length bucket): on an H100 256 keys were 7-10 %
   faster non-causal at T 1024-8192, 2-9 % faster causal at T >= 4096, and 1.5-4.5 %
   slower causal at T 1024-2048, where the diagonal tile's masked half grows (session 18,
-  calls 3 and 6). Interpreted on CPU every
-  op runs persistent on a 2-CTA grid: the same kernel body, far fewer interpreted CTAs,
-  and the cross-item path exercised."""
+  calls 3 and 6). Interpreted on CPU every op runs persistent on a 2-CTA grid: the same
+  kernel body, far fewer interpreted CTAs, and the cross-item path exercised."""
   d = max(head_dim, v_head_dim)
   dense = op == "attention"
   block_kv = 64 if d > 128 else 128
