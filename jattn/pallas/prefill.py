@@ -711,12 +711,12 @@ def compiler_params(interpret) -> plgpu.CompilerParams:
   JATTN_MOSAIC_PROFILE=DIR (compiled only) also Mosaic GPU's profiler: each warpgroup's
   named regions (`item_start`, `steps`, `item_end`) are timed with the SM clock and a
   trace per call is written to DIR (`benchmarks/kernel_trace.py` reads it)."""
+  params = dict(approx_math=True, reduction_scratch_bytes=0)
   trace_dir = os.environ.get("JATTN_MOSAIC_PROFILE")
-  if not trace_dir or interpret:
-    return plgpu.CompilerParams(approx_math=True, reduction_scratch_bytes=0)
-  return plgpu.CompilerParams(approx_math=True, reduction_scratch_bytes=0,
-                              profile_space=PROFILE_RANGES, profile_dir=trace_dir,
-                              profile_bounds_check=True)
+  if trace_dir and not interpret:
+    params.update(profile_space=PROFILE_RANGES, profile_dir=trace_dir,
+                  profile_bounds_check=True)
+  return plgpu.CompilerParams(**params)
 
 
 def _pad_to(x, axis, multiple):
