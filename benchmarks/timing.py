@@ -132,3 +132,26 @@ def ceilings(*, tiny: bool = False, reps: int = 7) -> dict:
               matmul_tflops=2 * n_mm**3 / mm.median_s / 1e12,
               matmul_n=n_mm, matmul_ms=mm.median_s * 1e3,
               matmul_fp8_tflops=2 * n_mm**3 / mm8.median_s / 1e12)
+
+
+def time_rows(rows, rounds: int, calls: int = 20) -> dict:
+  """A probe's timing: {key: {ms, ms_rounds, kernel_us}} for rows (key, fn, args_list).
+  Each row is timed once with its device-clock kernel time (`device_span` over `calls`
+  calls, the longest kernel), then `more_rounds` interleaves the remaining rounds."""
+  res, timed = {}, []
+  for key, fn, args in rows:
+    try:
+      t = bench(fn, args)
+      span = device_span(fn, args, calls=calls)
+    except Exception as e:  # noqa: BLE001  (one failing row must not cost the others)
+      log(f"{key}: {type(e).__name__}: {str(e)[:300]}")
+      continue
+    r = res[key] = dict(ms_rounds=[t.median_s * 1e3],
+                        kernel_us=round(max(span["by_kernel"].values()) * 1e6, 1))
+    timed.append((r, fn, args))
+    log(f"r0 {key} {t.median_s * 1e3:.4f} ms kernel {r['kernel_us']} us")
+  more_rounds(timed, rounds, lambda fn, args: bench(fn, args).median_s * 1e3)
+  for key, r in res.items():
+    log(f"{key:52s} {r['ms']:.4f} ms  kernel {r['kernel_us']} us  "
+        f"rounds {', '.join(f'{x:.4f}' for x in r['ms_rounds'])}")
+  return res

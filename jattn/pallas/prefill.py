@@ -73,6 +73,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
+from jax.experimental.mosaic import gpu as mgpu
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from jattn import tuned
@@ -229,6 +230,75 @@ def _tiled_smem(shape, dtype):
   tile = swizzle // jnp.dtype(dtype).itemsize
   return plgpu.SMEM(shape, dtype, transforms=(plgpu.TilingTransform((8, tile)),
                                               plgpu.SwizzleTransform(swizzle)))
+
+
+# Hardware named barriers 0 and 1 + warpgroup index belong to Mosaic GPU; ours follow.
+NAMED_BARRIER_BASE = 4
+NAMED_BARRIERS = True   # compiled kernels signal through named barriers (see `Signals`)
+
+
+def named_barrier(op: str, index, threads: int):
+  """PTX `bar.<op> index, threads` (op "sync" or "arrive"); index an int or an int32
+  scalar. Counted per thread, executed once per warp: a warpgroup's arrival is four
+  warp instructions, where an mbarrier arrival from Pallas is 128 thread arrivals."""
+  if isinstance(index, int):
+    @plgpu.inline_mgpu()
+    def emit(_):
+      mgpu.utils.inline_ptx(f"bar.{op} {index}, {threads};", has_side_effects=True,
+                            convergent=True)
+    emit()
+  else:
+    @plgpu.inline_mgpu(arg_types=(plgpu.Layout.WG_SPLAT,))
+    def emit(_, i):
+      mgpu.utils.inline_ptx(f"bar.{op} $0, {threads};", i.registers[()],
+                            has_side_effects=True, convergent=True)
+    emit(index)
+
+
+class Signals:
+  """The consumers' ping-pong turn and the ring's "slot free" signals of the forward
+  kernel. Compiled: hardware named barriers (`bar.sync` / `bar.arrive`); interpreted, or
+  with NAMED_BARRIERS off: mbarriers (the GPU interpreter runs no inline PTX). Both give
+  the same order of events.
+
+  * turn: the two consumers' rendezvous. `turn_begin()` where a consumer is ready,
+    `turn_end()` where it needs the other to be: an mbarrier arrive / wait pair, or one
+    `bar.sync` over both warpgroups at the first point (the work between the two points
+    is the consumer's own, so the other's progress does not change).
+  * release(kind, slot) (consumers, after reading the slot) / acquire(kind, slot)
+    (producer, before refilling it), kind "k" or "v": an mbarrier of two arrivals, or a
+    named barrier per slot over all three warpgroups (consumers arrive, producer syncs).
+    A consumer arrives on a slot's barrier once per tile, and the next tile in that slot
+    cannot load before the producer's sync, so arrivals never run a phase ahead."""
+
+  def __init__(self, named: bool, stages: int, sched=None, k_free=None, v_free=None):
+    self.named, self.stages = named, stages
+    self.sched, self.free = sched, {"k": k_free, "v": v_free}
+
+  def turn_begin(self):
+    if self.named:
+      named_barrier("sync", NAMED_BARRIER_BASE, 256)
+    else:
+      plgpu.barrier_arrive(self.sched)
+
+  def turn_end(self):
+    if not self.named:
+      plgpu.barrier_wait(self.sched)
+
+  def _slot_barrier(self, kind, slot):
+    return NAMED_BARRIER_BASE + 1 + (0 if kind == "k" else self.stages) + slot
+
+  def release(self, kind, slot):
+    if self.named:
+      named_barrier("arrive", self._slot_barrier(kind, slot), 384)
+    else:
+      plgpu.barrier_arrive(self.free[kind].at[slot])
+
+  def acquire(self, kind, slot):
+    if self.named:
+      named_barrier("sync", self._slot_barrier(kind, slot), 384)
+    else:
+      plgpu.barrier_wait(self.free[kind].at[slot])
 
 
 def mma_acc(acc, a, b_ref, interpret: bool, then=None):
@@ -456,6 +526,7 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
   bq, bkv, stages = cfg.block_q, cfg.block_kv, cfg.num_stages
   (q_smem, o_smem, lse_smem, k_smem, v_smem, q_bar, q_free, k_bar, v_bar, k_free, v_free,
    sched) = scratch
+  sig = Signals(k_free is None, stages, sched, k_free, v_free)
   q_bufs = q_smem.shape[0]
   # When a consumer gives its Q buffer back: right after the KV loop when O has its own
   # buffer; else O is written through the Q buffer and the buffer is freed once the store
@@ -484,8 +555,8 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
     return w, b, h, q_len, kv_len, off, r0, lo, hi
 
   def rendezvous():
-    plgpu.barrier_arrive(sched)
-    plgpu.barrier_wait(sched)
+    sig.turn_begin()
+    sig.turn_end()
 
   # Registers per thread, consumer / producer (of 512 across the three warpgroups). ptxas
   # spills at neither split; 240 / 24 ran head dim 64 3.8-5.6 % faster on an H100 and
@@ -554,12 +625,12 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
 
         def qk(acc_ref):
           plgpu.wgmma(acc_ref, qs, kv_at(slot, j, k_smem).T)
-          plgpu.barrier_arrive(sched)
+          sig.turn_begin()
           return acc_ref[...]
 
         s = pl.run_scoped(qk, plgpu.ACC((bq, bkv), jnp.float32))
-        plgpu.barrier_arrive(k_free.at[slot])
-        plgpu.barrier_wait(sched)
+        sig.release("k", slot)
+        sig.turn_end()
 
         t, c = logits(s, j, masked)
         row_max = t.max(axis=1)
@@ -575,27 +646,27 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
           l_i = l_i + p.sum(axis=1)
           acc, l_i, m_new, p16 = lax.optimization_barrier((acc, l_i, m_new, p16))
 
-        plgpu.barrier_arrive(sched)
+        sig.turn_begin()
         plgpu.barrier_wait(v_bar.at[slot])
-        plgpu.barrier_wait(sched)
+        sig.turn_end()
         if not sum_early:
           l_i = l_i + p.sum(axis=1)
         acc = mma_acc(acc, p16, kv_at(slot, j, v_smem), interpret,
                       then=functools.partial(wait_next_k, j))
-        plgpu.barrier_arrive(v_free.at[slot])
+        sig.release("v", slot)
         return acc, m_new, l_i
 
       def idle_step(j, carry):
         """`step`'s barrier protocol without the math (sparse: past this list's end)."""
         slot = slot_of(j)
-        plgpu.barrier_arrive(sched)
-        plgpu.barrier_arrive(k_free.at[slot])
-        plgpu.barrier_wait(sched)
-        plgpu.barrier_arrive(sched)
+        sig.turn_begin()
+        sig.release("k", slot)
+        sig.turn_end()
+        sig.turn_begin()
         plgpu.barrier_wait(v_bar.at[slot])
-        plgpu.barrier_wait(sched)
+        sig.turn_end()
         wait_next_k(j)
-        plgpu.barrier_arrive(v_free.at[slot])
+        sig.release("v", slot)
         return carry
 
       acc = plgpu.layout_cast(jnp.zeros((bq, v_smem.shape[-1]), jnp.float32), _WGMMA)
@@ -678,11 +749,11 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
 
         # K's slot frees once both consumers' Q.K^T has read it, V's after P.V: each
         # copy waits for its own slot only, so K's starts half a step sooner.
-        for src, smem, free, bar in ((refs.k, k_smem, k_free, k_bar),
-                                     (refs.v, v_smem, v_free, v_bar)):
+        for src, smem, kind, bar in ((refs.k, k_smem, "k", k_bar),
+                                     (refs.v, v_smem, "v", v_bar)):
           @pl.when(g >= stages)
           def _():
-            plgpu.barrier_wait(free.at[slot])
+            sig.acquire(kind, slot)
 
           geo.load_kv(refs, b, kv_base, kvh, j, bkv, src, smem.at[slot], bar.at[slot])
 
@@ -693,8 +764,8 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
     # Observe the releases nobody waited for, so every barrier phase has a waiter.
     @pl.loop(jnp.maximum(total - stages, 0), total)
     def _(g):
-      plgpu.barrier_wait(k_free.at[lax.rem(g, stages)])
-      plgpu.barrier_wait(v_free.at[lax.rem(g, stages)])
+      sig.acquire("k", lax.rem(g, stages))
+      sig.acquire("v", lax.rem(g, stages))
 
     @pl.loop(jnp.maximum(n_items - q_bufs, 0), n_items)
     def _(k):
@@ -747,6 +818,7 @@ def run_forward(geo, q, k, v, extra, out_types, variant: Variant, *, sm_scale: f
     num_ctas = max(min(num_ctas, _num_sms(interpret)), 1)
   q_bufs = q_buffers(cfg, D, Dv, 2 if geo.sparse else 1)
   separate_o = Dv != D
+  mbar = not (NAMED_BARRIERS and not interpret)   # else named barriers (`Signals`)
 
   def entry(q_ref, k_ref, v_ref, *rest):
     n_in = len(extra) + len(params)
@@ -763,9 +835,9 @@ def run_forward(geo, q, k, v, extra, out_types, variant: Variant, *, sm_scale: f
         plgpu.Barrier(num_arrivals=2, num_barriers=q_bufs),          # Q buffer free
         plgpu.Barrier(num_arrivals=geo.kv_copies, num_barriers=st),  # K loaded
         plgpu.Barrier(num_arrivals=geo.kv_copies, num_barriers=st),  # V loaded
-        plgpu.Barrier(num_arrivals=2, num_barriers=st),              # K slot free
-        plgpu.Barrier(num_arrivals=2, num_barriers=st),              # V slot free
-        plgpu.Barrier(num_arrivals=2),                               # consumer ping-pong
+        plgpu.Barrier(num_arrivals=2, num_barriers=st) if mbar else None,  # K slot free
+        plgpu.Barrier(num_arrivals=2, num_barriers=st) if mbar else None,  # V slot free
+        plgpu.Barrier(num_arrivals=2) if mbar else None,             # consumer ping-pong
     )
     body = functools.partial(_fwd_kernel_body, refs, geo=geo, cfg=cfg, variant=variant,
                              sm_scale=sm_scale, group=group, num_ctas=num_ctas,

@@ -1,0 +1,169 @@
+"""A/B of a module-level switch of a jattn kernel, in one process (interleaved rounds,
+the device clock beside), next to the peers: the record of a kernel change's measured
+effect (benchmarks/NOTES.md quotes its output).
+
+  PYTHONPATH=.:$TOKAMAX_SITE python3 -m benchmarks.flag_probe OUT MODULE.FLAG GROUP [ROUNDS]
+
+MODULE.FLAG is a boolean attribute, e.g. jattn.pallas.prefill.NAMED_BARRIERS; each jattn
+row is compiled with it on ("on") and off ("off"), with JAX's caches cleared between the
+traces (jattn traces its kernels once per signature otherwise). GROUP:
+  causal  the five prefill_causal shapes, with cuDNN and tokamax mosaic;
+  sparse  block-sparse T8192 at density 0.1 / 0.3 / 0.5 (plan given, kernel alone) and the
+          dense non-causal row at that shape;
+  bwd     forward + backward, causal B4 T4096 H32 D128, with cuDNN's.
+Checks: the two builds' outputs (for bwd the gradients) are compared bitwise (reported,
+not required: a switch may change rounding), and the "on" build against the float32
+reference on the first rows (relative error < 2e-2). Writes OUT/flag_probe_GROUP.json.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jattn
+from benchmarks.impls import import_tokamax
+from benchmarks.timing import log, time_rows
+from jattn import block_sparse as bs, reference, variants as V
+from jattn.pallas import block_sparse as PB, prefill as P
+
+CAUSAL = ((4, 4096, 32, 32, 128), (1, 8192, 32, 32, 128), (4, 4096, 32, 8, 128),
+          (4, 4096, 32, 32, 64), (4, 4096, 16, 16, 256))
+
+
+class Flag:
+  def __init__(self, path: str):
+    mod, self.name = path.rsplit(".", 1)
+    self.mod = importlib.import_module(mod)
+    if not isinstance(getattr(self.mod, self.name), bool):
+      raise SystemExit(f"{path} is not a boolean switch")
+
+  @contextlib.contextmanager
+  def set(self, on: bool):
+    old = getattr(self.mod, self.name)
+    setattr(self.mod, self.name, on)
+    jax.clear_caches()
+    try:
+      yield
+    finally:
+      setattr(self.mod, self.name, old)
+
+
+def rand(key, shape):
+  return jax.random.normal(key, shape, jnp.float32).astype(jnp.bfloat16)
+
+
+def ab_rows(flag, name, f, args, ref_fn, rows):
+  """Compile f with the flag on and off, compare, add both rows; -> the check record."""
+  outs = {}
+  for label, on in (("on", True), ("off", False)):
+    with flag.set(on):
+      comp = jax.jit(f).lower(*args).compile()
+    outs[label] = [np.asarray(x, np.float32) for x in jax.tree.leaves(comp(*args))]
+    rows.append((f"{name} {label}", comp, [args]))
+  same = all(np.array_equal(a, b) for a, b in zip(outs["on"], outs["off"]))
+  ref = [np.asarray(x, np.float32) for x in jax.tree.leaves(ref_fn())]
+  errs = []
+  for o, r in zip(outs["on"], ref):
+    o = o[tuple(slice(0, n) for n in r.shape)]   # the reference's rows
+    errs.append(float(np.linalg.norm(o - r) / np.linalg.norm(r)))
+  log(f"{name}: on == off bitwise: {same}; rel err vs float32 reference "
+      f"{', '.join(f'{e:.2e}' for e in errs)}")
+  assert max(errs) < 2e-2, (name, errs)
+  return dict(bitwise_same=same, rel_err=errs)
+
+
+def f32(x):
+  return x.astype(jnp.float32)
+
+
+def sparse_group(flag, rows, checks, tk):
+  B, T, N, D = 1, 8192, 32, 128
+  ks = jax.random.split(jax.random.key(0), 3)
+  q, k, v = (rand(kk, (B, T, N, D)) for kk in ks)
+  up = lambda x: x[:, :1024].astype(jnp.float32)   # reference on the first 1024 rows
+  dense = lambda q, k, v: P.attention(q, k, v, sm_scale=D ** -0.5, variant=V.Variant(),
+                                      q_lengths=None, kv_lengths=None)[0]
+  checks["dense noncausal T8192"] = ab_rows(
+      flag, "dense noncausal T8192", dense, (q, k, v),
+      lambda: reference.attention(up(q), f32(k), f32(v), sm_scale=D ** -0.5,
+                                  variant=V.Variant())[0], rows)
+  for d in (0.1, 0.3, 0.5):
+    lay = bs.random_layout(N, T, T, 64, d, seed=0)
+    plan = jattn.plan_block_sparse(lay, T, T)
+    f = lambda q, k, v, lay, plan: PB.block_sparse_attention(
+        q, k, v, lay, sm_scale=D ** -0.5, variant=V.Variant(), plan=plan)[0]
+    lay_ref = bs.from_dense(np.asarray(lay.block_mask)[:, :16], (64, 64))
+    checks[f"block_sparse {d}"] = ab_rows(
+        flag, f"block_sparse {d}", f, (q, k, v, lay, plan),
+        lambda: reference.block_sparse_attention(up(q), f32(k), f32(v), lay_ref,
+                                                 sm_scale=D ** -0.5, variant=V.Variant())[0],
+        rows)
+
+
+def causal_group(flag, rows, checks, tk):
+  c = V.causal()
+  for B, T, Nq, Nkv, D in CAUSAL:
+    ks = jax.random.split(jax.random.key(B * T + D), 3)
+    q = rand(ks[0], (B, T, Nq, D))
+    k, v = rand(ks[1], (B, T, Nkv, D)), rand(ks[2], (B, T, Nkv, D))
+    name = f"causal B{B} T{T} H{Nq}/{Nkv} D{D}"
+    f = lambda q, k, v: P.attention(q, k, v, sm_scale=D ** -0.5, variant=c, q_lengths=None,
+                                    kv_lengths=None)[0]
+    up = lambda x: x[:1].astype(jnp.float32)
+    checks[name] = ab_rows(flag, name, f, (q, k, v), lambda: reference.attention(
+        up(q), up(k), up(v), sm_scale=D ** -0.5, variant=c)[0], rows)
+    rows.append((f"{name} cudnn", jax.jit(lambda q, k, v: jax.nn.dot_product_attention(
+        q, k, v, is_causal=True, implementation="cudnn")), [(q, k, v)]))
+    if tk is not None:
+      rows.append((f"{name} tokamax mosaic", jax.jit(lambda q, k, v: tk.dot_product_attention(
+          q, k, v, is_causal=True, implementation="mosaic")), [(q, k, v)]))
+
+
+def bwd_group(flag, rows, checks, tk):
+  B, T, N, D = 4, 4096, 32, 128
+  ks = jax.random.split(jax.random.key(1), 4)
+  q, k, v, do = (rand(kk, (B, T, N, D)) for kk in ks)
+
+  def grads(attn):
+    return jax.grad(lambda q, k, v: (attn(q, k, v).astype(jnp.float32) * f32(do)).sum(),
+                    argnums=(0, 1, 2))
+
+  ours = grads(lambda q, k, v: jattn.attention(q, k, v, causal=True, implementation="pallas"))
+  one = lambda x: x[:1].astype(jnp.float32)   # the reference on the first sequence
+  ref = lambda: jax.grad(lambda q, k, v: (reference.attention(
+      q, k, v, sm_scale=D ** -0.5, variant=V.causal())[0] * one(do)).sum(),
+      argnums=(0, 1, 2))(one(q), one(k), one(v))
+  checks["fwd+bwd causal"] = ab_rows(flag, "fwd+bwd causal B4 T4096 H32 D128", ours,
+                                     (q, k, v), ref, rows)
+  rows.append(("fwd+bwd cudnn", jax.jit(grads(lambda q, k, v: jax.nn.dot_product_attention(
+      q, k, v, is_causal=True, implementation="cudnn"))), [(q, k, v)]))
+
+
+GROUPS = dict(causal=causal_group, sparse=sparse_group, bwd=bwd_group)
+
+
+def main(out, flag_path, group, rounds):
+  flag = Flag(flag_path)
+  rows, checks = [], {}
+  log("device", jax.devices()[0].device_kind, "flag", flag_path, "group", group)
+  tk = None
+  if group == "causal":
+    tk, why = import_tokamax()
+    if tk is None:
+      log("tokamax:", why)
+  GROUPS[group](flag, rows, checks, tk)
+  res = time_rows(rows, rounds)
+  with open(f"{out}/flag_probe_{group}.json", "w") as fh:
+    json.dump(dict(device=jax.devices()[0].device_kind, jax=jax.__version__, flag=flag_path,
+                   checks=checks, rows=res), fh, indent=1, default=str)
+
+
+if __name__ == "__main__":
+  main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]) if len(sys.argv) > 4 else 5)
