@@ -1,18 +1,19 @@
-"""A/B of a module-level switch of a jattn kernel, in one process (interleaved rounds,
+"""A/B of module-level switches of a jattn kernel, in one process (interleaved rounds,
 the device clock beside), next to the peers: the record of a kernel change's measured
 effect (benchmarks/NOTES.md quotes its output).
 
-  PYTHONPATH=.:$TOKAMAX_SITE python3 -m benchmarks.flag_probe OUT MODULE.FLAG GROUP [ROUNDS]
+  PYTHONPATH=.:$TOKAMAX_SITE python3 -m benchmarks.flag_probe OUT FLAGS GROUP [ROUNDS]
 
-MODULE.FLAG is a boolean attribute, e.g. jattn.pallas.prefill.NAMED_BARRIERS; each jattn
-row is compiled with it on ("on") and off ("off"), with JAX's caches cleared between the
+FLAGS: comma-separated boolean module attributes, e.g. jattn.pallas.prefill.NAMED_TURN.
+Each jattn row is compiled with every flag off ("off"), with each flag alone on (its
+name) and, for several flags, with all on ("on"); JAX's caches are cleared between the
 traces (jattn traces its kernels once per signature otherwise). GROUP:
   causal  the five prefill_causal shapes, with cuDNN and tokamax mosaic;
   sparse  block-sparse T8192 at density 0.1 / 0.3 / 0.5 (plan given, kernel alone) and the
           dense non-causal row at that shape;
   bwd     forward + backward, causal B4 T4096 H32 D128, with cuDNN's.
-Checks: the two builds' outputs (for bwd the gradients) are compared bitwise (reported,
-not required: a switch may change rounding), and the "on" build against the float32
+Checks: every build's outputs (for bwd the gradients) are compared bitwise with "off"
+(reported, not required: a switch may change rounding), and against the float32
 reference on the first rows (relative error < 2e-2). Writes OUT/flag_probe_GROUP.json.
 """
 
@@ -37,46 +38,56 @@ CAUSAL = ((4, 4096, 32, 32, 128), (1, 8192, 32, 32, 128), (4, 4096, 32, 8, 128),
           (4, 4096, 32, 32, 64), (4, 4096, 16, 16, 256))
 
 
-class Flag:
-  def __init__(self, path: str):
-    mod, self.name = path.rsplit(".", 1)
-    self.mod = importlib.import_module(mod)
-    if not isinstance(getattr(self.mod, self.name), bool):
-      raise SystemExit(f"{path} is not a boolean switch")
+class Flags:
+  """The switches and the builds to compare: [(label, {flag: value})]."""
+
+  def __init__(self, paths: str):
+    self.flags = []
+    for path in paths.split(","):
+      mod, name = path.rsplit(".", 1)
+      mod = importlib.import_module(mod)
+      if not isinstance(getattr(mod, name), bool):
+        raise SystemExit(f"{path} is not a boolean switch")
+      self.flags.append((mod, name))
+    off = {f: False for f in self.flags}
+    self.builds = [("off", off)] + [(f[1], {**off, f: True}) for f in self.flags]
+    if len(self.flags) > 1:
+      self.builds.append(("on", {f: True for f in self.flags}))
 
   @contextlib.contextmanager
-  def set(self, on: bool):
-    old = getattr(self.mod, self.name)
-    setattr(self.mod, self.name, on)
+  def set(self, values):
+    old = {f: getattr(*f) for f in values}
+    for (mod, name), on in values.items():
+      setattr(mod, name, on)
     jax.clear_caches()
     try:
       yield
     finally:
-      setattr(self.mod, self.name, old)
+      for (mod, name), on in old.items():
+        setattr(mod, name, on)
 
 
 def rand(key, shape):
   return jax.random.normal(key, shape, jnp.float32).astype(jnp.bfloat16)
 
 
-def ab_rows(flag, name, f, args, ref_fn, rows):
-  """Compile f with the flag on and off, compare, add both rows; -> the check record."""
-  outs = {}
-  for label, on in (("on", True), ("off", False)):
-    with flag.set(on):
+def ab_rows(flags, name, f, args, ref_fn, rows):
+  """Compile f for every build, compare, add the rows; -> the check record."""
+  outs, check = {}, {}
+  ref = [np.asarray(x, np.float32) for x in jax.tree.leaves(ref_fn())]
+  for label, values in flags.builds:
+    with flags.set(values):
       comp = jax.jit(f).lower(*args).compile()
     outs[label] = [np.asarray(x, np.float32) for x in jax.tree.leaves(comp(*args))]
     rows.append((f"{name} {label}", comp, [args]))
-  same = all(np.array_equal(a, b) for a, b in zip(outs["on"], outs["off"]))
-  ref = [np.asarray(x, np.float32) for x in jax.tree.leaves(ref_fn())]
-  errs = []
-  for o, r in zip(outs["on"], ref):
-    o = o[tuple(slice(0, n) for n in r.shape)]   # the reference's rows
-    errs.append(float(np.linalg.norm(o - r) / np.linalg.norm(r)))
-  log(f"{name}: on == off bitwise: {same}; rel err vs float32 reference "
-      f"{', '.join(f'{e:.2e}' for e in errs)}")
-  assert max(errs) < 2e-2, (name, errs)
-  return dict(bitwise_same=same, rel_err=errs)
+    errs = [float(np.linalg.norm(o[tuple(slice(0, n) for n in r.shape)] - r)
+                  / np.linalg.norm(r)) for o, r in zip(outs[label], ref)]  # ref's rows
+    same = all(np.array_equal(a, b) for a, b in zip(outs[label], outs["off"]))
+    check[label] = dict(bitwise_same_as_off=same, rel_err=errs)
+    log(f"{name} {label}: == off bitwise: {same}; rel err vs float32 reference "
+        f"{', '.join(f'{e:.2e}' for e in errs)}")
+    assert max(errs) < 2e-2, (name, label, errs)
+  return check
 
 
 def f32(x):
@@ -149,10 +160,10 @@ def bwd_group(flag, rows, checks, tk):
 GROUPS = dict(causal=causal_group, sparse=sparse_group, bwd=bwd_group)
 
 
-def main(out, flag_path, group, rounds):
-  flag = Flag(flag_path)
+def main(out, flag_paths, group, rounds):
+  flag = Flags(flag_paths)
   rows, checks = [], {}
-  log("device", jax.devices()[0].device_kind, "flag", flag_path, "group", group)
+  log("device", jax.devices()[0].device_kind, "flags", flag_paths, "group", group)
   tk = None
   if group == "causal":
     tk, why = import_tokamax()
@@ -161,7 +172,7 @@ def main(out, flag_path, group, rounds):
   GROUPS[group](flag, rows, checks, tk)
   res = time_rows(rows, rounds)
   with open(f"{out}/flag_probe_{group}.json", "w") as fh:
-    json.dump(dict(device=jax.devices()[0].device_kind, jax=jax.__version__, flag=flag_path,
+    json.dump(dict(device=jax.devices()[0].device_kind, jax=jax.__version__, flags=flag_paths,
                    checks=checks, rows=res), fh, indent=1, default=str)
 
 

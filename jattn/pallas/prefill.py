@@ -234,7 +234,10 @@ def _tiled_smem(shape, dtype):
 
 # Hardware named barriers 0 and 1 + warpgroup index belong to Mosaic GPU; ours follow.
 NAMED_BARRIER_BASE = 4
-NAMED_BARRIERS = True   # compiled kernels signal through named barriers (see `Signals`)
+# Compiled kernels signal through named barriers (see `Signals`): the consumers' turn
+# (NAMED_TURN) and the ring's slot frees (NAMED_FREES); module switches for A/B runs.
+NAMED_TURN = True
+NAMED_FREES = True
 
 
 def named_barrier(op: str, index, threads: int):
@@ -257,45 +260,50 @@ def named_barrier(op: str, index, threads: int):
 
 class Signals:
   """The consumers' ping-pong turn and the ring's "slot free" signals of the forward
-  kernel. Compiled: hardware named barriers (`bar.sync` / `bar.arrive`); interpreted, or
-  with NAMED_BARRIERS off: mbarriers (the GPU interpreter runs no inline PTX). Both give
-  the same order of events.
+  kernel, through mbarriers (interpreted kernels: the GPU interpreter runs no inline PTX)
+  or hardware named barriers (compiled). Both give the same order of events.
 
-  * turn: the two consumers' rendezvous. `turn_begin()` where a consumer is ready,
-    `turn_end()` where it needs the other to be: an mbarrier arrive / wait pair, or one
-    `bar.sync` over both warpgroups at the first point (the work between the two points
-    is the consumer's own, so the other's progress does not change).
+  * The turn: consumer wg arrives where it is ready (`turn_arrive`) and waits where it
+    needs the other to have arrived (`turn_wait`); the two alternate, so the n-th wait
+    of each waits for the other's n-th arrival. mbarrier: one of two arrivals. Named:
+    wg arrives on the other's barrier and syncs on its own, one barrier per (consumer,
+    parity of n): the other may arrive again before wg's sync (its arrive does not
+    block) but not twice, since its next arrival follows its own sync, which needs wg's
+    next arrival, which follows wg's sync. `parity` is n mod 2 (see the kernel).
   * release(kind, slot) (consumers, after reading the slot) / acquire(kind, slot)
     (producer, before refilling it), kind "k" or "v": an mbarrier of two arrivals, or a
     named barrier per slot over all three warpgroups (consumers arrive, producer syncs).
     A consumer arrives on a slot's barrier once per tile, and the next tile in that slot
     cannot load before the producer's sync, so arrivals never run a phase ahead."""
 
-  def __init__(self, named: bool, stages: int, sched=None, k_free=None, v_free=None):
-    self.named, self.stages = named, stages
+  def __init__(self, named_turn: bool, named_frees: bool, stages: int, sched=None,
+               k_free=None, v_free=None):
+    self.named_turn, self.named_frees, self.stages = named_turn, named_frees, stages
     self.sched, self.free = sched, {"k": k_free, "v": v_free}
 
-  def turn_begin(self):
-    if self.named:
-      named_barrier("sync", NAMED_BARRIER_BASE, 256)
+  def turn_arrive(self, wg, parity):
+    if self.named_turn:
+      named_barrier("arrive", NAMED_BARRIER_BASE + 2 * (1 - wg) + parity, 256)
     else:
       plgpu.barrier_arrive(self.sched)
 
-  def turn_end(self):
-    if not self.named:
+  def turn_wait(self, wg, parity):
+    if self.named_turn:
+      named_barrier("sync", NAMED_BARRIER_BASE + 2 * wg + parity, 256)
+    else:
       plgpu.barrier_wait(self.sched)
 
   def _slot_barrier(self, kind, slot):
-    return NAMED_BARRIER_BASE + 1 + (0 if kind == "k" else self.stages) + slot
+    return NAMED_BARRIER_BASE + 4 + (0 if kind == "k" else self.stages) + slot
 
   def release(self, kind, slot):
-    if self.named:
+    if self.named_frees:
       named_barrier("arrive", self._slot_barrier(kind, slot), 384)
     else:
       plgpu.barrier_arrive(self.free[kind].at[slot])
 
   def acquire(self, kind, slot):
-    if self.named:
+    if self.named_frees:
       named_barrier("sync", self._slot_barrier(kind, slot), 384)
     else:
       plgpu.barrier_wait(self.free[kind].at[slot])
@@ -526,7 +534,7 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
   bq, bkv, stages = cfg.block_q, cfg.block_kv, cfg.num_stages
   (q_smem, o_smem, lse_smem, k_smem, v_smem, q_bar, q_free, k_bar, v_bar, k_free, v_free,
    sched) = scratch
-  sig = Signals(k_free is None, stages, sched, k_free, v_free)
+  sig = Signals(sched is None, k_free is None, stages, sched, k_free, v_free)
   q_bufs = q_smem.shape[0]
   # When a consumer gives its Q buffer back: right after the KV loop when O has its own
   # buffer; else O is written through the Q buffer and the buffer is freed once the store
@@ -554,9 +562,9 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
     hi = jnp.where(rows_end > r0, hi, lo)            # no valid row: visit nothing
     return w, b, h, q_len, kv_len, off, r0, lo, hi
 
-  def rendezvous():
-    sig.turn_begin()
-    sig.turn_end()
+  def rendezvous(parity):
+    sig.turn_arrive(wg, parity)
+    sig.turn_wait(wg, parity)
 
   # Registers per thread, consumer / producer (of 512 across the three warpgroups). ptxas
   # spills at neither split; 240 / 24 ran head dim 64 3.8-5.6 % faster on an H100 and
@@ -579,6 +587,10 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
       buf = lax.rem(k, q_bufs)
       w0 = r0 + wg * bq
       qs = q_smem.at[buf, wg]
+      # Parity of the turns taken so far (`Signals`): an item takes two per step and one
+      # rendezvous (wg 1's first, wg 0's last), so item k starts at parity k mod 2.
+      item_parity = lax.rem(k, 2)
+      turn_parity = lax.rem(item_parity + wg, 2)   # of a step's first turn
       params = {n: r[h] for n, r in zip(param_names, refs.extra[geo.num_extra:])}
       if geo.sparse:   # own list: [0, nf) whole tiles, [nf, n) masked, [n, hi) idle
         nf, n = geo.segment(refs, h, r0, wg)
@@ -625,12 +637,12 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
 
         def qk(acc_ref):
           plgpu.wgmma(acc_ref, qs, kv_at(slot, j, k_smem).T)
-          sig.turn_begin()
+          sig.turn_arrive(wg, turn_parity)
           return acc_ref[...]
 
         s = pl.run_scoped(qk, plgpu.ACC((bq, bkv), jnp.float32))
         sig.release("k", slot)
-        sig.turn_end()
+        sig.turn_wait(wg, turn_parity)
 
         t, c = logits(s, j, masked)
         row_max = t.max(axis=1)
@@ -646,9 +658,9 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
           l_i = l_i + p.sum(axis=1)
           acc, l_i, m_new, p16 = lax.optimization_barrier((acc, l_i, m_new, p16))
 
-        sig.turn_begin()
+        sig.turn_arrive(wg, 1 - turn_parity)
         plgpu.barrier_wait(v_bar.at[slot])
-        sig.turn_end()
+        sig.turn_wait(wg, 1 - turn_parity)
         if not sum_early:
           l_i = l_i + p.sum(axis=1)
         acc = mma_acc(acc, p16, kv_at(slot, j, v_smem), interpret,
@@ -659,12 +671,12 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
       def idle_step(j, carry):
         """`step`'s barrier protocol without the math (sparse: past this list's end)."""
         slot = slot_of(j)
-        sig.turn_begin()
+        sig.turn_arrive(wg, turn_parity)
         sig.release("k", slot)
-        sig.turn_end()
-        sig.turn_begin()
+        sig.turn_wait(wg, turn_parity)
+        sig.turn_arrive(wg, 1 - turn_parity)
         plgpu.barrier_wait(v_bar.at[slot])
-        sig.turn_end()
+        sig.turn_wait(wg, 1 - turn_parity)
         wait_next_k(j)
         sig.release("v", slot)
         return carry
@@ -686,7 +698,7 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
         def _():
           plgpu.barrier_wait(k_bar.at[slot_of(lo)])
 
-        pl.when(wg == 1)(rendezvous)
+        pl.when(wg == 1)(functools.partial(rendezvous, item_parity))
       with jax.named_scope("steps"):
         carry = (acc, m_i, l_i)
         for start, stop, masked in segments:
@@ -695,7 +707,7 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
           carry = lax.fori_loop(n, hi, idle_step, carry)
       acc, m_i, l_i = carry
       with jax.named_scope("item_end"):
-        pl.when(wg == 0)(rendezvous)
+        pl.when(wg == 0)(functools.partial(rendezvous, item_parity))
         if release == "loop":   # Q is no longer read: the producer may refill its buffer
           plgpu.barrier_arrive(q_free.at[buf])
 
@@ -818,7 +830,7 @@ def run_forward(geo, q, k, v, extra, out_types, variant: Variant, *, sm_scale: f
     num_ctas = max(min(num_ctas, _num_sms(interpret)), 1)
   q_bufs = q_buffers(cfg, D, Dv, 2 if geo.sparse else 1)
   separate_o = Dv != D
-  mbar = not (NAMED_BARRIERS and not interpret)   # else named barriers (`Signals`)
+  named_turn, named_frees = (not interpret and NAMED_TURN, not interpret and NAMED_FREES)
 
   def entry(q_ref, k_ref, v_ref, *rest):
     n_in = len(extra) + len(params)
@@ -835,9 +847,9 @@ def run_forward(geo, q, k, v, extra, out_types, variant: Variant, *, sm_scale: f
         plgpu.Barrier(num_arrivals=2, num_barriers=q_bufs),          # Q buffer free
         plgpu.Barrier(num_arrivals=geo.kv_copies, num_barriers=st),  # K loaded
         plgpu.Barrier(num_arrivals=geo.kv_copies, num_barriers=st),  # V loaded
-        plgpu.Barrier(num_arrivals=2, num_barriers=st) if mbar else None,  # K slot free
-        plgpu.Barrier(num_arrivals=2, num_barriers=st) if mbar else None,  # V slot free
-        plgpu.Barrier(num_arrivals=2) if mbar else None,             # consumer ping-pong
+        None if named_frees else plgpu.Barrier(num_arrivals=2, num_barriers=st),  # K free
+        None if named_frees else plgpu.Barrier(num_arrivals=2, num_barriers=st),  # V free
+        None if named_turn else plgpu.Barrier(num_arrivals=2),       # consumer ping-pong
     )
     body = functools.partial(_fwd_kernel_body, refs, geo=geo, cfg=cfg, variant=variant,
                              sm_scale=sm_scale, group=group, num_ctas=num_ctas,
