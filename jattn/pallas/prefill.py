@@ -24,8 +24,9 @@ warpgroups:
     packed rows or, page by page, from the cache);
   * warpgroups 0 and 1 (consumers, 232 registers): block_q rows each. Per KV tile:
     S = Q K^T (wgmma, Q and K in SMEM), online softmax in base 2, O += P V (wgmma, P from
-    registers). A shared "schedule" barrier ping-pongs the two consumers so that one's
-    softmax runs under the other's matmuls (FlashAttention-3's inter-warpgroup overlap).
+    registers). A turn barrier ping-pongs the two consumers so that one's softmax runs
+    under the other's matmuls (FlashAttention-3's inter-warpgroup overlap). The turn
+    and the slot frees are hardware named barriers (`Signals`).
   * Only KV tiles inside the variant's band (`Variant.band`) and below kv_len are visited:
     this is where causal and sliding-window speed comes from. Tiles wholly inside the band
     and below kv_len run without any mask code; edge tiles (and every tile when the variant
@@ -57,8 +58,9 @@ Gradient: `jax.custom_vjp`; the forward saves lse; the backward runs the Pallas 
 `jattn.pallas.prefill_bwd` (head dims <= 128; wider heads use jax.vjp of the reference).
 
 Interpret mode (CPU): the GPU interpreter has no rule for wgmma with a register operand
-(P V, dS K, ...), so there those products are plain dots on the SMEM tiles (`mma_acc`);
-everything else (TMA, barriers, the ring, the ping-pong) runs as compiled.
+(P V, dS K, ...), so there those products are plain dots on the SMEM tiles (`mma_acc`),
+and it runs no inline PTX, so the turn and the slot frees use mbarriers there (the same
+order of events); everything else (TMA, the ring, the ping-pong) runs as compiled.
 """
 
 from __future__ import annotations
@@ -234,10 +236,6 @@ def _tiled_smem(shape, dtype):
 
 # Hardware named barriers 0 and 1 + warpgroup index belong to Mosaic GPU; ours follow.
 NAMED_BARRIER_BASE = 4
-# Compiled kernels signal through named barriers (see `Signals`): the consumers' turn
-# (NAMED_TURN) and the ring's slot frees (NAMED_FREES); module switches for A/B runs.
-NAMED_TURN = True
-NAMED_FREES = True
 
 
 def named_barrier(op: str, index, threads: int):
@@ -261,7 +259,9 @@ def named_barrier(op: str, index, threads: int):
 class Signals:
   """The consumers' ping-pong turn and the ring's "slot free" signals of the forward
   kernel, through mbarriers (interpreted kernels: the GPU interpreter runs no inline PTX)
-  or hardware named barriers (compiled). Both give the same order of events.
+  or hardware named barriers (compiled). Both give the same order of events. Measured
+  on an H200 (benchmarks/NOTES.md, session 19): dense rows within noise, the block-sparse
+  kernel 1-6 % shorter by the device clock.
 
   * The turn: consumer wg arrives where it is ready (`turn_arrive`) and waits where it
     needs the other to have arrived (`turn_wait`); the two alternate, so the n-th wait
@@ -276,19 +276,18 @@ class Signals:
     A consumer arrives on a slot's barrier once per tile, and the next tile in that slot
     cannot load before the producer's sync, so arrivals never run a phase ahead."""
 
-  def __init__(self, named_turn: bool, named_frees: bool, stages: int, sched=None,
-               k_free=None, v_free=None):
-    self.named_turn, self.named_frees, self.stages = named_turn, named_frees, stages
+  def __init__(self, named: bool, stages: int, sched=None, k_free=None, v_free=None):
+    self.named, self.stages = named, stages
     self.sched, self.free = sched, {"k": k_free, "v": v_free}
 
   def turn_arrive(self, wg, parity):
-    if self.named_turn:
+    if self.named:
       named_barrier("arrive", NAMED_BARRIER_BASE + 2 * (1 - wg) + parity, 256)
     else:
       plgpu.barrier_arrive(self.sched)
 
   def turn_wait(self, wg, parity):
-    if self.named_turn:
+    if self.named:
       named_barrier("sync", NAMED_BARRIER_BASE + 2 * wg + parity, 256)
     else:
       plgpu.barrier_wait(self.sched)
@@ -297,13 +296,13 @@ class Signals:
     return NAMED_BARRIER_BASE + 4 + (0 if kind == "k" else self.stages) + slot
 
   def release(self, kind, slot):
-    if self.named_frees:
+    if self.named:
       named_barrier("arrive", self._slot_barrier(kind, slot), 384)
     else:
       plgpu.barrier_arrive(self.free[kind].at[slot])
 
   def acquire(self, kind, slot):
-    if self.named_frees:
+    if self.named:
       named_barrier("sync", self._slot_barrier(kind, slot), 384)
     else:
       plgpu.barrier_wait(self.free[kind].at[slot])
@@ -534,7 +533,7 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
   bq, bkv, stages = cfg.block_q, cfg.block_kv, cfg.num_stages
   (q_smem, o_smem, lse_smem, k_smem, v_smem, q_bar, q_free, k_bar, v_bar, k_free, v_free,
    sched) = scratch
-  sig = Signals(sched is None, k_free is None, stages, sched, k_free, v_free)
+  sig = Signals(sched is None, stages, sched, k_free, v_free)
   q_bufs = q_smem.shape[0]
   # When a consumer gives its Q buffer back: right after the KV loop when O has its own
   # buffer; else O is written through the Q buffer and the buffer is freed once the store
@@ -830,7 +829,7 @@ def run_forward(geo, q, k, v, extra, out_types, variant: Variant, *, sm_scale: f
     num_ctas = max(min(num_ctas, _num_sms(interpret)), 1)
   q_bufs = q_buffers(cfg, D, Dv, 2 if geo.sparse else 1)
   separate_o = Dv != D
-  named_turn, named_frees = (not interpret and NAMED_TURN, not interpret and NAMED_FREES)
+  named = not interpret   # the signals' barriers (`Signals`)
 
   def entry(q_ref, k_ref, v_ref, *rest):
     n_in = len(extra) + len(params)
@@ -847,9 +846,9 @@ def run_forward(geo, q, k, v, extra, out_types, variant: Variant, *, sm_scale: f
         plgpu.Barrier(num_arrivals=2, num_barriers=q_bufs),          # Q buffer free
         plgpu.Barrier(num_arrivals=geo.kv_copies, num_barriers=st),  # K loaded
         plgpu.Barrier(num_arrivals=geo.kv_copies, num_barriers=st),  # V loaded
-        None if named_frees else plgpu.Barrier(num_arrivals=2, num_barriers=st),  # K free
-        None if named_frees else plgpu.Barrier(num_arrivals=2, num_barriers=st),  # V free
-        None if named_turn else plgpu.Barrier(num_arrivals=2),       # consumer ping-pong
+        None if named else plgpu.Barrier(num_arrivals=2, num_barriers=st),  # K slot free
+        None if named else plgpu.Barrier(num_arrivals=2, num_barriers=st),  # V slot free
+        None if named else plgpu.Barrier(num_arrivals=2),            # consumer ping-pong
     )
     body = functools.partial(_fwd_kernel_body, refs, geo=geo, cfg=cfg, variant=variant,
                              sm_scale=sm_scale, group=group, num_ctas=num_ctas,
