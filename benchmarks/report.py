@@ -113,8 +113,16 @@ def summary_table(res) -> str:
     best = (f"{max(ratios):.2f}× ({fastest})" if ratios else
             f"{max(base):.2f}× vs dense" if base else
             _twin_cell(twin) if twin else "—")
+    best += "".join(f"; {_interleaved(r)}" for r in mine if r.get("interleaved"))
     out.append(f"| `{w}` | " + " | ".join(_cell(by.get((w, i))) for i in impls) + f" | {best} |")
   return "\n".join(out)
+
+
+def _interleaved(r) -> str:
+  """The ratio of a row's alternating repetitions against its closest rival
+  (`benchmarks.run.interleave`)."""
+  i = r["interleaved"]
+  return f"interleaved {i['ratio']:.2f}× vs {i['vs']}"
 
 
 def _twin_cell(twin) -> str:
@@ -143,6 +151,8 @@ def detail_tables(res) -> str:
       vs = (f"{r['vs_best_peer']:.2f}" if r.get("vs_best_peer") else
             f"{r['vs_baseline']:.2f} vs dense" if r.get("vs_baseline") else
             f"{r['vs_bf16_jattn']:.2f} vs bf16 jattn" if r.get("vs_bf16_jattn") else "")
+      if r.get("interleaved"):
+        vs += f" ({_interleaved(r)})"
       err = ("n/a (other op)" if r.get("family") == "baseline" else
              f"{r['max_rel_err']:.1e}" + (" ⚠" if _flagged(r) else ""))
       chosen = r.get("chosen") or ""
@@ -178,7 +188,11 @@ def markdown(res) -> str:
       " summary names that peer);"
       " block-sparse rows instead compare with jattn's dense kernel on the same shape"
       " (`vs dense`); `_fp8` rows (float8 inputs, roofline of the float8 matmul) compare"
-      " with their bf16 twin workload's fastest jattn row and fastest peer.", "",
+      " with their bf16 twin workload's fastest jattn row and fastest peer."
+      " `interleaved` (runs from session 19 on): the fastest jattn row and its closest"
+      " rival (the fastest peer, or the dense kernel) timed again in alternating"
+      " repetitions, the median of their per-round ratio: the GPU's clock drift over a"
+      " workload falls on both alike, so this ratio is the steadier one.", "",
       "## Summary", "", summary_table(res), "", "## Details", "", detail_tables(res),
       "## Rows not timed, and notes", "", notes(res) or "(none)", ""])
 

@@ -119,6 +119,49 @@ def test_fp8_rows_compare_with_their_bf16_twin(result):
     assert "× bf16 jattn" in f.read()
 
 
+def test_interleaved_pair(result):
+  """Each workload with a timed jattn row and a timed peer re-times its fastest jattn row
+  against its fastest peer in alternating repetitions; the markdown shows the ratio."""
+  path, res = result
+  for w in {r["workload"] for r in res["rows"]}:
+    rows = [r for r in res["rows"] if r["workload"] == w and r["status"] == "ok"]
+    mine = [r for r in rows if r["family"] == "jattn" and not r.get("twin")]
+    peers = [r for r in rows if r["family"] == "peer"]
+    marked = [r for r in rows if r.get("interleaved")]
+    if not (mine and peers):
+      assert not marked, w
+      continue
+    (r,) = marked
+    assert r is min(mine, key=lambda x: x["median_ms"]), w
+    i = r["interleaved"]
+    assert i["vs"] == min(peers, key=lambda x: x["median_ms"])["impl"], w
+    assert i["rounds"] == run.INTERLEAVE_ROUNDS and i["ms"] > 0 and i["other_ms"] > 0
+    assert i["ratio"] > 0 and math.isfinite(i["ratio"])
+  assert any(r.get("interleaved") for r in res["rows"])
+  with open(os.path.splitext(path)[0] + ".md") as f:
+    assert "interleaved " in f.read()
+
+
+def test_interleave_alternates_and_keeps_two():
+  """Contenders keeps the fastest jattn row and the fastest peer (a peer over the
+  baseline); interleave times them A B, B A, ... and takes medians."""
+  class Prep:
+    def __init__(self, log, name):
+      self.fn, self.args = (lambda: log.append(name)), [()]
+  log = []
+  row = lambda impl, fam, ms: dict(impl=impl, family=fam, status="ok", median_ms=ms, calls=1)
+  c = run.Contenders()
+  slow, fast = row("jattn.a", "jattn", 2.0), row("jattn.b", "jattn", 1.0)
+  base, peer = row("dense", "baseline", 0.5), row("cudnn", "peer", 3.0)
+  for r in (slow, fast, base, peer, row("other", "peer", 4.0)):
+    c.offer(r, Prep(log, r["impl"]))
+  assert c.best["jattn"][0] is fast and c.best["other"][0] is peer
+  run.interleave(c, rounds=3)
+  assert log == ["jattn.b", "cudnn", "cudnn", "jattn.b", "jattn.b", "cudnn"]
+  assert fast["interleaved"]["vs"] == "cudnn" and fast["interleaved"]["rounds"] == 3
+  assert "interleaved" not in peer
+
+
 def test_absent_peer_says_why(result):
   _, res = result
   tok = [r for r in res["rows"] if r["impl"] == "tokamax.mosaic"]

@@ -74,12 +74,16 @@ def bench(fn, args: list[tuple], *, reps: int = 7, max_calls: int = MAX_CALLS,
     del last
     one = max((time.perf_counter() - t0) / burst, 1e-6)
   calls = int(max(1, min(max_calls, rep_s / one, budget_s / (reps * one))))
-  times = []
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    for i in range(calls):
-      last = fn(*args[i % n])
-    jax.block_until_ready(last)
-    times.append((time.perf_counter() - t0) / calls)
-    del last
+  times = [time_reps(fn, args, calls) for _ in range(reps)]
   return Timing(statistics.median(times), min(times), max(times), reps, calls, compile_s, out)
+
+
+def time_reps(fn, args: list[tuple], calls: int) -> float:
+  """One repetition of `bench`: `calls` back-to-back calls over the rotated input sets,
+  host clock to `block_until_ready` on the last; -> seconds per call. fn is compiled."""
+  n = len(args)
+  t0 = time.perf_counter()
+  for i in range(calls):
+    last = fn(*args[i % n])
+  jax.block_until_ready(last)
+  return (time.perf_counter() - t0) / calls
