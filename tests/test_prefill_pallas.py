@@ -228,6 +228,54 @@ def test_head_dim_64_tiles_follow_the_visible_keys():
   assert bkv(128, 128, kv_len=8192) == 128
 
 
+def test_named_turn_barriers_model():
+  """The consumers' turn on hardware named barriers (compiled kernels only; the CPU
+  suite interprets the mbarrier form), checked on a model: each consumer's sequence of
+  turns as the kernel issues them (`Signals.parities`: wg 1's rendezvous at an item's
+  start, two turns a step, wg 0's rendezvous at its end), run under random interleavings
+  with `bar.arrive` / `bar.sync` counting: no barrier ever completes without its syncing
+  warpgroup (an arrival running a phase ahead), none deadlocks, and the n-th wait of each
+  consumer is released by the other's n-th arrival, as with the mbarrier."""
+  base = P.NAMED_BARRIER_BASE
+
+  def program(wg, steps):
+    ops, n = [], 0
+    for k, s in enumerate(steps):
+      item, first = P.Signals.parities(k, wg)
+      turns = ([item] if wg == 1 else []) + [first, 1 - first] * s + ([item] if wg == 0 else [])
+      for parity in turns:
+        n += 1
+        ops += [("arrive", base + 2 * (1 - wg) + parity, n), ("sync", base + 2 * wg + parity, n)]
+    return ops
+
+  rng = np.random.default_rng(0)
+  for _ in range(300):
+    steps = rng.integers(0, 4, size=rng.integers(1, 6))
+    progs, pc = [program(0, steps), program(1, steps)], [0, 0]
+    count = {}          # barrier -> (arrivals so far in this phase, [arrival numbers])
+    waiting = {}        # wg -> (barrier, turn number) it is blocked in
+    while pc != [len(p) for p in progs]:
+      ready = [w for w in (0, 1) if pc[w] < len(progs[w]) and w not in waiting]
+      assert ready, "deadlock"
+      w = int(rng.choice(ready))
+      op, bar, n = progs[w][pc[w]]
+      pc[w] += 1
+      got, arrivals = count.get(bar, (0, []))
+      got += 128
+      if op == "arrive":
+        arrivals = arrivals + [n]
+      else:
+        waiting[w] = (bar, n)
+      assert got <= 256
+      if got == 256:   # the phase completes: it must be one sync meeting one arrival
+        syncs = [x for x, (b, _) in waiting.items() if b == bar]
+        assert len(arrivals) == 1 and len(syncs) == 1, "an arrival ran a phase ahead"
+        assert waiting.pop(syncs[0])[1] == arrivals[0], "a wait met the wrong arrival"
+        got, arrivals = 0, []
+      count[bar] = (got, arrivals)
+    assert not waiting and all(g == 0 for g, _ in count.values())
+
+
 @pytest.mark.skipif(ON_GPU, reason="checks the CPU dispatch")
 def test_public_api_runs_the_kernel_interpreted(rng):
   q, k, v = _dense(rng, 1, 40, 40, 2, 1, 64, 64)

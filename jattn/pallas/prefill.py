@@ -280,6 +280,14 @@ class Signals:
     self.named, self.stages = named, stages
     self.sched, self.free = sched, {"k": k_free, "v": v_free}
 
+  @staticmethod
+  def parities(k, wg):
+    """(parity of the rendezvous, parity of a step's first turn) of consumer wg in item
+    k; a step's second turn has the other. An item takes two turns per step and one
+    rendezvous (wg 1's first, wg 0's last), so item k starts at parity k mod 2."""
+    item = k % 2
+    return item, (item + wg) % 2
+
   def turn_arrive(self, wg, parity):
     if self.named:
       named_barrier("arrive", NAMED_BARRIER_BASE + 2 * (1 - wg) + parity, 256)
@@ -586,10 +594,7 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
       buf = lax.rem(k, q_bufs)
       w0 = r0 + wg * bq
       qs = q_smem.at[buf, wg]
-      # Parity of the turns taken so far (`Signals`): an item takes two per step and one
-      # rendezvous (wg 1's first, wg 0's last), so item k starts at parity k mod 2.
-      item_parity = lax.rem(k, 2)
-      turn_parity = lax.rem(item_parity + wg, 2)   # of a step's first turn
+      item_parity, turn_parity = Signals.parities(k, wg)
       params = {n: r[h] for n, r in zip(param_names, refs.extra[geo.num_extra:])}
       if geo.sparse:   # own list: [0, nf) whole tiles, [nf, n) masked, [n, hi) idle
         nf, n = geo.segment(refs, h, r0, wg)
