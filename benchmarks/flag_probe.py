@@ -4,8 +4,10 @@ effect (benchmarks/NOTES.md quotes its output).
 
   PYTHONPATH=.:$TOKAMAX_SITE python3 -m benchmarks.flag_probe OUT FLAGS GROUP [ROUNDS]
 
-FLAGS: comma-separated boolean module attributes, e.g. jattn.pallas.prefill.NAMED_TURN.
-Each jattn row is compiled with every flag off ("off"), with each flag alone on (its
+FLAGS: comma-separated boolean module attributes that a kernel reads at trace time, added
+for the A/B (session 19's were jattn.pallas.prefill.NAMED_TURN and NAMED_FREES; the
+kernel keeps no switch once the change is measured, so add one to try a change). Each
+jattn row is compiled with every flag off ("off"), with each flag alone on (its
 name) and, for several flags, with all on ("on"); JAX's caches are cleared between the
 traces (jattn traces its kernels once per signature otherwise). GROUP:
   causal  the five prefill_causal shapes, with cuDNN and tokamax mosaic;
