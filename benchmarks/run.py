@@ -81,7 +81,6 @@ def measure(wl, data, label, family, build, ceil, cfg, span: bool = False):
              family=family, status="ok", reason=None, note="", chosen=None,
              flops=wl.flops(), bytes=wl.bytes(), ceil_tflops=ceil_tflops,
              ceil_gbps=ceil["copy_gbps"], twin=wl.twin)
-  prep = None
   try:
     t0 = time.time()
     prep = build(wl, data)

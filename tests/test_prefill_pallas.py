@@ -228,6 +228,14 @@ def test_head_dim_64_tiles_follow_the_visible_keys():
   assert bkv(128, 128, kv_len=8192) == 128
 
 
+def test_compiled_ring_depth_is_bounded_by_the_hardware_barriers():
+  q = jax.ShapeDtypeStruct((1, 128, 2, 64), jnp.bfloat16)
+  f = lambda q, k, v: P.attention(q, k, v, sm_scale=0.125, variant=V.Variant(), q_lengths=None,
+                                  kv_lengths=None, config=P.Config(num_stages=5))
+  with pytest.raises(ValueError, match="at most 4"):
+    jax.eval_shape(f, q, q, q)
+
+
 def test_named_turn_barriers_model():
   """The consumers' turn on hardware named barriers (compiled kernels only; the CPU
   suite interprets the mbarrier form), checked on a model: each consumer's sequence of

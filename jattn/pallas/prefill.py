@@ -234,8 +234,10 @@ def _tiled_smem(shape, dtype):
                                               plgpu.SwizzleTransform(swizzle)))
 
 
-# Hardware named barriers 0 and 1 + warpgroup index belong to Mosaic GPU; ours follow.
+# Hardware named barriers 0 and 1 + warpgroup index belong to Mosaic GPU; ours follow:
+# four for the turn, then one per ring slot for K and for V (16 in all on the SM).
 NAMED_BARRIER_BASE = 4
+MAX_NAMED_STAGES = (16 - NAMED_BARRIER_BASE - 4) // 2
 
 
 def named_barrier(op: str, index, threads: int):
@@ -541,7 +543,7 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
   bq, bkv, stages = cfg.block_q, cfg.block_kv, cfg.num_stages
   (q_smem, o_smem, lse_smem, k_smem, v_smem, q_bar, q_free, k_bar, v_bar, k_free, v_free,
    sched) = scratch
-  sig = Signals(sched is None, stages, sched, k_free, v_free)
+  sig = Signals(sched is None, stages, sched, k_free, v_free)   # named: no mbarriers made
   q_bufs = q_smem.shape[0]
   # When a consumer gives its Q buffer back: right after the KV loop when O has its own
   # buffer; else O is written through the Q buffer and the buffer is freed once the store
@@ -835,6 +837,9 @@ def run_forward(geo, q, k, v, extra, out_types, variant: Variant, *, sm_scale: f
   q_bufs = q_buffers(cfg, D, Dv, 2 if geo.sparse else 1)
   separate_o = Dv != D
   named = not interpret   # the signals' barriers (`Signals`)
+  if named and cfg.num_stages > MAX_NAMED_STAGES:
+    raise ValueError(f"prefill Config: num_stages={cfg.num_stages}; the compiled kernel's "
+                     f"ring takes at most {MAX_NAMED_STAGES} (a hardware barrier per slot)")
 
   def entry(q_ref, k_ref, v_ref, *rest):
     n_in = len(extra) + len(params)
