@@ -131,34 +131,31 @@ INTERLEAVE_ROUNDS = 9
 
 
 class Contenders:
-  """While a workload's rows are measured: the fastest jattn row and the fastest
-  comparison row (a peer, or the baseline where the workload has one) with their built
-  functions; slower ones are dropped at once, so at most two stay in memory."""
+  """While a workload's rows are measured: the fastest timed row of each family (jattn,
+  peer, baseline) with its built function; a slower one is dropped at once, so a
+  workload holds one function per family (no workload has both peers and a baseline)."""
 
   def __init__(self):
-    self.best = {}   # side ("jattn" / "other") -> (row, prep)
+    self.best = {}   # family -> (row, prep)
 
   def offer(self, row, prep):
     if prep is None or row["status"] != "ok" or row.get("err_flag") or row.get("twin"):
       return
-    side = "jattn" if row["family"] == "jattn" else "other"
-    if row["family"] == "baseline" and any(
-        r["family"] == "peer" for r, _ in self.best.values()):
-      return
-    held = self.best.get(side)
-    if (held is None or (held[0]["family"] == "baseline" and row["family"] == "peer")
-        or row["median_ms"] < held[0]["median_ms"]):
-      self.best[side] = (row, prep)
+    held = self.best.get(row["family"])
+    if held is None or row["median_ms"] < held[0]["median_ms"]:
+      self.best[row["family"]] = (row, prep)
 
 
 def interleave(contenders: Contenders, rounds: int = INTERLEAVE_ROUNDS) -> None:
-  """Time the fastest jattn row against the fastest peer (or the baseline) in alternating
+  """Time the fastest jattn row against the fastest peer (else the baseline) in alternating
   repetitions (A B, then B A, ...), so that the GPU's clock drift over the workload falls
   on both alike: row["interleaved"] = {vs, ratio: median over rounds of (other / jattn),
   ms, other_ms: medians, rounds}. The rows' own figures stay the sequential ones."""
-  if set(contenders.best) != {"jattn", "other"}:
+  mine = contenders.best.get("jattn")
+  other = contenders.best.get("peer") or contenders.best.get("baseline")
+  if mine is None or other is None:
     return
-  (a, pa), (b, pb) = contenders.best["jattn"], contenders.best["other"]
+  (a, pa), (b, pb) = mine, other
   ta, tb = [], []
   for i in range(rounds):
     for row, prep, out in ((a, pa, ta), (b, pb, tb))[::1 if i % 2 == 0 else -1]:
@@ -166,6 +163,9 @@ def interleave(contenders: Contenders, rounds: int = INTERLEAVE_ROUNDS) -> None:
   a["interleaved"] = dict(vs=b["impl"], rounds=rounds,
                           ratio=statistics.median(y / x for x, y in zip(ta, tb)),
                           ms=statistics.median(ta) * 1e3, other_ms=statistics.median(tb) * 1e3)
+  i = a["interleaved"]
+  print(f"  interleaved: {a['impl']} {i['ms']:.3f} ms vs {i['vs']} {i['other_ms']:.3f} ms, "
+        f"{i['ratio']:.3f}x ({rounds} rounds)", flush=True)
 
 
 def best_peer_ratios(rows: list[dict]) -> None:
@@ -332,11 +332,6 @@ def main(argv=None) -> int:
       print(_fmt(r), flush=True)
       gc.collect()
     interleave(contenders)
-    for r, _ in contenders.best.values():
-      if r.get("interleaved"):
-        i = r["interleaved"]
-        print(f"  interleaved: {r['impl']} {i['ms']:.3f} ms vs {i['vs']} {i['other_ms']:.3f} ms, "
-              f"{i['ratio']:.3f}x ({i['rounds']} rounds)", flush=True)
     del contenders
     del data
     gc.collect()

@@ -155,7 +155,7 @@ def test_interleave_alternates_and_keeps_two():
   base, peer = row("dense", "baseline", 0.5), row("cudnn", "peer", 3.0)
   for r in (slow, fast, base, peer, row("other", "peer", 4.0)):
     c.offer(r, Prep(log, r["impl"]))
-  assert c.best["jattn"][0] is fast and c.best["other"][0] is peer
+  assert c.best["jattn"][0] is fast and c.best["peer"][0] is peer and c.best["baseline"][0] is base
   run.interleave(c, rounds=3)
   assert log == ["jattn.b", "cudnn", "cudnn", "jattn.b", "jattn.b", "cudnn"]
   assert fast["interleaved"]["vs"] == "cudnn" and fast["interleaved"]["rounds"] == 3

@@ -241,21 +241,14 @@ MAX_NAMED_STAGES = (16 - NAMED_BARRIER_BASE - 4) // 2
 
 
 def named_barrier(op: str, index, threads: int):
-  """PTX `bar.<op> index, threads` (op "sync" or "arrive"); index an int or an int32
-  scalar. Counted per thread, executed once per warp: a warpgroup's arrival is four
+  """PTX `bar.<op> index, threads` (op "sync" or "arrive"; index an int32 scalar, traced
+  or not). Counted per thread, executed once per warp: a warpgroup's arrival is four
   warp instructions, where an mbarrier arrival from Pallas is 128 thread arrivals."""
-  if isinstance(index, int):
-    @plgpu.inline_mgpu()
-    def emit(_):
-      mgpu.utils.inline_ptx(f"bar.{op} {index}, {threads};", has_side_effects=True,
-                            convergent=True)
-    emit()
-  else:
-    @plgpu.inline_mgpu(arg_types=(plgpu.Layout.WG_SPLAT,))
-    def emit(_, i):
-      mgpu.utils.inline_ptx(f"bar.{op} $0, {threads};", i.registers[()],
-                            has_side_effects=True, convergent=True)
-    emit(index)
+  @plgpu.inline_mgpu(arg_types=(plgpu.Layout.WG_SPLAT,))
+  def emit(_, i):
+    mgpu.utils.inline_ptx(f"bar.{op} $0, {threads};", i.registers[()],
+                          has_side_effects=True, convergent=True)
+  emit(jnp.asarray(index, jnp.int32))
 
 
 class Signals:
