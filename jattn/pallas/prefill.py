@@ -236,6 +236,7 @@ def _tiled_smem(shape, dtype):
 
 # Hardware named barriers 0 and 1 + warpgroup index belong to Mosaic GPU; ours follow:
 # four for the turn, then one per ring slot for K and for V (16 in all on the SM).
+EARLY_QK = True   # A/B switch (session 20): S_{j+1} issued behind P_j V_j
 NAMED_BARRIER_BASE = 4
 MAX_NAMED_STAGES = (16 - NAMED_BARRIER_BASE - 4) // 2
 
@@ -327,6 +328,29 @@ def mma_acc(acc, a, b_ref, interpret: bool, then=None):
       then()
 
   return pl.run_state(fn)(plgpu.ACC.init(acc))
+
+
+def mma_acc_then_qk(acc, a, b_ref, q_ref, kt_ref, s_shape, interpret, between, after):
+  """(acc + a @ b_ref, q_ref @ kt_ref): the second product issued right behind the first
+  (`between()` before it, `after()` once both are issued) and one wait for both, so the
+  tensor cores run them back to back. Interpreted: `mma_acc`, then the second product."""
+  def qk(s_ref):
+    plgpu.wgmma(s_ref, q_ref, kt_ref)
+    after()
+
+  if interpret:
+    acc = mma_acc(acc, a, b_ref, True, then=between)
+    return acc, pl.run_scoped(lambda s_ref: (qk(s_ref), s_ref[...])[1],
+                              plgpu.ACC(s_shape, jnp.float32))
+
+  def fn(refs):
+    o_ref, s_ref = refs
+    plgpu.wgmma(o_ref, a, b_ref)
+    between()
+    qk(s_ref)
+
+  zeros = plgpu.layout_cast(jnp.zeros(s_shape, jnp.float32), _WGMMA)
+  return pl.run_state(fn)((plgpu.ACC.init(acc), plgpu.ACC.init(zeros)))
 
 
 def online_softmax(s, m_i, l_i):
@@ -630,17 +654,30 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
         def _():
           plgpu.barrier_wait(k_bar.at[slot_of(j + 1)])
 
-      def step(j, carry, masked):
-        acc, m_i, l_i = carry
-        slot = slot_of(j)
+      def k_tile(j):
+        return kv_at(slot_of(j), j, k_smem).T
 
+      def first_qk(j, carry):
+        """Step j's Q.K^T, issued and waited (EARLY_QK: for the item's first step, before
+        the loop; a later step's is issued in the step before)."""
         def qk(acc_ref):
-          plgpu.wgmma(acc_ref, qs, kv_at(slot, j, k_smem).T)
+          plgpu.wgmma(acc_ref, qs, k_tile(j))
           sig.turn_arrive(wg, turn_parity)
           return acc_ref[...]
 
         s = pl.run_scoped(qk, plgpu.ACC((bq, bkv), jnp.float32))
-        sig.release("k", slot)
+        sig.release("k", slot_of(j))
+        return (*carry[:3], s)
+
+      def step(j, carry, masked, issue_next=False):
+        """Softmax of S_j and O += P_j V_j; with issue_next (EARLY_QK) S_j came in the
+        carry and S_{j+1} = Q K_{j+1}^T is issued right behind P_j V_j."""
+        acc, m_i, l_i = carry[:3]
+        slot = slot_of(j)
+        if EARLY_QK:
+          s = carry[3]
+        else:
+          s = first_qk(j, carry)[3]
         sig.turn_wait(wg, turn_parity)
 
         t, c = logits(s, j, masked)
@@ -662,10 +699,18 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
         sig.turn_wait(wg, 1 - turn_parity)
         if not sum_early:
           l_i = l_i + p.sum(axis=1)
-        acc = mma_acc(acc, p16, kv_at(slot, j, v_smem), interpret,
-                      then=functools.partial(wait_next_k, j))
-        sig.release("v", slot)
-        return acc, m_new, l_i
+        if issue_next:
+          acc, s = mma_acc_then_qk(
+              acc, p16, kv_at(slot, j, v_smem), qs, k_tile(j + 1), (bq, bkv), interpret,
+              between=lambda: plgpu.barrier_wait(k_bar.at[slot_of(j + 1)]),
+              after=lambda: sig.turn_arrive(wg, turn_parity))
+          sig.release("v", slot)
+          sig.release("k", slot_of(j + 1))
+        else:
+          acc = mma_acc(acc, p16, kv_at(slot, j, v_smem), interpret,
+                        then=functools.partial(wait_next_k, j))
+          sig.release("v", slot)
+        return (acc, m_new, l_i, s) if EARLY_QK else (acc, m_new, l_i)
 
       def idle_step(j, carry):
         """`step`'s barrier protocol without the math (sparse: past this list's end)."""
@@ -700,11 +745,24 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
         pl.when(wg == 1)(functools.partial(rendezvous, item_parity))
       with jax.named_scope("steps"):
         carry = (acc, m_i, l_i)
-        for start, stop, masked in segments:
-          carry = lax.fori_loop(start, stop, functools.partial(step, masked=masked), carry)
+        if EARLY_QK:
+          # Step lo's S before the loop; the steps before the last with math issue the
+          # next S; the last (masked: any tile) issues none.
+          last = n if geo.sparse else hi
+          s0 = plgpu.layout_cast(jnp.zeros((bq, bkv), jnp.float32), _WGMMA)
+          carry = lax.fori_loop(lo, jnp.minimum(lo + 1, last), first_qk, (*carry, s0))
+          for start, stop, masked in segments:
+            carry = lax.fori_loop(start, jnp.minimum(stop, last - 1),
+                                  functools.partial(step, masked=masked, issue_next=True),
+                                  carry)
+          carry = lax.fori_loop(jnp.maximum(lo, last - 1), last,
+                                functools.partial(step, masked=True), carry)
+        else:
+          for start, stop, masked in segments:
+            carry = lax.fori_loop(start, stop, functools.partial(step, masked=masked), carry)
         if geo.sparse:
           carry = lax.fori_loop(n, hi, idle_step, carry)
-      acc, m_i, l_i = carry
+      acc, m_i, l_i = carry[:3]
       with jax.named_scope("item_end"):
         pl.when(wg == 0)(functools.partial(rendezvous, item_parity))
         if release == "loop":   # Q is no longer read: the producer may refill its buffer
