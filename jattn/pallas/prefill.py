@@ -237,6 +237,7 @@ def _tiled_smem(shape, dtype):
 # Hardware named barriers 0 and 1 + warpgroup index belong to Mosaic GPU; ours follow:
 # four for the turn, then one per ring slot for K and for V (16 in all on the SM).
 EARLY_QK = True   # A/B switch (session 20): S_{j+1} issued behind P_j V_j
+LATE_ARRIVE = False   # A/B switch (session 20): the turn handed over after S's wait
 NAMED_BARRIER_BASE = 4
 MAX_NAMED_STAGES = (16 - NAMED_BARRIER_BASE - 4) // 2
 
@@ -662,10 +663,13 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
         the loop; a later step's is issued in the step before)."""
         def qk(acc_ref):
           plgpu.wgmma(acc_ref, qs, k_tile(j))
-          sig.turn_arrive(wg, turn_parity)
+          if not LATE_ARRIVE:
+            sig.turn_arrive(wg, turn_parity)
           return acc_ref[...]
 
         s = pl.run_scoped(qk, plgpu.ACC((bq, bkv), jnp.float32))
+        if LATE_ARRIVE:
+          sig.turn_arrive(wg, turn_parity)
         sig.release("k", slot_of(j))
         return (*carry[:3], s)
 
@@ -703,7 +707,9 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
           acc, s = mma_acc_then_qk(
               acc, p16, kv_at(slot, j, v_smem), qs, k_tile(j + 1), (bq, bkv), interpret,
               between=lambda: plgpu.barrier_wait(k_bar.at[slot_of(j + 1)]),
-              after=lambda: sig.turn_arrive(wg, turn_parity))
+              after=lambda: None if LATE_ARRIVE else sig.turn_arrive(wg, turn_parity))
+          if LATE_ARRIVE:
+            sig.turn_arrive(wg, turn_parity)
           sig.release("v", slot)
           sig.release("k", slot_of(j + 1))
         else:
