@@ -124,6 +124,29 @@ def test_persistent_with_one_q_buffer(rng):
   np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("case", ["lengths_and_empty_items", "window_and_user_mask"])
+def test_early_qk_matches_the_plain_step(case, rng):
+  """`Config.early_qk` (each step issues the next S behind its P.V; the default at head
+  dims > 128) against the plain step, bitwise: the item's first S before its loop, the
+  last step through the mask code, one-step and empty items, rows that see nothing."""
+  kw = {}
+  if case == "lengths_and_empty_items":
+    q, k, v = _dense(rng, 4, 150, 140, 2, 1, 64, 64)
+    var = V.causal()
+    kw = dict(q_lengths=jnp.array([150, 30, 0, 90], jnp.int32),
+              kv_lengths=jnp.array([140, 10, 50, 0], jnp.int32))
+  else:
+    q, k, v = _dense(rng, 1, 140, 330, 2, 2, 64, 32)
+    var = V.compose(V.sliding_window(200, 9),
+                    V.Variant(logits_mask=_every_third_key, name="every_third"))
+  cfg = lambda early: P.Config(block_kv=64, persistent=True, heavy_first=False,
+                               early_qk=early)
+  a, la = _check(q, k, v, var, config=cfg(True), **kw)
+  b, lb = _check(q, k, v, var, config=cfg(False), **kw)
+  np.testing.assert_array_equal(a, b)
+  np.testing.assert_array_equal(la, lb)
+
+
 @pytest.mark.parametrize("name", ["causal_lens_softcap", "window_alibi_dv", "d128_gqa"])
 def test_gradients_match_reference(name, rng):
   if name == "causal_lens_softcap":

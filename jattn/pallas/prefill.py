@@ -100,6 +100,9 @@ class Config:
   # One CTA per SM looping over work items (snake order), prefetching the next item's Q
   # and K/V (else one CTA per item). `default_config` says where each is used.
   persistent: bool = False
+  # A step issues the next step's S = Q K^T right behind its P V, one wait for both
+  # (`mma_acc_then_qk`); `default_config` says where.
+  early_qk: bool = False
 
   def __post_init__(self):
     if self.block_kv % 64 or self.block_q != 64:
@@ -120,7 +123,9 @@ def default_config(head_dim: int, v_head_dim: int, interpret: Any = False,
   the same answer for a whole tuning length bucket): on an H100 256 keys were 7-10 %
   faster non-causal at T 1024-8192, 2-9 % faster causal at T >= 4096, and 1.5-4.5 %
   slower causal at T 1024-2048, where the diagonal tile's masked half grows (session 18,
-  calls 3 and 6). Interpreted on CPU every op runs persistent on a 2-CTA grid: the same
+  calls 3 and 6). The dense op at head dims > 128 issues each step's next S behind its P.V
+  (`Config.early_qk`): 2-4.5 % faster there on an H200, 2-6 % slower at head dim 128 and
+  on block-sparse, 27 % at 64 (session 20, calls 1-2). Interpreted on CPU every op runs persistent on a 2-CTA grid: the same
   kernel body, far fewer interpreted CTAs, and the cross-item path exercised."""
   d = max(head_dim, v_head_dim)
   dense = op == "attention"
@@ -128,7 +133,8 @@ def default_config(head_dim: int, v_head_dim: int, interpret: Any = False,
   if dense and d <= 64 and (band is None or _visible_keys(kv_len, band) > 2048):
     block_kv = 256
   return Config(block_kv=block_kv, num_stages=3 if d <= 64 else 2,
-                persistent=bool(interpret) or dense, heavy_first=not dense)
+                persistent=bool(interpret) or dense, heavy_first=not dense,
+                early_qk=dense and d > 128)
 
 
 def _visible_keys(kv_len: Optional[int], band) -> float:
@@ -236,8 +242,6 @@ def _tiled_smem(shape, dtype):
 
 # Hardware named barriers 0 and 1 + warpgroup index belong to Mosaic GPU; ours follow:
 # four for the turn, then one per ring slot for K and for V (16 in all on the SM).
-EARLY_QK = True   # A/B switch (session 20): S_{j+1} issued behind P_j V_j
-LATE_ARRIVE = False   # A/B switch (session 20): the turn handed over after S's wait
 NAMED_BARRIER_BASE = 4
 MAX_NAMED_STAGES = (16 - NAMED_BARRIER_BASE - 4) // 2
 
@@ -659,26 +663,23 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
         return kv_at(slot_of(j), j, k_smem).T
 
       def first_qk(j, carry):
-        """Step j's Q.K^T, issued and waited (EARLY_QK: for the item's first step, before
-        the loop; a later step's is issued in the step before)."""
+        """Step j's S = Q K_j^T, issued (the turn handed over) and waited; with
+        early_qk only the item's first step runs this, before the loop."""
         def qk(acc_ref):
           plgpu.wgmma(acc_ref, qs, k_tile(j))
-          if not LATE_ARRIVE:
-            sig.turn_arrive(wg, turn_parity)
+          sig.turn_arrive(wg, turn_parity)
           return acc_ref[...]
 
         s = pl.run_scoped(qk, plgpu.ACC((bq, bkv), jnp.float32))
-        if LATE_ARRIVE:
-          sig.turn_arrive(wg, turn_parity)
         sig.release("k", slot_of(j))
         return (*carry[:3], s)
 
       def step(j, carry, masked, issue_next=False):
-        """Softmax of S_j and O += P_j V_j; with issue_next (EARLY_QK) S_j came in the
-        carry and S_{j+1} = Q K_{j+1}^T is issued right behind P_j V_j."""
+        """Softmax of S_j and O += P_j V_j. With early_qk S_j comes in the carry, and
+        with issue_next S_{j+1} = Q K_{j+1}^T is issued right behind P_j V_j."""
         acc, m_i, l_i = carry[:3]
         slot = slot_of(j)
-        if EARLY_QK:
+        if cfg.early_qk:
           s = carry[3]
         else:
           s = first_qk(j, carry)[3]
@@ -707,16 +708,14 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
           acc, s = mma_acc_then_qk(
               acc, p16, kv_at(slot, j, v_smem), qs, k_tile(j + 1), (bq, bkv), interpret,
               between=lambda: plgpu.barrier_wait(k_bar.at[slot_of(j + 1)]),
-              after=lambda: None if LATE_ARRIVE else sig.turn_arrive(wg, turn_parity))
-          if LATE_ARRIVE:
-            sig.turn_arrive(wg, turn_parity)
+              after=lambda: sig.turn_arrive(wg, turn_parity))
           sig.release("v", slot)
           sig.release("k", slot_of(j + 1))
         else:
           acc = mma_acc(acc, p16, kv_at(slot, j, v_smem), interpret,
                         then=functools.partial(wait_next_k, j))
           sig.release("v", slot)
-        return (acc, m_new, l_i, s) if EARLY_QK else (acc, m_new, l_i)
+        return (acc, m_new, l_i, s) if cfg.early_qk else (acc, m_new, l_i)
 
       def idle_step(j, carry):
         """`step`'s barrier protocol without the math (sparse: past this list's end)."""
@@ -751,7 +750,7 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
         pl.when(wg == 1)(functools.partial(rendezvous, item_parity))
       with jax.named_scope("steps"):
         carry = (acc, m_i, l_i)
-        if EARLY_QK:
+        if cfg.early_qk:
           # Step lo's S before the loop; the steps before the last with math issue the
           # next S; the last (masked: any tile) issues none.
           last = n if geo.sparse else hi
