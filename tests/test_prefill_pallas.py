@@ -127,8 +127,10 @@ def test_persistent_with_one_q_buffer(rng):
 @pytest.mark.parametrize("case", ["lengths_and_empty_items", "window_and_user_mask"])
 def test_early_qk_matches_the_plain_step(case, rng):
   """`Config.early_qk` (each step issues the next S behind its P.V; the default at head
-  dims > 128) against the plain step, bitwise: the item's first S before its loop, the
-  last step through the mask code, one-step and empty items, rows that see nothing."""
+  dims > 128) against the plain step: the item's first S before its loop, the last step
+  through the mask code, one-step and empty items, rows that see nothing. O is bitwise
+  the same; lse may differ in its last bit compiled (the epilogue's code differs, so ptxas
+  may contract m * ln2 + log(l) differently: measured 4.8e-7 on an H200)."""
   kw = {}
   if case == "lengths_and_empty_items":
     q, k, v = _dense(rng, 4, 150, 140, 2, 1, 64, 64)
@@ -144,7 +146,7 @@ def test_early_qk_matches_the_plain_step(case, rng):
   a, la = _check(q, k, v, var, config=cfg(True), **kw)
   b, lb = _check(q, k, v, var, config=cfg(False), **kw)
   np.testing.assert_array_equal(a, b)
-  np.testing.assert_array_equal(la, lb)
+  np.testing.assert_allclose(la, lb, rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("name", ["causal_lens_softcap", "window_alibi_dv", "d128_gqa"])
