@@ -242,7 +242,6 @@ def _tiled_smem(shape, dtype):
 
 # Hardware named barriers 0 and 1 + warpgroup index belong to Mosaic GPU; ours follow:
 # four for the turn, then one per ring slot for K and for V (16 in all on the SM).
-OVERLAP_PV = True   # A/B switch (session 20): the softmax of S_j under P_{j-1} V_{j-1}
 NAMED_BARRIER_BASE = 4
 MAX_NAMED_STAGES = (16 - NAMED_BARRIER_BASE - 4) // 2
 
@@ -357,22 +356,6 @@ def mma_acc_then_qk(acc, a, b_ref, q_ref, kt_ref, s_shape, interpret, between, a
 
   zeros = plgpu.layout_cast(jnp.zeros(s_shape, jnp.float32), _WGMMA)
   return pl.run_state(fn)((plgpu.ACC.init(acc), plgpu.ACC.init(zeros)))
-
-
-def mma_acc_under(acc, a, b_ref, interpret: bool, work, outs):
-  """(acc + a @ b_ref, work()) with `work` running while the product is in flight; its
-  results leave through refs initialised with `outs` (arrays of their shapes and
-  layouts). Interpreted: the product first (a plain dot), then `work`."""
-  if interpret:
-    return acc + jnp.dot(a, b_ref[...], preferred_element_type=jnp.float32), work()
-
-  def fn(refs):
-    o_ref, out_refs = refs
-    plgpu.wgmma(o_ref, a, b_ref)
-    for r, x in zip(out_refs, work()):
-      r[...] = x
-
-  return pl.run_state(fn)((plgpu.ACC.init(acc), tuple(outs)))
 
 
 def online_softmax(s, m_i, l_i):
@@ -734,59 +717,6 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
           sig.release("v", slot)
         return (acc, m_new, l_i, s) if cfg.early_qk else (acc, m_new, l_i)
 
-      def softmax(s, j, masked, m_i, l_i):
-        """S_j -> (m_new, alpha, l_i * alpha + row sums, p16)."""
-        t, c = logits(s, j, masked)
-        row_max = t.max(axis=1)
-        m_new = jnp.maximum(m_i, row_max if c is None else row_max * c)
-        m_use = jnp.where(m_new == -jnp.inf, 0.0, m_new)   # rows with nothing visible yet
-        alpha = jnp.exp2(m_i - m_use)
-        m_b = lax.broadcast_in_dim(m_use, t.shape, [0])
-        p = jnp.exp2(t - m_b if c is None else t * c - m_b)
-        return m_new, alpha, l_i * alpha + p.sum(axis=1), p.astype(dtype)
-
-      def overlap_first(j, carry):
-        """The item's first step with overlap: S_j and its softmax (O is still zero)."""
-        acc, m_i, l_i, _ = carry
-        s = first_qk(j, carry)[3]
-        sig.turn_wait(wg, turn_parity)
-        m_new, _, l_i, p16 = softmax(s, j, True, m_i, l_i)
-        sig.turn_arrive(wg, 1 - turn_parity)
-        plgpu.barrier_wait(v_bar.at[slot_of(j)])
-        sig.turn_wait(wg, 1 - turn_parity)
-        wait_next_k(j)
-        return acc, m_new, l_i, p16
-
-      def overlap_step(j, carry, masked):
-        """S_j, then P_{j-1} V_{j-1} issued and S_j's softmax run while it is in flight;
-        O is rescaled by alpha_j once it lands."""
-        acc, m_i, l_i, p_prev = carry
-        prev = slot_of(j - 1)
-        s = first_qk(j, carry)[3]
-
-        def work():
-          sig.turn_wait(wg, turn_parity)
-          return softmax(s, j, masked, m_i, l_i)
-
-        acc, (m_new, alpha, l_i, p16) = mma_acc_under(
-            acc, p_prev, kv_at(prev, j - 1, v_smem), interpret, work, (m_i, m_i, l_i, p_prev))
-        # P_{j-1}'s registers stay live (unreused) until the product's wait.
-        acc, _ = lax.optimization_barrier((acc, p_prev))
-        sig.release("v", prev)
-        acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
-        sig.turn_arrive(wg, 1 - turn_parity)
-        plgpu.barrier_wait(v_bar.at[slot_of(j)])
-        sig.turn_wait(wg, 1 - turn_parity)
-        wait_next_k(j)
-        return acc, m_new, l_i, p16
-
-      def overlap_last(j, carry):
-        """The last step's P V, after its softmax ran in the loop."""
-        acc, m_i, l_i, p_prev = carry
-        acc = mma_acc(acc, p_prev, kv_at(slot_of(j), j, v_smem), interpret)
-        sig.release("v", slot_of(j))
-        return acc, m_i, l_i, p_prev
-
       def idle_step(j, carry):
         """`step`'s barrier protocol without the math (sparse: past this list's end)."""
         slot = slot_of(j)
@@ -832,14 +762,6 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
                                   carry)
           carry = lax.fori_loop(jnp.maximum(lo, last - 1), last,
                                 functools.partial(step, masked=True), carry)
-        elif OVERLAP_PV and bkv <= 128:
-          last = n if geo.sparse else hi
-          p0 = plgpu.layout_cast(jnp.zeros((bq, bkv), dtype), _WGMMA)
-          carry = lax.fori_loop(lo, jnp.minimum(lo + 1, last), overlap_first, (*carry, p0))
-          for start, stop, masked in segments:
-            carry = lax.fori_loop(jnp.maximum(start, lo + 1), jnp.minimum(stop, last),
-                                  functools.partial(overlap_step, masked=masked), carry)
-          carry = lax.fori_loop(jnp.maximum(lo, last - 1), last, overlap_last, carry)
         else:
           for start, stop, masked in segments:
             carry = lax.fori_loop(start, stop, functools.partial(step, masked=masked), carry)
