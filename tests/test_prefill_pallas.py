@@ -149,6 +149,25 @@ def test_early_qk_matches_the_plain_step(case, rng):
   np.testing.assert_allclose(la, lb, rtol=1e-6, atol=0)
 
 
+def test_early_qk_default_is_the_dense_op_at_wide_heads(rng, monkeypatch):
+  """Unset, `early_qk` is on for the dense op at head dims > 128 only (where it was
+  measured faster); a tuned config, which sets only the fields it searched, gets the same."""
+  seen = []
+
+  def record(geo, *args, cfg, **kw):
+    seen.append((type(geo).__name__, cfg.early_qk))
+    raise StopIteration
+
+  monkeypatch.setattr(P, "run_forward", record)
+  for D, Dv in ((256, 256), (128, 256), (128, 128), (64, 64)):
+    q, k, v = _dense(rng, 1, 64, 64, 1, 1, D, Dv)
+    with pytest.raises(StopIteration):
+      P.attention(q, k, v, sm_scale=1.0, variant=V.causal(), q_lengths=None,
+                  kv_lengths=None, interpret=POISON, config=P.Config(block_kv=64))
+  assert seen == [("Dense", True), ("Dense", True), ("Dense", False), ("Dense", False)]
+  assert P.default_config(256, 256, op="prefill").early_qk is None
+
+
 @pytest.mark.parametrize("name", ["causal_lens_softcap", "window_alibi_dv", "d128_gqa"])
 def test_gradients_match_reference(name, rng):
   if name == "causal_lens_softcap":

@@ -101,8 +101,11 @@ class Config:
   # and K/V (else one CTA per item). `default_config` says where each is used.
   persistent: bool = False
   # A step issues the next step's S = Q K^T right behind its P V, one wait for both
-  # (`mma_acc_then_qk`); `default_config` says where.
-  early_qk: bool = False
+  # (`mma_acc_then_qk`). None: on for the dense op (`flash_forward`) at head dims > 128,
+  # off elsewhere: on an H200 2-4.5 % faster at D256, 2-6 % slower at head dim 128 and on
+  # block-sparse, 27 % at 64 (benchmarks/NOTES.md, session 20, calls 1-2). Resolved at
+  # the call, so tuned configs (which set only the fields they search) get the same.
+  early_qk: Optional[bool] = None
 
   def __post_init__(self):
     if self.block_kv % 64 or self.block_q != 64:
@@ -123,9 +126,7 @@ def default_config(head_dim: int, v_head_dim: int, interpret: Any = False,
   the same answer for a whole tuning length bucket): on an H100 256 keys were 7-10 %
   faster non-causal at T 1024-8192, 2-9 % faster causal at T >= 4096, and 1.5-4.5 %
   slower causal at T 1024-2048, where the diagonal tile's masked half grows (session 18,
-  calls 3 and 6). The dense op at head dims > 128 issues each step's next S behind its P.V
-  (`Config.early_qk`): 2-4.5 % faster there on an H200, 2-6 % slower at head dim 128 and
-  on block-sparse, 27 % at 64 (session 20, calls 1-2). Interpreted on CPU every op runs persistent on a 2-CTA grid: the same
+  calls 3 and 6). Interpreted on CPU every op runs persistent on a 2-CTA grid: the same
   kernel body, far fewer interpreted CTAs, and the cross-item path exercised."""
   d = max(head_dim, v_head_dim)
   dense = op == "attention"
@@ -133,8 +134,7 @@ def default_config(head_dim: int, v_head_dim: int, interpret: Any = False,
   if dense and d <= 64 and (band is None or _visible_keys(kv_len, band) > 2048):
     block_kv = 256
   return Config(block_kv=block_kv, num_stages=3 if d <= 64 else 2,
-                persistent=bool(interpret) or dense, heavy_first=not dense,
-                early_qk=dense and d > 128)
+                persistent=bool(interpret) or dense, heavy_first=not dense)
 
 
 def _visible_keys(kv_len: Optional[int], band) -> float:
@@ -344,9 +344,12 @@ def mma_acc_then_qk(acc, a, b_ref, q_ref, kt_ref, s_shape, interpret, between, a
     after()
 
   if interpret:
+    def qk_read(s_ref):
+      qk(s_ref)
+      return s_ref[...]
+
     acc = mma_acc(acc, a, b_ref, True, then=between)
-    return acc, pl.run_scoped(lambda s_ref: (qk(s_ref), s_ref[...])[1],
-                              plgpu.ACC(s_shape, jnp.float32))
+    return acc, pl.run_scoped(qk_read, plgpu.ACC(s_shape, jnp.float32))
 
   def fn(refs):
     o_ref, s_ref = refs
@@ -563,6 +566,7 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
   max(n_0, n_1) steps (a consumer past its list runs the barrier protocol without math,
   so the ping-pong stays in step)."""
   bq, bkv, stages = cfg.block_q, cfg.block_kv, cfg.num_stages
+  early_qk = bool(cfg.early_qk)   # None outside the dense op: off
   (q_smem, o_smem, lse_smem, k_smem, v_smem, q_bar, q_free, k_bar, v_bar, k_free, v_free,
    sched) = scratch
   sig = Signals(sched is None, stages, sched, k_free, v_free)   # named: no mbarriers made
@@ -662,7 +666,7 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
       def k_tile(j):
         return kv_at(slot_of(j), j, k_smem).T
 
-      def first_qk(j, carry):
+      def scores(j, carry):
         """Step j's S = Q K_j^T, issued (the turn handed over) and waited; with
         early_qk only the item's first step runs this, before the loop."""
         def qk(acc_ref):
@@ -679,10 +683,10 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
         with issue_next S_{j+1} = Q K_{j+1}^T is issued right behind P_j V_j."""
         acc, m_i, l_i = carry[:3]
         slot = slot_of(j)
-        if cfg.early_qk:
+        if early_qk:
           s = carry[3]
         else:
-          s = first_qk(j, carry)[3]
+          s = scores(j, carry)[3]
         sig.turn_wait(wg, turn_parity)
 
         t, c = logits(s, j, masked)
@@ -715,7 +719,7 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
           acc = mma_acc(acc, p16, kv_at(slot, j, v_smem), interpret,
                         then=functools.partial(wait_next_k, j))
           sig.release("v", slot)
-        return (acc, m_new, l_i, s) if cfg.early_qk else (acc, m_new, l_i)
+        return (acc, m_new, l_i, s) if early_qk else (acc, m_new, l_i)
 
       def idle_step(j, carry):
         """`step`'s barrier protocol without the math (sparse: past this list's end)."""
@@ -750,12 +754,12 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
         pl.when(wg == 1)(functools.partial(rendezvous, item_parity))
       with jax.named_scope("steps"):
         carry = (acc, m_i, l_i)
-        if cfg.early_qk:
+        if early_qk:
           # Step lo's S before the loop; the steps before the last with math issue the
           # next S; the last (masked: any tile) issues none.
           last = n if geo.sparse else hi
           s0 = plgpu.layout_cast(jnp.zeros((bq, bkv), jnp.float32), _WGMMA)
-          carry = lax.fori_loop(lo, jnp.minimum(lo + 1, last), first_qk, (*carry, s0))
+          carry = lax.fori_loop(lo, jnp.minimum(lo + 1, last), scores, (*carry, s0))
           for start, stop, masked in segments:
             carry = lax.fori_loop(start, jnp.minimum(stop, last - 1),
                                   functools.partial(step, masked=masked, issue_next=True),
@@ -941,6 +945,8 @@ def flash_forward(q, k, v, lens, variant: Variant, *, sm_scale: float,
   B, T, Nq, D = q.shape
   _, S, Nkv, Dv = v.shape
   cfg = config or default_config(D, Dv, interpret)
+  if cfg.early_qk is None:
+    cfg = dataclasses.replace(cfg, early_qk=max(D, Dv) > 128)
   rows = 2 * cfg.block_q
   qp = _pad_to(q, 1, rows)
   kp, vp = _pad_to(k, 1, cfg.block_kv), _pad_to(v, 1, cfg.block_kv)
