@@ -10,7 +10,9 @@ kernel keeps no switch once the change is measured, so add one to try a change).
 jattn row is compiled with every flag off ("off"), with each flag alone on (its
 name) and, for several flags, with all on ("on"); JAX's caches are cleared between the
 traces (jattn traces its kernels once per signature otherwise). GROUP:
-  causal  the five prefill_causal shapes, with cuDNN and tokamax mosaic;
+  causal  the five prefill_causal shapes, with cuDNN and tokamax mosaic; `causal:128,256`
+          only those of these head dims (a switch that acts at some head dims only: two
+          builds of all five shapes take ~60 s a round beside the peers on an H200);
   sparse  block-sparse T8192 at density 0.1 / 0.3 / 0.5 (plan given, kernel alone) and the
           dense non-causal row at that shape;
   bwd     forward + backward, causal B4 T4096 H32 D128, with cuDNN's.
@@ -120,9 +122,18 @@ def sparse_group(flag, rows, checks, tk):
         rows)
 
 
-def causal_group(flag, rows, checks, tk):
+def causal_shapes(dims: str = ""):
+  """CAUSAL, or those of its shapes whose head dim is in the comma-separated `dims`."""
+  keep = {int(d) for d in dims.split(",") if d}
+  shapes = [s for s in CAUSAL if not keep or s[-1] in keep]
+  if not shapes:
+    raise SystemExit(f"no causal shape has head dim in {dims!r}")
+  return shapes
+
+
+def causal_group(flag, rows, checks, tk, dims=""):
   c = V.causal()
-  for B, T, Nq, Nkv, D in CAUSAL:
+  for B, T, Nq, Nkv, D in causal_shapes(dims):
     ks = jax.random.split(jax.random.key(B * T + D), 3)
     q = rand(ks[0], (B, T, Nq, D))
     k, v = rand(ks[1], (B, T, Nkv, D)), rand(ks[2], (B, T, Nkv, D))
@@ -163,6 +174,9 @@ GROUPS = dict(causal=causal_group, sparse=sparse_group, bwd=bwd_group)
 
 
 def main(out, flag_paths, group, rounds):
+  group, _, dims = group.partition(":")
+  if dims and group != "causal":
+    raise SystemExit(f"only the causal group takes head dims, not {group!r}")
   flag = Flags(flag_paths)
   rows, checks = [], {}
   log("device", jax.devices()[0].device_kind, "flags", flag_paths, "group", group)
@@ -171,7 +185,7 @@ def main(out, flag_paths, group, rounds):
     tk, why = import_tokamax()
     if tk is None:
       log("tokamax:", why)
-  GROUPS[group](flag, rows, checks, tk)
+  GROUPS[group](flag, rows, checks, tk, *([dims] if dims else []))
   res = time_rows(rows, rounds)
   with open(f"{out}/flag_probe_{group}.json", "w") as fh:
     json.dump(dict(device=jax.devices()[0].device_kind, jax=jax.__version__, flags=flag_paths,

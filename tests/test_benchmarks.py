@@ -292,3 +292,11 @@ def test_kernel_trace_summary():
   assert c["steps"]["median_cycles"] == 1000 and c["steps"]["count"] == 2
   assert c["item_end"]["median_us"] == 300 / 2.0 / 1e3
   assert c["gap"]["median_cycles"] == 50 and c["gap"]["count"] == 1
+
+
+def test_flag_probe_causal_shapes_by_head_dim():
+  from benchmarks import flag_probe
+  assert flag_probe.causal_shapes() == list(flag_probe.CAUSAL)
+  assert [s[-1] for s in flag_probe.causal_shapes("128,256")] == [128, 128, 128, 256]
+  with pytest.raises(SystemExit, match="no causal shape"):
+    flag_probe.causal_shapes("96")
