@@ -666,7 +666,7 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
       def k_tile(j):
         return kv_at(slot_of(j), j, k_smem).T
 
-      def scores(j, carry):
+      def scores(j):
         """Step j's S = Q K_j^T, issued (the turn handed over) and waited; with
         early_qk only the item's first step runs this, before the loop."""
         def qk(acc_ref):
@@ -676,17 +676,14 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
 
         s = pl.run_scoped(qk, plgpu.ACC((bq, bkv), jnp.float32))
         sig.release("k", slot_of(j))
-        return (*carry[:3], s)
+        return s
 
       def step(j, carry, masked, issue_next=False):
         """Softmax of S_j and O += P_j V_j. With early_qk S_j comes in the carry, and
         with issue_next S_{j+1} = Q K_{j+1}^T is issued right behind P_j V_j."""
         acc, m_i, l_i = carry[:3]
         slot = slot_of(j)
-        if early_qk:
-          s = carry[3]
-        else:
-          s = scores(j, carry)[3]
+        s = carry[3] if early_qk else scores(j)
         sig.turn_wait(wg, turn_parity)
 
         t, c = logits(s, j, masked)
@@ -755,16 +752,17 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
       with jax.named_scope("steps"):
         carry = (acc, m_i, l_i)
         if early_qk:
-          # Step lo's S before the loop; the steps before the last with math issue the
-          # next S; the last (masked: any tile) issues none.
-          last = n if geo.sparse else hi
+          # Step lo's S before the loop (none in an empty item); the steps before the
+          # last issue the next S; the last (masked: any tile) issues none. Dense and
+          # packed geometries only (the sparse kernel's Config leaves early_qk unset).
           s0 = plgpu.layout_cast(jnp.zeros((bq, bkv), jnp.float32), _WGMMA)
-          carry = lax.fori_loop(lo, jnp.minimum(lo + 1, last), scores, (*carry, s0))
+          carry = lax.fori_loop(lo, jnp.minimum(lo + 1, hi),
+                                lambda j, c: (*c[:3], scores(j)), (*carry, s0))
           for start, stop, masked in segments:
-            carry = lax.fori_loop(start, jnp.minimum(stop, last - 1),
+            carry = lax.fori_loop(start, jnp.minimum(stop, hi - 1),
                                   functools.partial(step, masked=masked, issue_next=True),
                                   carry)
-          carry = lax.fori_loop(jnp.maximum(lo, last - 1), last,
+          carry = lax.fori_loop(jnp.maximum(lo, hi - 1), hi,
                                 functools.partial(step, masked=True), carry)
         else:
           for start, stop, masked in segments:
@@ -897,6 +895,9 @@ def run_forward(geo, q, k, v, extra, out_types, variant: Variant, *, sm_scale: f
   q_bufs = q_buffers(cfg, D, Dv, 2 if geo.sparse else 1)
   separate_o = Dv != D
   named = not interpret   # the signals' barriers (`Signals`)
+  if geo.sparse and cfg.early_qk:
+    raise ValueError("prefill Config: early_qk is not built for the block-sparse "
+                     "geometry (its consumers' lists end at different steps)")
   if named and cfg.num_stages > MAX_NAMED_STAGES:
     raise ValueError(f"prefill Config: num_stages={cfg.num_stages}; the compiled kernel's "
                      f"ring takes at most {MAX_NAMED_STAGES} (a hardware barrier per slot)")
