@@ -9,7 +9,8 @@ exponentials. The PTX also assembles again off the GPU (`ptxas -arch=sm_90a -v`)
   python3 -m benchmarks.sass_dump --summary FILE.dump ...         (anywhere)
 
 Each NAME (default: every one of BUILDS) compiles and runs once one harness workload's
-jattn row in a fresh process (nothing cached, so every kernel is compiled), its stdout
+jattn row in a fresh process (with the boolean module switches named in
+`JATTN_SASS_FLAGS`, e.g. `jattn.pallas.prefill.PIN_SOFTMAX`, set True) (nothing cached, so every kernel is compiled), its stdout
 in OUT/NAME.dump; the summary then prints, per kernel in a dump: registers, spill
 bytes, ptxas's warnings, and counts of the instructions that matter here.
 """
@@ -17,6 +18,7 @@ bytes, ptxas's warnings, and counts of the instructions that matter here.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 import re
 import subprocess
@@ -49,6 +51,9 @@ def compile_one(name: str) -> None:
   from benchmarks import impls, run, workloads as W  # noqa: F401
   from jattn.pallas import prefill as P
   wl_name, label, early = BUILDS[name]
+  for path in filter(None, os.environ.get("JATTN_SASS_FLAGS", "").split(",")):
+    mod, attr = path.rsplit(".", 1)
+    setattr(importlib.import_module(mod), attr, True)
   if early is not None:
     plain = P.flash_forward
 

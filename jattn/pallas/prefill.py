@@ -257,6 +257,26 @@ def named_barrier(op: str, index, threads: int):
   emit(jnp.asarray(index, jnp.int32))
 
 
+PIN_SOFTMAX = False   # A/B switch (session 21): see `after_turn`
+
+
+def after_turn(x, smem_ref):
+  """x + 0, where the 0 comes from a volatile shared-memory load, which ptxas cannot
+  move above the turn's `bar.sync` (a barrier orders shared-memory accesses; it does
+  not order register arithmetic, and ptxas hoists half the exponentials above it).
+  Whatever depends on the result starts after the turn. `smem_ref`: any SMEM ref."""
+  @plgpu.inline_mgpu(arg_types=(_ROW, plgpu.RefType()),
+                     return_type=plgpu.ShapeDtypeStruct(x.shape, x.dtype, layout=_ROW))
+  def emit(_, v, ref):
+    # a u32 as f32 is >= +0, so min(., +0) is +0 whatever the word holds
+    zero = mgpu.utils.inline_ptx(
+        "{ .reg .u32 w; ld.volatile.shared.u32 w, [$1]; cvt.rn.f32.u32 $0, w; "
+        "min.f32 $0, $0, 0f00000000; }", mgpu.utils.memref_ptr(ref),
+        result_types=v.mlir_dtype, has_side_effects=True)
+    return v + mgpu.FragmentedArray.splat(zero, v.shape, layout=v.layout)
+  return emit(x, smem_ref)
+
+
 class Signals:
   """The consumers' ping-pong turn and the ring's "slot free" signals of the forward
   kernel, through mbarriers (interpreted kernels: the GPU interpreter runs no inline PTX)
@@ -690,6 +710,8 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
         row_max = t.max(axis=1)
         m_new = jnp.maximum(m_i, row_max if c is None else row_max * c)
         m_use = jnp.where(m_new == -jnp.inf, 0.0, m_new)   # rows with nothing visible yet
+        if PIN_SOFTMAX and not interpret:
+          m_use = after_turn(m_use, lse_smem)
         alpha = jnp.exp2(m_i - m_use)
         m_b = lax.broadcast_in_dim(m_use, t.shape, [0])
         p = jnp.exp2(t - m_b if c is None else t * c - m_b)
