@@ -76,6 +76,9 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.mosaic import gpu as mgpu
+from jaxlib.mlir import ir
+from jaxlib.mlir.dialects import arith, scf, vector
+import numpy as np
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from jattn import tuned
@@ -275,6 +278,42 @@ def after_turn(x, smem_ref):
         result_types=v.mlir_dtype, has_side_effects=True)
     return v + mgpu.FragmentedArray.splat(zero, v.shape, layout=v.layout)
   return emit(x, smem_ref)
+
+
+LAZY_RESCALE = False   # A/B switch (session 21): see `rescale_where_grown`
+RESCALE_SLACK = 8.0    # log2 units a row's running max may lag its true max
+
+
+def rescale_where_grown(acc, alpha, grown):
+  """acc * alpha row-wise, computed only in the warps where some row's running max moved
+  (`grown`, int32 per row, nonzero where it did): elsewhere alpha is 1 on every row of
+  the warp, and the Dv/2 multiplies a thread are skipped by one vote and a branch that
+  is uniform over the warp (FlashAttention-4's lazy rescaling, on Hopper)."""
+  @plgpu.inline_mgpu(arg_types=(_WGMMA, _ROW, _ROW),
+                     return_type=plgpu.ShapeDtypeStruct(acc.shape, acc.dtype, layout=_WGMMA))
+  def emit(_, acc, alpha, grown):
+    i32 = ir.IntegerType.get_signless(32)
+    flag = None
+    for reg in grown.registers.flat:
+      elems = ([vector.extract(reg, [], [i]) for i in range(ir.VectorType(reg.type).shape[0])]
+               if isinstance(reg.type, ir.VectorType) else [reg])
+      for e in elems:
+        flag = e if flag is None else arith.ori(flag, e)
+    warp_grew = mgpu.utils.inline_ptx(
+        "{ .reg .pred p, q; setp.ne.u32 p, $1, 0; vote.sync.any.pred q, p, -1; "
+        "selp.u32 $0, 1, 0, q; }", flag, result_types=i32, convergent=True)
+    cond = arith.cmpi(arith.CmpIPredicate.ne, warp_grew, arith.constant(i32, 0))
+    regs = list(acc.registers.flat)
+    branch = scf.IfOp(cond, [r.type for r in regs], has_else=True)
+    with ir.InsertionPoint(branch.then_block):
+      scaled = acc * alpha.broadcast_in_dim(acc.shape, (0,), acc.layout)
+      scf.yield_(list(scaled.registers.flat))
+    with ir.InsertionPoint(branch.else_block):
+      scf.yield_(regs)
+    out = np.empty(acc.registers.shape, dtype=object)
+    out.flat[:] = list(branch.results)
+    return mgpu.FragmentedArray(_registers=out, _layout=acc.layout, _is_signed=None)
+  return emit(acc, alpha, grown)
 
 
 class Signals:
@@ -709,13 +748,19 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
         t, c = logits(s, j, masked)
         row_max = t.max(axis=1)
         m_new = jnp.maximum(m_i, row_max if c is None else row_max * c)
+        if LAZY_RESCALE:   # keep the old max unless the row's grew by more than the slack
+          grown = m_new > m_i + RESCALE_SLACK
+          m_new = jnp.where(grown, m_new, m_i)
         m_use = jnp.where(m_new == -jnp.inf, 0.0, m_new)   # rows with nothing visible yet
         if PIN_SOFTMAX and not interpret:
           m_use = after_turn(m_use, lse_smem)
         alpha = jnp.exp2(m_i - m_use)
         m_b = lax.broadcast_in_dim(m_use, t.shape, [0])
         p = jnp.exp2(t - m_b if c is None else t * c - m_b)
-        acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
+        if LAZY_RESCALE and not interpret:
+          acc = rescale_where_grown(acc, alpha, grown.astype(jnp.int32))
+        else:
+          acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
         l_i = l_i * alpha
         p16 = p.astype(dtype)
         if sum_early:
