@@ -9,10 +9,13 @@ exponentials. The PTX also assembles again off the GPU (`ptxas -arch=sm_90a -v`)
   python3 -m benchmarks.sass_dump --summary FILE.dump ...         (anywhere)
 
 Each NAME (default: every one of BUILDS) compiles and runs once one harness workload's
-jattn row in a fresh process (with the boolean module switches named in
-`JATTN_SASS_FLAGS`, e.g. `jattn.pallas.prefill.PIN_SOFTMAX`, set True) (nothing cached, so every kernel is compiled), its stdout
-in OUT/NAME.dump; the summary then prints, per kernel in a dump: registers, spill
-bytes, ptxas's warnings, and counts of the instructions that matter here.
+jattn row in a fresh process (nothing cached, so every kernel is compiled; the boolean
+module switches named in `JATTN_SASS_FLAGS` set True, for a switch added for an A/B as in
+`flag_probe.py`), its stdout in OUT/NAME.dump; the summary then prints, per kernel in a
+dump: registers, spill bytes, ptxas's warnings, and counts of the instructions that
+matter here. The device has no `nvdisasm` on Mosaic GPU's path, so the SASS comes from
+the dumped PTX assembled again off the GPU with the same ptxas (`ptxas -arch=sm_90a -O3`,
+`nvdisasm -c -hex`; session 21 read it that way).
 """
 
 from __future__ import annotations
@@ -24,17 +27,18 @@ import re
 import subprocess
 import sys
 
-# name -> (harness workload, jattn row, prefill Config.early_qk forced or None)
+# name -> (harness workload, jattn row, prefill Config fields forced on the dense op)
+CAUSAL = "jattn.attention[pallas]"
 BUILDS = {
-    "causal_d128": ("prefill_causal_b4_t4096_h32_d128", "jattn.attention[pallas]", None),
-    "causal_d128_early": ("prefill_causal_b4_t4096_h32_d128", "jattn.attention[pallas]", True),
-    "causal_d64": ("prefill_causal_b4_t4096_h32_d64", "jattn.attention[pallas]", None),
-    "causal_d64_early": ("prefill_causal_b4_t4096_h32_d64", "jattn.attention[pallas]", True),
-    "causal_d256": ("prefill_causal_b4_t4096_h16_d256", "jattn.attention[pallas]", None),
-    "causal_d256_plain": ("prefill_causal_b4_t4096_h16_d256", "jattn.attention[pallas]", False),
+    "causal_d128": ("prefill_causal_b4_t4096_h32_d128", CAUSAL, {}),
+    "causal_d128_early": ("prefill_causal_b4_t4096_h32_d128", CAUSAL, dict(early_qk=True)),
+    "causal_d64": ("prefill_causal_b4_t4096_h32_d64", CAUSAL, {}),
+    "causal_d64_early": ("prefill_causal_b4_t4096_h32_d64", CAUSAL, dict(early_qk=True)),
+    "causal_d256": ("prefill_causal_b4_t4096_h16_d256", CAUSAL, {}),
+    "causal_d256_plain": ("prefill_causal_b4_t4096_h16_d256", CAUSAL, dict(early_qk=False)),
     "sparse_0.1": ("block_sparse_t8192_h32_d128_b64_density0.1",
-                   "jattn.block_sparse_attention[pallas,plan]", None),
-    "decode_b32": ("decode_gqa32x8_b32_s4096_d128_p16", "jattn.decode[pallas]", None),
+                   "jattn.block_sparse_attention[pallas,plan]", {}),
+    "decode_b32": ("decode_gqa32x8_b32_s4096_d128_p16", "jattn.decode[pallas]", {}),
 }
 
 DUMP_ENV = dict(MOSAIC_GPU_DUMP_PTX="1", MOSAIC_GPU_DUMP_PTXAS="1", MOSAIC_GPU_DUMP_SASS_CTRL="1")
@@ -50,18 +54,18 @@ def compile_one(name: str) -> None:
   import jax
   from benchmarks import impls, run, workloads as W  # noqa: F401
   from jattn.pallas import prefill as P
-  wl_name, label, early = BUILDS[name]
+  wl_name, label, forced = BUILDS[name]
   for path in filter(None, os.environ.get("JATTN_SASS_FLAGS", "").split(",")):
     mod, attr = path.rsplit(".", 1)
     setattr(importlib.import_module(mod), attr, True)
-  if early is not None:
+  if forced:
     plain = P.flash_forward
 
-    def forced(q, k, v, lens, variant, *, sm_scale, config=None, interpret=False):
+    def with_fields(q, k, v, lens, variant, *, sm_scale, config=None, interpret=False):
       cfg = config or P.default_config(q.shape[-1], v.shape[-1], interpret)
       return plain(q, k, v, lens, variant, sm_scale=sm_scale, interpret=interpret,
-                   config=dataclasses.replace(cfg, early_qk=early))
-    P.flash_forward = forced
+                   config=dataclasses.replace(cfg, **forced))
+    P.flash_forward = with_fields
   (wl,) = [w for w in W.STANDARD if w.name == wl_name]
   (build,) = [b for lab, _, b in impls.entries(wl) if lab == label]
   prep = build(wl, impls.Data(wl))

@@ -168,6 +168,47 @@ def test_early_qk_default_is_the_dense_op_at_wide_heads(rng, monkeypatch):
   assert P.default_config(256, 256, op="prefill").early_qk is None
 
 
+def _rising_logits(s, ctx):   # every 64-key tile's max ~19 above the last (27 in log2)
+  return s + 0.3 * ctx.kv_pos.astype(s.dtype)
+
+
+@pytest.mark.parametrize("case", ["rising_keys", "rising_transform", "lengths"])
+def test_lazy_rescale_when_the_max_jumps(case, rng):
+  """`Config.lazy_rescale` keeps a row's max until the tile's exceeds it by more than
+  RESCALE_SLACK: rows whose max jumps every tile (keys that grow along the sequence, or a
+  logits_transform that adds a rising bias) rescale every step, random rows almost
+  never; both against the oracle, and against the eager rescale."""
+  q, k, v = _dense(rng, 2, 200, 260, 2, 1, 64, 128)
+  var, kw = V.causal(), {}
+  if case == "rising_keys":   # head-sized growth: the max moves by ~30 (log2) a tile
+    q = (q.astype(jnp.float32) * 3).astype(q.dtype)
+    k = (k.astype(jnp.float32) * (1 + 4 * (jnp.arange(260) // 64))[None, :, None, None]
+         ).astype(k.dtype)
+  elif case == "rising_transform":
+    var = V.compose(V.causal(), V.Variant(logits_transform=_rising_logits, name="rising"))
+  else:
+    kw = dict(q_lengths=jnp.array([200, 37], jnp.int32),
+              kv_lengths=jnp.array([260, 100], jnp.int32))
+  cfg = lambda lazy: P.Config(block_kv=64, persistent=True, heavy_first=False,
+                              lazy_rescale=lazy)
+  a, la = _check(q, k, v, var, config=cfg(True), **kw)
+  b, lb = _check(q, k, v, var, config=cfg(False), **kw)
+  assert_close(a, b, q.dtype)
+  np.testing.assert_allclose(la, lb, rtol=1e-5, atol=1e-5)
+
+
+def test_lazy_rescale_and_pinned_softmax_defaults():
+  """Unset, lazy rescaling is on at Dv > 64 and the pinned softmax with 256-key tiles
+  (where each was measured faster); set values are kept."""
+  r = P.resolve
+  assert r(P.Config(), 128).lazy_rescale and r(P.Config(block_kv=64), 256).lazy_rescale
+  assert not r(P.Config(block_kv=256), 64).lazy_rescale
+  assert r(P.Config(block_kv=256), 64).pin_softmax and not r(P.Config(), 128).pin_softmax
+  kept = r(P.Config(lazy_rescale=False, pin_softmax=True), 128)
+  assert (kept.lazy_rescale, kept.pin_softmax) == (False, True)
+  assert P.default_config(128, 128).lazy_rescale is None
+
+
 @pytest.mark.parametrize("name", ["causal_lens_softcap", "window_alibi_dv", "d128_gqa"])
 def test_gradients_match_reference(name, rng):
   if name == "causal_lens_softcap":

@@ -26,7 +26,11 @@ warpgroups:
     S = Q K^T (wgmma, Q and K in SMEM), online softmax in base 2, O += P V (wgmma, P from
     registers). A turn barrier ping-pongs the two consumers so that one's softmax runs
     under the other's matmuls (FlashAttention-3's inter-warpgroup overlap). The turn
-    and the slot frees are hardware named barriers (`Signals`).
+    and the slot frees are hardware named barriers (`Signals`). Lazy rescaling
+    (`Config.lazy_rescale`): a row's running max m moves only when the tile's max
+    exceeds it by more than RESCALE_SLACK, so p = 2^(s' - m) <= 2^8 and O is rescaled
+    only in warps where some row's m moved; l, O and lse use the same m, so the result
+    is exact whichever m was used.
   * Only KV tiles inside the variant's band (`Variant.band`) and below kv_len are visited:
     this is where causal and sliding-window speed comes from. Tiles wholly inside the band
     and below kv_len run without any mask code; edge tiles (and every tile when the variant
@@ -109,6 +113,15 @@ class Config:
   # block-sparse, 27 % at 64 (benchmarks/NOTES.md, session 20, calls 1-2). Resolved at
   # the call, so tuned configs (which set only the fields they search) get the same.
   early_qk: Optional[bool] = None
+  # The running max moves only when a row's grows by more than RESCALE_SLACK, and O is
+  # rescaled only in warps where one did (`rescale_where_grown`). None: on at Dv > 64:
+  # on an H200 1-3 % faster on the D128 rows, 8 % at D256, 3-7 % on block-sparse, 5 %
+  # slower at D64 (session 21, call 4).
+  lazy_rescale: Optional[bool] = None
+  # The step's exponentials held behind the consumer's turn (`after_turn`). None: on
+  # with 256-key tiles (the dense op at head dim 64: 2.7 % faster on an H200; neutral to
+  # 2 % slower with 128- and 64-key tiles; session 21, call 2).
+  pin_softmax: Optional[bool] = None
 
   def __post_init__(self):
     if self.block_kv % 64 or self.block_q != 64:
@@ -260,9 +273,6 @@ def named_barrier(op: str, index, threads: int):
   emit(jnp.asarray(index, jnp.int32))
 
 
-PIN_SOFTMAX = False   # A/B switch (session 21): see `after_turn`
-
-
 def after_turn(x, smem_ref):
   """x + 0, where the 0 comes from a volatile shared-memory load, which ptxas cannot
   move above the turn's `bar.sync` (a barrier orders shared-memory accesses; it does
@@ -280,8 +290,7 @@ def after_turn(x, smem_ref):
   return emit(x, smem_ref)
 
 
-LAZY_RESCALE = False   # A/B switch (session 21): see `rescale_where_grown`
-RESCALE_SLACK = 8.0    # log2 units a row's running max may lag its true max
+RESCALE_SLACK = 8.0    # log2 units a row's running max may lag its true max (p <= 2^8)
 
 
 def rescale_where_grown(acc, alpha, grown):
@@ -626,6 +635,7 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
   so the ping-pong stays in step)."""
   bq, bkv, stages = cfg.block_q, cfg.block_kv, cfg.num_stages
   early_qk = bool(cfg.early_qk)   # None outside the dense op: off
+  lazy, pin = cfg.lazy_rescale, cfg.pin_softmax and not interpret   # resolved (run_forward)
   (q_smem, o_smem, lse_smem, k_smem, v_smem, q_bar, q_free, k_bar, v_bar, k_free, v_free,
    sched) = scratch
   sig = Signals(sched is None, stages, sched, k_free, v_free)   # named: no mbarriers made
@@ -748,16 +758,16 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
         t, c = logits(s, j, masked)
         row_max = t.max(axis=1)
         m_new = jnp.maximum(m_i, row_max if c is None else row_max * c)
-        if LAZY_RESCALE:   # keep the old max unless the row's grew by more than the slack
+        if lazy:   # keep the old max unless the row's grew by more than the slack
           grown = m_new > m_i + RESCALE_SLACK
           m_new = jnp.where(grown, m_new, m_i)
         m_use = jnp.where(m_new == -jnp.inf, 0.0, m_new)   # rows with nothing visible yet
-        if PIN_SOFTMAX and not interpret:
+        if pin:
           m_use = after_turn(m_use, lse_smem)
         alpha = jnp.exp2(m_i - m_use)
         m_b = lax.broadcast_in_dim(m_use, t.shape, [0])
         p = jnp.exp2(t - m_b if c is None else t * c - m_b)
-        if LAZY_RESCALE and not interpret:
+        if lazy and not interpret:   # interpreted: the plain multiply (alpha is 1 there)
           acc = rescale_where_grown(acc, alpha, grown.astype(jnp.int32))
         else:
           acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
@@ -950,6 +960,13 @@ def _num_sms(interpret) -> int:
   return getattr(jax.devices()[0], "core_count", None) or 132
 
 
+def resolve(cfg: Config, v_head_dim: int) -> Config:
+  """cfg with `lazy_rescale` and `pin_softmax` decided where unset (see `Config`)."""
+  lazy, pin = cfg.lazy_rescale, cfg.pin_softmax
+  return dataclasses.replace(cfg, lazy_rescale=v_head_dim > 64 if lazy is None else lazy,
+                             pin_softmax=cfg.block_kv >= 256 if pin is None else pin)
+
+
 def run_forward(geo, q, k, v, extra, out_types, variant: Variant, *, sm_scale: float,
                 cfg: Config, head_dim: int, v_head_dim: int, group: int, interpret: Any):
   """Launch the forward kernel on `geo`'s layout; returns (o, lse) in geo's layout."""
@@ -962,6 +979,7 @@ def run_forward(geo, q, k, v, extra, out_types, variant: Variant, *, sm_scale: f
   q_bufs = q_buffers(cfg, D, Dv, 2 if geo.sparse else 1)
   separate_o = Dv != D
   named = not interpret   # the signals' barriers (`Signals`)
+  cfg = resolve(cfg, Dv)
   if geo.sparse and cfg.early_qk:
     raise ValueError("prefill Config: early_qk is not built for the block-sparse "
                      "geometry (its consumers' lists end at different steps)")
