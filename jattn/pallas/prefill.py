@@ -290,6 +290,7 @@ def after_turn(x, smem_ref):
   return emit(x, smem_ref)
 
 
+PREFETCH_LISTS = False   # A/B switch (session 21, call 8): see `list_header`
 RESCALE_SLACK = 8.0    # log2 units a row's running max may lag its true max (p <= 2^8)
 
 
@@ -652,15 +653,16 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
   last_round_has_me = jnp.where(full % 2 == 0, cta < rest, cta >= num_ctas - rest)
   n_items = full + jnp.where(last_round_has_me, 1, 0)
 
-  def work(k):
-    """Item k of this CTA -> (w, b, h, q_len, kv_len, off, r0, lo, hi)."""
+  def work(k, steps=None):
+    """Item k of this CTA -> (w, b, h, q_len, kv_len, off, r0, lo, hi); `steps`: the
+    sparse item's step count when already read."""
     w = k * num_ctas + jnp.where(lax.rem(k, 2) == 0, cta, num_ctas - 1 - cta)
     b, h, qt, q_len, kv_len = geo.item(refs, w)
     off = kv_len - q_len
     r0 = qt * (2 * bq)
     rows_end = jnp.minimum(r0 + 2 * bq, q_len)
     if geo.sparse:
-      lo, hi = 0, geo.num_steps(refs, h, r0)
+      lo, hi = 0, geo.num_steps(refs, h, r0) if steps is None else steps
     else:
       lo, hi = band_tiles(variant, kv_len, off + r0, off + rows_end - 1, bkv)
     hi = jnp.where(rows_end > r0, hi, lo)            # no valid row: visit nothing
@@ -686,16 +688,31 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
     def iota(d):
       return plgpu.broadcasted_iota(jnp.int32, (bq, bkv), d, layout=_WGMMA)
 
-    def run_item(k, base):
-      w, b, h, q_len, kv_len, off, r0, lo, hi = work(k)
+    def list_header(k):
+      """Sparse: item k's (steps, own whole count, own count, shared count), global
+      loads that `run_item` issues an item ahead (PREFETCH_LISTS)."""
+      _, _, h, _, _, _, r0, _, hi = work(k)
+      return (hi, *geo.segment(refs, h, r0, wg), geo.shared(refs, h, r0))
+
+    prefetch = geo.sparse and PREFETCH_LISTS
+
+    def run_item(k, carry):
+      base, header = carry if prefetch else (carry, None)
+      w, b, h, q_len, kv_len, off, r0, lo, hi = work(
+          k, None if header is None else header[0])
+      if prefetch:   # the next item's header, read while this one runs
+        header_next = list_header(jnp.minimum(k + 1, n_items - 1))
       buf = lax.rem(k, q_bufs)
       w0 = r0 + wg * bq
       qs = q_smem.at[buf, wg]
       item_parity, turn_parity = Signals.parities(k, wg)
       params = {n: r[h] for n, r in zip(param_names, refs.extra[geo.num_extra:])}
       if geo.sparse:   # own list: [0, nf) whole tiles, [nf, n) masked, [n, hi) idle
-        nf, n = geo.segment(refs, h, r0, wg)
-        ns = geo.shared(refs, h, r0)   # [0, ns): both consumers' tile, in half 0
+        if prefetch:
+          nf, n, ns = header[1:]
+        else:
+          nf, n = geo.segment(refs, h, r0, wg)
+          ns = geo.shared(refs, h, r0)   # [0, ns): both consumers' tile, in half 0
         segments = ((lo, nf, False), (nf, n, True))
         kv_at = lambda slot, j, ref: ref.at[slot, jnp.where(j < ns, 0, wg)]
         kv_start = lambda j: geo.kv_tile(refs, h, r0, wg, j) * bkv
@@ -867,9 +884,10 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
         if release == "store":   # O went out through the Q buffer: free it once read
           plgpu.wait_smem_to_gmem(0, wait_read_only=True)
           plgpu.barrier_arrive(q_free.at[buf])
-      return base + (hi - lo)
+      return (base + (hi - lo), header_next) if prefetch else base + (hi - lo)
 
-    lax.fori_loop(0, n_items, run_item, 0)
+    first = (0, list_header(0)) if prefetch else 0   # item 0 exists: num_ctas <= items
+    lax.fori_loop(0, n_items, run_item, first)
     plgpu.wait_smem_to_gmem(0)
     if release == "next":
       @pl.when(n_items > 0)
