@@ -290,7 +290,6 @@ def after_turn(x, smem_ref):
   return emit(x, smem_ref)
 
 
-PREFETCH_LISTS = False   # A/B switch (session 21, call 8): see `list_header`
 RESCALE_SLACK = 8.0    # log2 units a row's running max may lag its true max (p <= 2^8)
 
 
@@ -690,17 +689,16 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
 
     def list_header(k):
       """Sparse: item k's (steps, own whole count, own count, shared count), global
-      loads that `run_item` issues an item ahead (PREFETCH_LISTS)."""
+      loads that `run_item` issues an item ahead (on an H200 1.5-2 % faster at density
+      0.3 and 0.5, neutral at 0.1: benchmarks/NOTES.md, session 21, call 8)."""
       _, _, h, _, _, _, r0, _, hi = work(k)
       return (hi, *geo.segment(refs, h, r0, wg), geo.shared(refs, h, r0))
 
-    prefetch = geo.sparse and PREFETCH_LISTS
-
     def run_item(k, carry):
-      base, header = carry if prefetch else (carry, None)
+      base, header = carry if geo.sparse else (carry, None)
       w, b, h, q_len, kv_len, off, r0, lo, hi = work(
           k, None if header is None else header[0])
-      if prefetch:   # the next item's header, read while this one runs
+      if geo.sparse:   # the next item's header, read while this one runs
         header_next = list_header(jnp.minimum(k + 1, n_items - 1))
       buf = lax.rem(k, q_bufs)
       w0 = r0 + wg * bq
@@ -708,11 +706,7 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
       item_parity, turn_parity = Signals.parities(k, wg)
       params = {n: r[h] for n, r in zip(param_names, refs.extra[geo.num_extra:])}
       if geo.sparse:   # own list: [0, nf) whole tiles, [nf, n) masked, [n, hi) idle
-        if prefetch:
-          nf, n, ns = header[1:]
-        else:
-          nf, n = geo.segment(refs, h, r0, wg)
-          ns = geo.shared(refs, h, r0)   # [0, ns): both consumers' tile, in half 0
+        nf, n, ns = header[1:]   # [0, ns): both consumers' tile, in half 0
         segments = ((lo, nf, False), (nf, n, True))
         kv_at = lambda slot, j, ref: ref.at[slot, jnp.where(j < ns, 0, wg)]
         kv_start = lambda j: geo.kv_tile(refs, h, r0, wg, j) * bkv
@@ -884,9 +878,9 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
         if release == "store":   # O went out through the Q buffer: free it once read
           plgpu.wait_smem_to_gmem(0, wait_read_only=True)
           plgpu.barrier_arrive(q_free.at[buf])
-      return (base + (hi - lo), header_next) if prefetch else base + (hi - lo)
+      return (base + (hi - lo), header_next) if geo.sparse else base + (hi - lo)
 
-    first = (0, list_header(0)) if prefetch else 0   # item 0 exists: num_ctas <= items
+    first = (0, list_header(0)) if geo.sparse else 0   # item 0 exists: num_ctas <= items
     lax.fori_loop(0, n_items, run_item, first)
     plgpu.wait_smem_to_gmem(0)
     if release == "next":
