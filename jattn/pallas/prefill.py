@@ -77,13 +77,13 @@ from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.mosaic import gpu as mgpu
+from jax.experimental.pallas import mosaic_gpu as plgpu
 from jaxlib.mlir import ir
 from jaxlib.mlir.dialects import arith, scf, vector
-import numpy as np
-from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from jattn import tuned
 from jattn.variants import Context, Variant, kernel_trace_reason
@@ -778,7 +778,7 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
         alpha = jnp.exp2(m_i - m_use)
         m_b = lax.broadcast_in_dim(m_use, t.shape, [0])
         p = jnp.exp2(t - m_b if c is None else t * c - m_b)
-        if lazy and not interpret:   # interpreted: the plain multiply (alpha is 1 there)
+        if lazy and not interpret:   # interpreted: the plain multiply, the same values
           acc = rescale_where_grown(acc, alpha, grown.astype(jnp.int32))
         else:
           acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
