@@ -153,7 +153,7 @@ def run_timing(results, deadline, only=None, rounds=1):
 
   made = []
   for label, d, make in rows:
-    if only and not any(fnmatch.fnmatch(label, pat) for pat in only.split(",")):
+    if only and not any(label == pat or fnmatch.fnmatch(label, pat) for pat in only.split(",")):
       continue
     if time.time() - T0 > deadline:
       log("deadline reached; skipping", label)
@@ -189,7 +189,8 @@ def main():
   ap.add_argument("--out", default=os.environ.get("OUT", "."))
   ap.add_argument("--deadline", type=float, default=200.0)
   ap.add_argument("--no-checks", action="store_true")
-  ap.add_argument("--rows", default=None, help="comma-separated fnmatch patterns of rows")
+  ap.add_argument("--rows", default=None, help="comma-separated row names or fnmatch patterns "
+                  "(a name is matched as written: `[pallas]` is not a character class)")
   ap.add_argument("--rounds", type=int, default=1, help="interleaved timing rounds")
   args = ap.parse_args()
   results = probe_results()
