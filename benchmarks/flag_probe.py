@@ -4,9 +4,11 @@ effect (benchmarks/NOTES.md quotes its output).
 
   PYTHONPATH=.:$TOKAMAX_SITE python3 -m benchmarks.flag_probe OUT FLAGS GROUP [ROUNDS]
 
-FLAGS: comma-separated boolean module attributes that a kernel reads at trace time, added
-for the A/B (session 19's were jattn.pallas.prefill.NAMED_TURN and NAMED_FREES; the
-kernel keeps no switch once the change is measured, so add one to try a change). Each
+FLAGS: comma-separated switches: boolean module attributes that a kernel reads at trace
+time, added for the A/B (session 19's were jattn.pallas.prefill.NAMED_TURN and
+NAMED_FREES; the kernel keeps no switch once the change is measured, so add one to try a
+change), or prefill `Config` fields as `cfg:FIELD` (forced on, against each config's own
+resolution: e.g. `cfg:early_qk` at head dim 128). Each
 jattn row is compiled with every flag off ("off"), with each flag alone on (its
 name) and, for several flags, with all on ("on"); JAX's caches are cleared between the
 traces (jattn traces its kernels once per signature otherwise). GROUP:
@@ -24,6 +26,7 @@ reference on the first rows (relative error < 2e-2). Writes OUT/flag_probe_GROUP
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import json
 import sys
@@ -42,33 +45,56 @@ CAUSAL = ((4, 4096, 32, 32, 128), (1, 8192, 32, 32, 128), (4, 4096, 32, 8, 128),
           (4, 4096, 32, 32, 64), (4, 4096, 16, 16, 256))
 
 
+class Switch:
+  """One boolean switch: a module attribute ("pkg.mod.NAME"), or a prefill `Config` field
+  ("cfg:FIELD": on forces the field True in every forward kernel, through
+  `prefill.resolve`; off leaves each config's own resolution)."""
+
+  def __init__(self, path: str):
+    self.name = path
+    if path.startswith("cfg:"):
+      self.field, self.on, plain = path[4:], False, P.resolve
+      if self.field not in {f.name for f in dataclasses.fields(P.Config)}:
+        raise SystemExit(f"{path}: prefill Config has no field {self.field!r}")
+      P.resolve = lambda cfg, dv: (dataclasses.replace(plain(cfg, dv), **{self.field: True})
+                                   if self.on else plain(cfg, dv))
+      return
+    mod, self.attr = path.rsplit(".", 1)
+    self.mod = importlib.import_module(mod)
+    if not isinstance(getattr(self.mod, self.attr), bool):
+      raise SystemExit(f"{path} is not a boolean switch")
+
+  def get(self) -> bool:
+    return self.on if hasattr(self, "field") else getattr(self.mod, self.attr)
+
+  def put(self, on: bool) -> None:
+    if hasattr(self, "field"):
+      self.on = on
+    else:
+      setattr(self.mod, self.attr, on)
+
+
 class Flags:
-  """The switches and the builds to compare: [(label, {flag: value})]."""
+  """The switches and the builds to compare: [(label, {switch: value})]."""
 
   def __init__(self, paths: str):
-    self.flags = []
-    for path in paths.split(","):
-      mod, name = path.rsplit(".", 1)
-      mod = importlib.import_module(mod)
-      if not isinstance(getattr(mod, name), bool):
-        raise SystemExit(f"{path} is not a boolean switch")
-      self.flags.append((mod, name))
+    self.flags = [Switch(path) for path in paths.split(",")]
     off = {f: False for f in self.flags}
-    self.builds = [("off", off)] + [(f[1], {**off, f: True}) for f in self.flags]
+    self.builds = [("off", off)] + [(f.name, {**off, f: True}) for f in self.flags]
     if len(self.flags) > 1:
       self.builds.append(("on", {f: True for f in self.flags}))
 
   @contextlib.contextmanager
   def set(self, values):
-    old = {f: getattr(*f) for f in values}
-    for (mod, name), on in values.items():
-      setattr(mod, name, on)
+    old = {f: f.get() for f in values}
+    for f, on in values.items():
+      f.put(on)
     jax.clear_caches()
     try:
       yield
     finally:
-      for (mod, name), on in old.items():
-        setattr(mod, name, on)
+      for f, on in old.items():
+        f.put(on)
 
 
 def rand(key, shape):

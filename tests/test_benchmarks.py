@@ -300,3 +300,23 @@ def test_flag_probe_causal_shapes_by_head_dim():
   assert [s[-1] for s in flag_probe.causal_shapes("128,256")] == [128, 128, 128, 256]
   with pytest.raises(SystemExit, match="no causal shape"):
     flag_probe.causal_shapes("96")
+
+
+def test_flag_probe_config_switch_forces_a_field_on():
+  """`cfg:FIELD` forces a prefill Config field on through `prefill.resolve` while its build
+  is set, and leaves the config's own resolution otherwise; unknown fields are refused."""
+  from benchmarks import flag_probe
+  from jattn.pallas import prefill as P
+  plain = P.resolve
+  try:
+    flags = flag_probe.Flags("cfg:early_qk")
+    assert [label for label, _ in flags.builds] == ["off", "cfg:early_qk"]
+    assert P.resolve(P.Config(), 128).early_qk is None
+    with flags.set(flags.builds[1][1]):
+      forced = P.resolve(P.Config(), 128)
+      assert forced.early_qk and forced.lazy_rescale
+    assert P.resolve(P.Config(), 128).early_qk is None
+    with pytest.raises(SystemExit, match="no field"):
+      flag_probe.Switch("cfg:no_such_field")
+  finally:
+    P.resolve = plain
