@@ -133,8 +133,9 @@ def _module(name):
 
 
 # Pallas prefill / dense attention (jattn/pallas/prefill.py): Config(block_q, block_kv,
-# num_stages, heavy_first, persistent, early_qk). block_q stays 64 (a consumer warpgroup's
-# wgmma M); early_qk is not searched (unset, the kernel applies its measured rule).
+# num_stages, heavy_first, persistent, early_qk, lazy_rescale, pin_softmax). block_q stays
+# 64 (a consumer warpgroup's wgmma M); the last three are not searched (unset, the kernel
+# applies its measured rules).
 
 def _prefill_build(op):
   def build(config):
