@@ -56,8 +56,8 @@ class Switch:
       self.field, self.on, plain = path[4:], False, P.resolve
       if self.field not in {f.name for f in dataclasses.fields(P.Config)}:
         raise SystemExit(f"{path}: prefill Config has no field {self.field!r}")
-      P.resolve = lambda cfg, dv: (dataclasses.replace(plain(cfg, dv), **{self.field: True})
-                                   if self.on else plain(cfg, dv))
+      P.resolve = lambda *a: (dataclasses.replace(plain(*a), **{self.field: True})
+                              if self.on else plain(*a))
       return
     mod, self.attr = path.rsplit(".", 1)
     self.mod = importlib.import_module(mod)

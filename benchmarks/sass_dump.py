@@ -1,21 +1,22 @@
-"""What ptxas made of jattn's Mosaic GPU kernels: the PTX, ptxas's report and the SASS
-with its control codes (stalls, barriers, yields), dumped by Mosaic GPU's own switches
-(`MOSAIC_GPU_DUMP_PTX`, `_PTXAS`, `_SASS_CTRL`; docs/pallas/gpu/reference.md,
-"Debugging"). For questions a timing cannot answer: does a build spill, does ptxas
-serialize the wgmmas (warnings C7510-C7520), where do the wgmma waits sit among the
-exponentials. The PTX also assembles again off the GPU (`ptxas -arch=sm_90a -v`).
+"""What ptxas made of jattn's Mosaic GPU kernels: the PTX and ptxas's report, dumped by
+Mosaic GPU's own switches (`MOSAIC_GPU_DUMP_PTX`, `_PTXAS`; docs/pallas/gpu/reference.md,
+"Debugging"), and the SASS read from them off the GPU. For questions a timing cannot
+answer: does a build spill, does ptxas serialize the wgmmas (C7510-C7520), where do the
+waits sit among the exponentials.
 
   PYTHONPATH=. python3 -m benchmarks.sass_dump OUT [NAME ...]     (on the GPU)
-  python3 -m benchmarks.sass_dump --summary FILE.dump ...         (anywhere)
+  python3 -m benchmarks.sass_dump --summary FILE.dump ...         (ptxas's report)
+  python3 -m benchmarks.sass_dump --ptx FILE.dump > k.ptx         (anywhere, then:)
+  ptxas -arch=sm_90a -O3 -o k.cubin k.ptx && nvdisasm -c -hex k.cubin > k.sass
+  python3 -m benchmarks.sass_dump --loops k.sass                  (per-loop opcode counts)
 
 Each NAME (default: every one of BUILDS) compiles and runs once one harness workload's
 jattn row in a fresh process (nothing cached, so every kernel is compiled; the boolean
 module switches named in `JATTN_SASS_FLAGS` set True, for a switch added for an A/B as in
-`flag_probe.py`), its stdout in OUT/NAME.dump; the summary then prints, per kernel in a
-dump: registers, spill bytes, ptxas's warnings, and counts of the instructions that
-matter here. The device has no `nvdisasm` on Mosaic GPU's path, so the SASS comes from
-the dumped PTX assembled again off the GPU with the same ptxas (`ptxas -arch=sm_90a -O3`,
-`nvdisasm -c -hex`; session 21 read it that way).
+`flag_probe.py`), its stdout in OUT/NAME.dump. The device has no `nvdisasm` on Mosaic
+GPU's path (its SASS switch fails there), so the SASS comes from the dumped PTX
+assembled again with the same ptxas, CUDA 13.0, which gives the device's report
+(`nvdisasm` from the nvidia-cuda-nvdisasm wheel; session 21 read it that way).
 """
 
 from __future__ import annotations
@@ -41,12 +42,7 @@ BUILDS = {
     "decode_b32": ("decode_gqa32x8_b32_s4096_d128_p16", "jattn.decode[pallas]", {}),
 }
 
-DUMP_ENV = dict(MOSAIC_GPU_DUMP_PTX="1", MOSAIC_GPU_DUMP_PTXAS="1", MOSAIC_GPU_DUMP_SASS_CTRL="1")
-
-# SASS opcodes (the mnemonic's first word) worth counting in an attention kernel.
-OPCODES = ("HGMMA", "WARPGROUP.DEPBAR", "WARPGROUP.ARRIVE", "MUFU.EX2", "FFMA", "FMUL",
-           "FMNMX", "SHFL.BFLY", "F2FP", "BAR", "SYNCS", "LDL", "STL", "LDS", "STS", "LDG",
-           "UTMALDG", "UTMASTG", "BRA")
+DUMP_ENV = dict(MOSAIC_GPU_DUMP_PTX="1", MOSAIC_GPU_DUMP_PTXAS="1")
 
 
 def compile_one(name: str) -> None:
@@ -84,33 +80,47 @@ def dump(out: str, names) -> None:
     summary(path)
 
 
-def kernels(text: str):
-  """(ptxas report lines, SASS lines) per kernel function in a dump."""
-  funcs = re.split(r"\n\s*Function : ", text)
-  reports = re.findall(r"ptxas info\s*: Used \d+ registers.*|ptxas (?:info|warning)\s*:.*",
-                       text)
-  return reports, [f.splitlines() for f in funcs[1:]]
-
-
 def summary(path: str) -> None:
+  """ptxas's report lines of a dump: registers, spills, wgmma warnings."""
   with open(path, errors="replace") as f:
-    text = f.read()
-  reports, funcs = kernels(text)
-  for line in reports:
-    if "Compiling entry" in line or "Function properties" in line:
-      continue
-    print("  ", line.strip()[:200])
-  for lines in funcs:
-    ops = {}
-    for line in lines:
-      m = re.match(r"\s*/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)", line)
-      if m:
-        op = m.group(1)
-        key = next((o for o in OPCODES if op == o or op.startswith(o + ".")), None)
-        if key:
-          ops[key] = ops.get(key, 0) + 1
-    print(f"   {lines[0].strip()[:60]}: {len(lines)} lines;",
-          ", ".join(f"{k} {v}" for k, v in ops.items()))
+    for line in f:
+      if re.match(r"ptxas (info|warning)", line) and "Compiling entry" not in line \
+          and "Function properties" not in line:
+        print("  ", line.strip()[:200])
+
+
+def ptx(path: str) -> str:
+  """The PTX of a dump (the text before ptxas's report), to assemble again off the GPU."""
+  with open(path, errors="replace") as f:
+    return re.split(r"^ptxas ", f.read(), maxsplit=1, flags=re.M)[0]
+
+
+# SASS opcodes (the mnemonic up to its first dot, or all of it) counted per loop.
+OPCODES = ("HGMMA", "WARPGROUP.DEPBAR", "WARPGROUP.ARRIVE", "MUFU.EX2", "FFMA", "FMUL",
+           "FMNMX", "SHFL", "F2FP", "FADD", "FSEL", "BAR", "SYNCS", "VOTE", "LDL", "STL",
+           "LDS", "STS", "LDG")
+
+
+def loops(path: str) -> None:
+  """Per backward branch of `nvdisasm -c` output (a loop body, or a wait's retry): its
+  address range, instruction count and the counts of OPCODES."""
+  ins, labels, pending = [], {}, []
+  with open(path) as f:
+    for line in f:
+      if m := re.match(r"\s*(\.L_x_\d+):", line):
+        pending.append(m.group(1))
+      elif m := re.match(r"\s*/\*([0-9a-f]{4,})\*/\s+(.*?);", line):
+        addr = int(m.group(1), 16)
+        labels.update((p, addr) for p in pending)
+        pending = []
+        ins.append((addr, re.sub(r"^@!?U?P\w+\s+", "", m.group(2).strip())))
+  for addr, text in ins:
+    target = re.search(r"\bBRA\b.*\((\.L_x_\d+)\)", text)
+    if target and labels[target.group(1)] < addr:
+      body = [t.split()[0] for a, t in ins if labels[target.group(1)] <= a <= addr]
+      counts = {k: sum(op == k or op.startswith(k + ".") for op in body) for k in OPCODES}
+      print(f"{labels[target.group(1)]:#07x}-{addr:#07x}: {len(body)} instructions;",
+            ", ".join(f"{k} {v}" for k, v in counts.items() if v))
 
 
 if __name__ == "__main__":
@@ -120,5 +130,9 @@ if __name__ == "__main__":
     for p in sys.argv[2:]:
       print("==", p)
       summary(p)
+  elif sys.argv[1] == "--ptx":
+    sys.stdout.write(ptx(sys.argv[2]))
+  elif sys.argv[1] == "--loops":
+    loops(sys.argv[2])
   else:
     dump(sys.argv[1], sys.argv[2:])

@@ -311,12 +311,38 @@ def test_flag_probe_config_switch_forces_a_field_on():
   try:
     flags = flag_probe.Flags("cfg:early_qk")
     assert [label for label, _ in flags.builds] == ["off", "cfg:early_qk"]
-    assert P.resolve(P.Config(), 128).early_qk is None
+    assert P.resolve(P.Config(), True, 128, 128).early_qk is False   # its own rule
     with flags.set(flags.builds[1][1]):
-      forced = P.resolve(P.Config(), 128)
+      forced = P.resolve(P.Config(), True, 128, 128)
       assert forced.early_qk and forced.lazy_rescale
-    assert P.resolve(P.Config(), 128).early_qk is None
+    assert P.resolve(P.Config(), True, 128, 128).early_qk is False
     with pytest.raises(SystemExit, match="no field"):
       flag_probe.Switch("cfg:no_such_field")
   finally:
     P.resolve = plain
+
+
+def test_sass_dump_reads_ptx_reports_and_loops(tmp_path, capsys):
+  """`sass_dump` splits a dump into its PTX and ptxas's report, and counts opcodes per
+  backward branch of `nvdisasm -c` output."""
+  from benchmarks import sass_dump
+  dump = tmp_path / "k.dump"
+  dump.write_text(".version 9.0\n.target sm_90a\n\nptxas info    : Compiling entry 'k'\n"
+                  "ptxas warning : Registers are spilled, 8 bytes spill stores\n"
+                  "ptxas info    : Used 168 registers\n")
+  assert sass_dump.ptx(str(dump)) == ".version 9.0\n.target sm_90a\n\n"
+  sass_dump.summary(str(dump))
+  report = capsys.readouterr().out
+  assert "spill" in report and "Used 168 registers" in report and "Compiling" not in report
+  sass = tmp_path / "k.sass"
+  sass.write_text(
+      "        /*0000*/                   MOV R1, c[0x0][0x28] ;\n"
+      ".L_x_0:\n"
+      "        /*0010*/                   HGMMA.64x64x16.F32.BF16 R88, gdesc[UR16], RZ ;\n"
+      "        /*0020*/                   MUFU.EX2 R2, R3 ;\n"
+      "        /*0030*/              @!P1 MUFU.EX2 R4, R5 ;\n"
+      "        /*0040*/               @P0 BRA `(.L_x_0) ;\n"
+      "        /*0050*/                   EXIT ;\n")
+  sass_dump.loops(str(sass))
+  assert capsys.readouterr().out.strip() == (
+      "0x00010-0x00040: 4 instructions; HGMMA 1, MUFU.EX2 2")

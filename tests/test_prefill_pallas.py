@@ -152,19 +152,20 @@ def test_early_qk_matches_the_plain_step(case, rng):
 def test_early_qk_default_is_the_dense_op_at_wide_heads(rng, monkeypatch):
   """Unset, `early_qk` is on for the dense op at head dims > 128 only (where it was
   measured faster); a tuned config, which sets only the fields it searched, gets the same."""
-  seen = []
+  seen, plain = [], P.resolve
 
-  def record(geo, *args, cfg, **kw):
-    seen.append((type(geo).__name__, cfg.early_qk))
+  def record(cfg, dense_op, d, dv):
+    seen.append((dense_op, plain(cfg, dense_op, d, dv).early_qk))
     raise StopIteration
 
-  monkeypatch.setattr(P, "run_forward", record)
+  monkeypatch.setattr(P, "resolve", record)
   for D, Dv in ((256, 256), (128, 256), (128, 128), (64, 64)):
     q, k, v = _dense(rng, 1, 64, 64, 1, 1, D, Dv)
     with pytest.raises(StopIteration):
       P.attention(q, k, v, sm_scale=1.0, variant=V.causal(), q_lengths=None,
                   kv_lengths=None, interpret=POISON, config=P.Config(block_kv=64))
-  assert seen == [("Dense", True), ("Dense", True), ("Dense", False), ("Dense", False)]
+  assert seen == [(True, True), (True, True), (True, False), (True, False)]
+  assert not plain(P.Config(block_kv=64), False, 256, 256).early_qk   # packed, sparse
   assert P.default_config(256, 256, op="prefill").early_qk is None
 
 
@@ -200,7 +201,7 @@ def test_lazy_rescale_when_the_max_jumps(case, rng):
 def test_lazy_rescale_and_pinned_softmax_defaults():
   """Unset, lazy rescaling is on at Dv > 64 and the pinned softmax with 256-key tiles
   (where each was measured faster); set values are kept."""
-  r = P.resolve
+  r = lambda cfg, dv: P.resolve(cfg, True, dv, dv)
   assert r(P.Config(), 128).lazy_rescale and r(P.Config(block_kv=64), 256).lazy_rescale
   assert not r(P.Config(block_kv=256), 64).lazy_rescale
   assert r(P.Config(block_kv=256), 64).pin_softmax and not r(P.Config(), 128).pin_softmax

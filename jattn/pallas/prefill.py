@@ -110,8 +110,9 @@ class Config:
   # A step issues the next step's S = Q K^T right behind its P V, one wait for both
   # (`mma_acc_then_qk`). None: on for the dense op (`flash_forward`) at head dims > 128,
   # off elsewhere: on an H200 2-4.5 % faster at D256, 2-6 % slower at head dim 128 and on
-  # block-sparse, 27 % at 64 (benchmarks/NOTES.md, session 20, calls 1-2). Resolved at
-  # the call, so tuned configs (which set only the fields they search) get the same.
+  # block-sparse, 27 % at 64 (benchmarks/NOTES.md, session 20, calls 1-2). This field and
+  # the next two are decided at the call (`resolve`), so tuned configs (which set only
+  # the fields they search) get the same.
   early_qk: Optional[bool] = None
   # The running max moves only when a row's grows by more than RESCALE_SLACK, and O is
   # rescaled only in warps where one did (`rescale_where_grown`). None: on at Dv > 64:
@@ -634,8 +635,8 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
   max(n_0, n_1) steps (a consumer past its list runs the barrier protocol without math,
   so the ping-pong stays in step)."""
   bq, bkv, stages = cfg.block_q, cfg.block_kv, cfg.num_stages
-  early_qk = bool(cfg.early_qk)   # None outside the dense op: off
-  lazy, pin = cfg.lazy_rescale, cfg.pin_softmax and not interpret   # resolved (run_forward)
+  # decided in run_forward (`resolve`)
+  early_qk, lazy, pin = cfg.early_qk, cfg.lazy_rescale, cfg.pin_softmax and not interpret
   (q_smem, o_smem, lse_smem, k_smem, v_smem, q_bar, q_free, k_bar, v_bar, k_free, v_free,
    sched) = scratch
   sig = Signals(sched is None, stages, sched, k_free, v_free)   # named: no mbarriers made
@@ -842,7 +843,7 @@ def _fwd_kernel_body(refs: Refs, scratch, *, geo, cfg: Config, variant: Variant,
         if early_qk:
           # Step lo's S before the loop (none in an empty item); the steps before the
           # last issue the next S; the last (masked: any tile) issues none. Dense and
-          # packed geometries only (the sparse kernel's Config leaves early_qk unset).
+          # packed geometries only (`run_forward` refuses it on the sparse one).
           s0 = plgpu.layout_cast(jnp.zeros((bq, bkv), jnp.float32), _WGMMA)
           carry = lax.fori_loop(lo, jnp.minimum(lo + 1, hi),
                                 lambda j, c: (*c[:3], scores(j)), (*carry, s0))
@@ -972,11 +973,16 @@ def _num_sms(interpret) -> int:
   return getattr(jax.devices()[0], "core_count", None) or 132
 
 
-def resolve(cfg: Config, v_head_dim: int) -> Config:
-  """cfg with `lazy_rescale` and `pin_softmax` decided where unset (see `Config`)."""
-  lazy, pin = cfg.lazy_rescale, cfg.pin_softmax
-  return dataclasses.replace(cfg, lazy_rescale=v_head_dim > 64 if lazy is None else lazy,
-                             pin_softmax=cfg.block_kv >= 256 if pin is None else pin)
+def resolve(cfg: Config, dense_op: bool, head_dim: int, v_head_dim: int) -> Config:
+  """cfg with its schedule fields decided where unset (see `Config`): `early_qk` for the
+  dense op (`flash_forward`) at head dims > 128, `lazy_rescale` at Dv > 64,
+  `pin_softmax` with 256-key tiles."""
+  def unset(value, rule):
+    return rule if value is None else value
+  return dataclasses.replace(
+      cfg, early_qk=unset(cfg.early_qk, dense_op and max(head_dim, v_head_dim) > 128),
+      lazy_rescale=unset(cfg.lazy_rescale, v_head_dim > 64),
+      pin_softmax=unset(cfg.pin_softmax, cfg.block_kv >= 256))
 
 
 def run_forward(geo, q, k, v, extra, out_types, variant: Variant, *, sm_scale: float,
@@ -991,7 +997,7 @@ def run_forward(geo, q, k, v, extra, out_types, variant: Variant, *, sm_scale: f
   q_bufs = q_buffers(cfg, D, Dv, 2 if geo.sparse else 1)
   separate_o = Dv != D
   named = not interpret   # the signals' barriers (`Signals`)
-  cfg = resolve(cfg, Dv)
+  cfg = resolve(cfg, isinstance(geo, Dense) and not geo.sparse, D, Dv)
   if geo.sparse and cfg.early_qk:
     raise ValueError("prefill Config: early_qk is not built for the block-sparse "
                      "geometry (its consumers' lists end at different steps)")
@@ -1043,8 +1049,6 @@ def flash_forward(q, k, v, lens, variant: Variant, *, sm_scale: float,
   B, T, Nq, D = q.shape
   _, S, Nkv, Dv = v.shape
   cfg = config or default_config(D, Dv, interpret)
-  if cfg.early_qk is None:
-    cfg = dataclasses.replace(cfg, early_qk=max(D, Dv) > 128)
   rows = 2 * cfg.block_q
   qp = _pad_to(q, 1, rows)
   kp, vp = _pad_to(k, 1, cfg.block_kv), _pad_to(v, 1, cfg.block_kv)
