@@ -130,6 +130,11 @@ def run_timing(results, deadline, only=None, rounds=1):
     rows.append((f"block_sparse density{d} plan one CTA per item", d,
                  lambda lay=lay, plan=plan, real=real: (
                      kernel(PB.Config(persistent=False)), (q, k, v, lay, plan), real)))
+  # Every tile listed: the sparse kernel's 64-key steps at the dense kernel's FLOPs, to
+  # split the density-0.1 ratio into the step's cost and what sparsity adds.
+  full = bs.random_layout(Nq, T, T, 64, 1.0, seed=0)
+  rows.append(("block_sparse density1.0 plan", 1.0, lambda: (
+      planned, (q, k, v, full, jattn.plan_block_sparse(full, T, T)), 1.0)))
   # The same FLOPs and steps as density 0.1, half the bytes: 128-row blocks give both q
   # tiles of a CTA the same 13 key tiles, so every step loads one K and one V tile that
   # both consumers read (the 64-row layout's steps load one per consumer).
