@@ -136,32 +136,6 @@ def test_q_staging_order(kv_dtype, q_first, rng):
   assert_lse_close(lse, rlse, q.dtype)
 
 
-@pytest.mark.parametrize("Nq,Nkv,ps,split,var", [
-    (8, 2, 16, True, "softcap_alibi"), (4, 4, 8, False, "user_bias_mask"),
-    (16, 2, 64, True, "window")], ids=["G4_p16_split", "G1_p8", "G8_p64_split"])
-def test_whole_rows(Nq, Nkv, ps, split, var, rng):
-  """Head dim 128 read as two 64-wide rows a token (`DecodeConfig.whole_rows`): against
-  the oracle, with per-head params, masks and transforms, split and unsplit plans."""
-  q, cache, table, lens = _case(rng, B=2, S=300, Nq=Nq, Nkv=Nkv, D=128, ps=ps,
-                                lens=[300, 77])
-  kw = dict(_user_variants())[var]
-  if var == "softcap_alibi":
-    kw = dict(kw, variant=V.alibi(V.alibi_slopes(Nq)))
-  variant = jattn.api.build_variant("decode", False, kw.get("sliding_window"),
-                                    kw.get("logits_soft_cap"), kw.get("variant"))
-  assert pd._whole_rows(pd.DecodeConfig(whole_rows=True), q.dtype, cache.dtype, ps, 128,
-                        128, variant, Nq // Nkv)
-  plan = jattn.plan_decode(np.asarray(lens), ps, Nq, Nkv, 128, num_sms=1, waves=2,
-                           min_unit_keys=64, split=split)
-  assert plan.split == split
-  o, lse = pd.decode(q, cache, table, lens, sm_scale=128 ** -0.5, variant=variant,
-                     plan=plan, interpret=not ON_GPU, config=pd.DecodeConfig(whole_rows=True))
-  ro, rlse = oracle(reference.decode, q, cache, table, lens, sm_scale=128 ** -0.5,
-                    variant=variant)
-  assert_close(o, ro, q.dtype, what="decode")
-  assert_lse_close(lse, rlse, q.dtype)
-
-
 def test_plan_on_host_equals_plan_under_jit():
   lens = np.array([2048] * 31 + [32768, 0, 17], np.int32)
   host = jattn.plan_decode(lens, 16, 32, 8, 128, num_sms=132, split=True)

@@ -42,13 +42,9 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
-from jax.experimental.mosaic import gpu as mgpu
 from jax.experimental.pallas import mosaic_gpu as plgpu
-from jaxlib.mlir import ir
-from jaxlib.mlir.dialects import arith, vector
 
 from jattn import tuned
 from jattn.cache import is_float8
@@ -62,7 +58,6 @@ SMEM_BUDGET = 110 * 1024       # two CTAs per SM (228 KiB per SM on Hopper)
 MERGE_RING_BYTES = 160 * 1024  # partials in flight per merge CTA
 TMA_ALIGN = 128                # shared-memory destination alignment of a TMA copy (bytes)
 QMAX = 384.0                   # |c q| of a float8-split query row (e4m3 max is 448)
-HALF = 64                      # whole rows: elements of a 128-byte swizzled row (16-bit)
 
 
 # ----------------------------------------------------------------------------- tiles
@@ -96,22 +91,6 @@ def _qk8(kv_dtype, page_size, d, dv, variant) -> bool:
           and _ring_tiled(kv_dtype, page_size, d, dv, variant))
 
 
-def _whole_rows(cfg, q_dtype, kv_dtype, page_size, d, dv, variant, G) -> bool:
-  """Whether the kernel reads head dim 128 as two 64-element rows a token ("whole rows";
-  `DecodeConfig.whole_rows`, default off). A TMA box with 128-byte swizzle is at most 128
-  bytes wide, so a [tokens, 128] tile is fetched as two [tokens, 64] halves. Viewed as
-  [tokens, 2, 64] instead, one box covers each token's 256 bytes in one span and lands
-  as the [2 tokens, 64] tile whose row 2t + h is half h of token t, a layout wgmma reads.
-  With query rows h * 8 + g holding half h of head g (G <= 8):
-    S' = Q' K'^T [64, 2 bk],  S[g, t] = S'[g, 2t] + S'[g + 8, 2t + 1]   (`_fold_halves`)
-  and with P'[h * 8 + g, 2t + h] = P[g, t] (zero elsewhere) P' V' [64, 64] holds half h of
-  head g's output in row h * 8 + g. Same FLOPs and bytes as the plain tiles."""
-  if cfg is None or not cfg.whole_rows:
-    return False
-  return (not _staged(kv_dtype, q_dtype, page_size, variant) and page_size % 8 == 0
-          and d == dv == 2 * HALF and G <= 8 and variant.query_transform is None)
-
-
 @dataclasses.dataclass(frozen=True)
 class DecodeConfig:
   """Knobs of `decode`; None keeps the heuristic. The plan knobs apply to plans made
@@ -125,8 +104,6 @@ class DecodeConfig:
   float8_qk: Optional[bool] = None     # False: convert float8 K to f16 as V (A/B runs)
   q_first: Optional[bool] = None       # stage Q before the ring is allocated (None:
                                        # for float8 pages with e4m3 Q·Kᵀ, see _q_first)
-  whole_rows: Optional[bool] = None    # head dim 128 as two 64-wide rows a token, each
-                                       # token's 256 bytes one TMA span (`_whole_rows`)
 
 
 def _smem_bytes(stages, bk, d, dv, q_dtype, kv_dtype, staged, qk8=False,
@@ -228,21 +205,19 @@ def _iota(shape, dim):
 def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
                    params_ref, o_ref, lse_ref, q_smem, q_bar, *,
                    G, bk, stages, sm_scale, variant, param_names, param_dtypes,
-                   staged, ring_tiled, qk8, whole_rows, final, fold_k_scale, fold_v_scale,
-                   q_first, interpret):
+                   staged, ring_tiled, qk8, final, fold_k_scale, fold_v_scale, q_first,
+                   interpret):
   """One (kv head, unit): attention of the unit's keys for the kv head's G query heads.
   `final`: the unit is its whole sequence, write o / lse; else write a partial.
   `q_first`: stage Q before the ring is allocated (less shared memory, the first tiles
   load after Q instead of during it).
   `qk8`: float8 K is read by the tensor cores straight from the ring; q_smem is then the
   pair (hi, lo) of e4m3 tiles of the scaled query (see `stage_q`).
-  `whole_rows`: pages come as [P, ps, Nkv, 2, 64] and Q, the tiles and O are in the
-  halves layout of `_whole_rows`.
   `interpret`: P V as a plain dot (the GPU interpreter has no wgmma with a register
   operand, see `prefill.mma_acc`)."""
   P, ps, Nkv = k_ref.shape[:3]
   M = pt_ref.shape[1]
-  D, Dv = q_ref.shape[1], math.prod(v_ref.shape[3:])   # q_ref: the queries [B * Nq, D]
+  D, Dv = q_ref.shape[1], v_ref.shape[3]   # q_ref: the queries as rows [B * Nq, D]
   Nq = G * Nkv
   cdt = (jnp.dtype(jnp.float16) if qk8 else q_smem.dtype)   # operand dtype of P V
   w = lax.axis_index("cta")             # position in dispatch order (plan.work)
@@ -297,15 +272,10 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
     qk8: row r is scaled by c_r = QMAX / max|q_r| and split as c_r q_r = hi + lo, two
     e4m3 tiles (lo holds hi's rounding error, so hi + lo keeps ~8 bits like bf16);
     returns 1 / c [ROWS], else None."""
-    q_raw[...] = jnp.zeros(q_raw.shape, q_raw.dtype)
+    q_raw[...] = jnp.zeros((ROWS, D), q_raw.dtype)
     plgpu.commit_smem()
-    heads = pl.ds(b * Nq + kvh * G, G)
-    if whole_rows:   # half h of head g into row h * 8 + g
-      for h in range(2):
-        plgpu.copy_gmem_to_smem(q_ref.at[heads, pl.ds(h * HALF, HALF)],
-                                q_raw.at[pl.ds(h * 8, G)], q_bar)
-    else:
-      plgpu.copy_gmem_to_smem(q_ref.at[heads], q_raw.at[pl.ds(0, G)], q_bar)
+    plgpu.copy_gmem_to_smem(q_ref.at[pl.ds(b * Nq + kvh * G, G)], q_raw.at[pl.ds(0, G)],
+                            q_bar)
     plgpu.barrier_wait(q_bar)
     q = plgpu.load(q_raw, layout=plgpu.Layout.WGMMA, optimized=False).astype(jnp.float32)
     if variant.query_transform is not None:
@@ -333,7 +303,7 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
     if param_names:
       plgpu.barrier_wait(par_bar)
     return pl.run_scoped(functools.partial(stage_q, p_smem=par_smem),
-                         plgpu.SMEM((ROWS, HALF if whole_rows else D), q_ref.dtype))
+                         plgpu.SMEM((ROWS, D), q_ref.dtype))
 
   def main(k_ring, v_ring, k_tiled, v_tiled, k_bar, v_bar, par_smem, par_bar,
            q_inv):
@@ -345,15 +315,11 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
       q_inv = staged_query(par_smem, par_bar)
 
     scale = sm_scale * (scale_ref[0, kvh] if fold_k_scale else 1.0)
-    shape = (ROWS, 2 * bk) if whole_rows else (ROWS, bk)
+    shape = (ROWS, bk)
     if qk8:   # the logits of row r carry the factor c_r of its query
       scale = lax.broadcast_in_dim(q_inv * scale, shape, [0])
-    cols, rows_ = _iota(shape, 1), _iota(shape, 0)
-    if whole_rows:   # column 2t + h: token t; row h * 8 + g: head g (rows >= 16: padding)
-      half_of_col = lax.rem(cols, 2)
-      cols, rows_ = lax.div(cols, 2), lax.rem(rows_, 8)
-      own_half = lax.rem(lax.div(_iota(shape, 0), 8), 2) == half_of_col
-    head = jnp.minimum(kvh * G + rows_, Nq - 1)
+    cols = _iota(shape, 1)
+    head = jnp.minimum(kvh * G + _iota(shape, 0), Nq - 1)
     params = head_params(par_smem, shape)
     to_regs = (plgpu.Layout.WGMMA_8BIT if ring_tiled and k_ring.dtype.itemsize == 1
                else plgpu.Layout.WGMMA)     # 8-bit rows: 4-byte swizzled loads
@@ -390,10 +356,6 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
         @pl.when(refill)
         def _():
           issue(t + stages, slot, k_ring, v_ring, k_bar, v_bar, pages or None)
-      elif whole_rows:   # the same bytes as [2 bk, 64] tiles
-        k_view, v_view = k_tiled.at[slot], v_tiled.at[slot]
-        if interpret:   # the interpreter's RefUnion members do not alias: copy them
-          k_view[...] = k_ring.at[slot][...].reshape(k_view.shape)
       else:
         k_view, v_view = k_ring.at[slot], v_ring.at[slot]
 
@@ -407,8 +369,7 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
         else:
           plgpu.wgmma(acc_ref, q_smem, k_view.transpose((1, 0)))
         return acc_ref[...]
-      s = pl.run_scoped(qk, plgpu.ACC(shape, jnp.float32))
-      s = (_fold_halves(s, interpret) if whole_rows else s) * scale
+      s = pl.run_scoped(qk, plgpu.ACC(shape, jnp.float32)) * scale
       if not staged:   # the K slot is read: refill it now, V once P V has read it
         @pl.when(refill)
         def _():
@@ -419,8 +380,6 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
       if variant.logits_transform is not None:
         s = variant.logits_transform(s, ctx).astype(jnp.float32)
       keep = kv_pos < kv_len
-      if whole_rows:   # each (head, token) logit once per row: P' is zero off its half
-        keep = jnp.logical_and(keep, own_half)
       if variant.logits_mask is not None:
         keep = jnp.logical_and(keep, variant.logits_mask(ctx))
       s = jnp.where(keep, s * LOG2E, -jnp.inf)
@@ -434,8 +393,6 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
 
       if not staged:
         plgpu.barrier_wait(v_bar.at[slot])
-      if whole_rows and interpret:
-        v_view[...] = v_ring.at[slot][...].reshape(v_view.shape)
       acc = mma_acc(acc * lax.broadcast_in_dim(alpha, acc.shape, [0]), p.astype(cdt),
                     v_view, interpret)
 
@@ -445,8 +402,7 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
           issue(t + stages, slot, k_ring, v_ring, k_bar, v_bar, pages or None, parts="v")
       return acc, m_new, l_i, next_pages
 
-    acc = plgpu.layout_cast(jnp.zeros((ROWS, HALF if whole_rows else Dv), jnp.float32),
-                            plgpu.Layout.WGMMA)
+    acc = plgpu.layout_cast(jnp.zeros((ROWS, Dv), jnp.float32), plgpu.Layout.WGMMA)
     m_i = plgpu.layout_cast(jnp.full((ROWS,), -jnp.inf, jnp.float32),
                             plgpu.Layout.WGMMA.reduce(1))
     l_i = plgpu.layout_cast(jnp.zeros((ROWS,), jnp.float32), plgpu.Layout.WGMMA.reduce(1))
@@ -463,17 +419,11 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
     o_stage[...] = (acc * lax.broadcast_in_dim(inv, acc.shape, [0])).astype(o_stage.dtype)
     lse_stage[...] = jnp.where(ok, (m_i + jnp.log2(l_safe)) / LOG2E, -jnp.inf)
     plgpu.commit_smem()
-    o_rows = o_ref.at[b, pl.ds(kvh * G, G)] if final else o_ref.at[u, kvh]
-    n = G if final else o_ref.shape[2]
-    if whole_rows:   # rows h * 8 + g: half h of head g
-      for h in range(2):
-        plgpu.copy_smem_to_gmem(o_stage.at[pl.ds(h * 8, n)],
-                                o_rows.at[:, pl.ds(h * HALF, HALF)])
-    else:
-      plgpu.copy_smem_to_gmem(o_stage.at[pl.ds(0, n)], o_rows)
     if final:
+      plgpu.copy_smem_to_gmem(o_stage.at[pl.ds(0, G)], o_ref.at[b, pl.ds(kvh * G, G)])
       plgpu.copy_smem_to_gmem(lse_stage.at[pl.ds(0, lse_ref.shape[2])], lse_ref.at[b, kvh])
     else:
+      plgpu.copy_smem_to_gmem(o_stage.at[pl.ds(0, o_ref.shape[2])], o_ref.at[u, kvh])
       plgpu.copy_smem_to_gmem(lse_stage, lse_ref.at[u, kvh])
     plgpu.wait_smem_to_gmem(0)
 
@@ -491,24 +441,15 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
       ring_tf = ((), ())
     tiled = ((plgpu.SMEM((bk, D), cdt, transforms=k_tf) if not qk8 else None,
               plgpu.SMEM((bk, Dv), cdt, transforms=v_tf)) if staged else (None, None))
-    bars = (plgpu.Barrier(num_arrivals=copies, num_barriers=stages),
-            plgpu.Barrier(num_arrivals=copies, num_barriers=stages))
-    run = functools.partial(main, par_smem=par_smem, par_bar=par_bar, q_inv=q_inv)
-    if whole_rows:   # the ring as the TMA writes it ([bk, 2, 64] a slot, swizzled) and
-      # as wgmma reads it ([2 bk, 64] tiles): the same bytes
-      raw = plgpu.SMEM((stages, bk, 2, HALF), cdt,
-                       transforms=(plgpu.SwizzleTransform(HALF * cdt.itemsize),))
-      view = plgpu.SMEM((stages, 2 * bk, HALF), cdt, transforms=_tiled(cdt, HALF))
-      acc, m_i, l_i = pl.run_scoped(
-          lambda u, kb, vb: run(*u[0], *u[1], kb, vb),
-          plgpu.RefUnion((raw, raw), (view, view)), *bars)
-    else:
-      acc, m_i, l_i = pl.run_scoped(
-          run, plgpu.SMEM((stages, bk, D), ring_dtype, transforms=ring_tf[0]),
-          plgpu.SMEM((stages, bk, Dv), ring_dtype, transforms=ring_tf[1]), *tiled, *bars)
+    acc, m_i, l_i = pl.run_scoped(
+        functools.partial(main, par_smem=par_smem, par_bar=par_bar, q_inv=q_inv),
+        plgpu.SMEM((stages, bk, D), ring_dtype, transforms=ring_tf[0]),
+        plgpu.SMEM((stages, bk, Dv), ring_dtype, transforms=ring_tf[1]),
+        *tiled,
+        plgpu.Barrier(num_arrivals=copies, num_barriers=stages),
+        plgpu.Barrier(num_arrivals=copies, num_barriers=stages))
     pl.run_scoped(functools.partial(epilogue, acc, m_i, l_i),
-                  plgpu.SMEM((ROWS, HALF if whole_rows else Dv), o_ref.dtype),
-                  plgpu.SMEM((ROWS,), jnp.float32))
+                  plgpu.SMEM((ROWS, Dv), o_ref.dtype), plgpu.SMEM((ROWS,), jnp.float32))
 
   @pl.when(active)
   def _():
@@ -517,35 +458,6 @@ def _decode_kernel(q_ref, k_ref, v_ref, pt_ref, lens_ref, units_ref, scale_ref,
                     plgpu.Barrier())
     else:
       unit(None, None)
-
-
-def _fold_halves(s, interpret):
-  """Whole rows (`_whole_rows`): S' [64, 2 bk] -> S with S[g, t] = S'[g, 2t] +
-  S'[g + 8, 2t + 1] written to all four entries (g or g + 8, 2t or 2t + 1), for each
-  16-row group. In the wgmma accumulator layout a thread holds rows r and r + 8 and
-  columns 2t, 2t + 1 as two-element registers, so this is one add per register pair."""
-  if interpret:
-    R, N = s.shape
-    r = s.reshape(R // 16, 2, 8, N // 2, 2)
-    f = r[:, 0, :, :, 0] + r[:, 1, :, :, 1]
-    return jnp.broadcast_to(f[:, None, :, :, None], r.shape).reshape(R, N)
-
-  layout = plgpu.Layout.WGMMA
-
-  @plgpu.inline_mgpu(arg_types=(layout,),
-                     return_type=plgpu.ShapeDtypeStruct(s.shape, s.dtype, layout=layout))
-  def emit(_, s):
-    regs = s.registers   # [1, N / 8, 1, 1, rows r / r + 8, 1, ...] of vector<2xf32>
-    assert regs.shape[4] == 2 and ir.VectorType(regs.flat[0].type).shape == [2], regs.shape
-    out = np.empty(regs.shape, dtype=object)
-    for idx in np.ndindex(regs.shape):
-      if idx[4] == 0:
-        hi = idx[:4] + (1,) + idx[5:]
-        total = arith.addf(vector.extract(regs[idx], [], [0]),
-                           vector.extract(regs[hi], [], [1]))
-        out[idx] = out[hi] = vector.broadcast(regs[idx].type, total)
-    return mgpu.FragmentedArray(_registers=out, _layout=s.layout, _is_signed=None)
-  return emit(s)
 
 
 def _to(x, dtype):
@@ -627,17 +539,14 @@ def _interpret_params(interpret):
   return interpret or None
 
 
-def _variant_params(variant: Variant, Nkv: int, G: int, whole_rows: bool = False):
-  """Per-query-head params as float32 [Nkv, n, 64] (row r of kv head k is head k*G+r;
-  whole rows: rows g and 8 + g are head k*G+g)."""
+def _variant_params(variant: Variant, Nkv: int, G: int):
+  """Per-query-head params as float32 [Nkv, n, 64] (row r of kv head k is head k*G+r)."""
   names = tuple(sorted(variant.params))
   if not names:
     return names, (), jnp.zeros((Nkv, 1, ROWS), jnp.float32)
   vals = [jnp.asarray(variant.params[k]) for k in names]
   stacked = jnp.stack([v.astype(jnp.float32).reshape(Nkv, G) for v in vals], axis=1)
-  if whole_rows:
-    stacked = jnp.tile(jnp.pad(stacked, ((0, 0), (0, 0), (0, 8 - G))), (1, 1, 2))
-  stacked = jnp.pad(stacked, ((0, 0), (0, 0), (0, ROWS - stacked.shape[2])))
+  stacked = jnp.pad(stacked, ((0, 0), (0, 0), (0, ROWS - G)))
   return names, tuple(v.dtype for v in vals), stacked
 
 
@@ -675,12 +584,11 @@ def decode(q, cache, page_table, kv_lens, *, sm_scale: float, variant: Variant,
   f8 = is_float8(cache.dtype)
   cdt = compute_dtype(q.dtype, cache.dtype)
   qk8 = _qk8(cache.dtype, ps, D, Dv, variant) and not (config and config.float8_qk is False)
-  whole = _whole_rows(config, q.dtype, cache.dtype, ps, D, Dv, variant, G)
   stages = _stages(config, bk, D, Dv, q.dtype, cache.dtype, staged, qk8)
   q_first = _q_first(config, qk8)
   scales = (jnp.stack([cache.k_scale, cache.v_scale]).astype(jnp.float32) if f8
             else jnp.ones((2, Nkv), jnp.float32))
-  names, dtypes, params = _variant_params(variant, Nkv, G, whole)
+  names, dtypes, params = _variant_params(variant, Nkv, G)
   U = plan.max_units
   work = plan.work
   if work is None or work.shape[0] != U * Nkv:   # by hand: kv-head-major, units in order
@@ -688,9 +596,6 @@ def decode(q, cache, page_table, kv_lens, *, sm_scale: float, variant: Variant,
     work = jnp.concatenate([plan.units[c % U], (c % U)[:, None], (c // U)[:, None]], axis=1)
   GL = -(-G // 4) * 4      # lse rows per kv head as written (16-byte TMA rows)
   interp = _interpret_params(interpret)
-  pages = (cache.k_pages, cache.v_pages)
-  if whole:   # a bitcast: each token's row as two halves
-    pages = tuple(x.reshape(*x.shape[:3], 2, HALF) for x in pages)
   final_types = (jax.ShapeDtypeStruct((B, Nq, Dv), q.dtype),
                  jax.ShapeDtypeStruct((B, Nkv, GL), jnp.float32))
 
@@ -698,13 +603,11 @@ def decode(q, cache, page_table, kv_lens, *, sm_scale: float, variant: Variant,
     q_tiles = tuple(plgpu.SMEM((ROWS, D), cache.dtype, transforms=_tiled(cache.dtype, D))
                     for _ in range(2))
   else:
-    qd = HALF if whole else D
-    q_tiles = plgpu.SMEM((ROWS, qd), cdt, transforms=_tiled(cdt, qd))
+    q_tiles = plgpu.SMEM((ROWS, D), cdt, transforms=_tiled(cdt, D))
   kernel = functools.partial(
       _decode_kernel, G=G, bk=bk, stages=stages, sm_scale=float(sm_scale),
       variant=variant, param_names=names, param_dtypes=dtypes, staged=staged,
-      ring_tiled=_ring_tiled(cache.dtype, ps, D, Dv, variant), qk8=qk8, whole_rows=whole,
-      final=not plan.split,
+      ring_tiled=_ring_tiled(cache.dtype, ps, D, Dv, variant), qk8=qk8, final=not plan.split,
       fold_k_scale=f8 and variant.key_transform is None,
       fold_v_scale=f8, q_first=q_first, interpret=bool(interpret))
   o, lse = plgpu.kernel(
@@ -712,11 +615,12 @@ def decode(q, cache, page_table, kv_lens, *, sm_scale: float, variant: Variant,
       out_type=(final_types if not plan.split else
                 (jax.ShapeDtypeStruct((U, Nkv, -(-G // 8) * 8, Dv), jnp.float32),
                  jax.ShapeDtypeStruct((U, Nkv, ROWS), jnp.float32))),
-      scratch_types=(q_tiles, plgpu.Barrier(num_arrivals=2 if whole else 1)),
+      scratch_types=(q_tiles, plgpu.Barrier()),
       grid=(U * Nkv,), grid_names=("cta",),
       compiler_params=plgpu.CompilerParams(approx_math=True),
       interpret=interp,
-  )(q.reshape(B * Nq, D), *pages, page_table, kv_lens, work, scales, params)
+  )(q.reshape(B * Nq, D), cache.k_pages, cache.v_pages, page_table, kv_lens, work,
+    scales, params)
 
   if plan.split:
     slot_bytes = ROWS * (Dv + 1) * 4
