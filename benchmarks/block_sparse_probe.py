@@ -131,7 +131,8 @@ def run_timing(results, deadline, only=None, rounds=1):
                  lambda lay=lay, plan=plan, real=real: (
                      kernel(PB.Config(persistent=False)), (q, k, v, lay, plan), real)))
   # Every tile listed: the sparse kernel's 64-key steps at the dense kernel's FLOPs, to
-  # split the density-0.1 ratio into the step's cost and what sparsity adds.
+  # split the density-0.1 ratio into the step's cost and what sparsity adds (both q
+  # tiles of a CTA list every tile, so every step is shared: half the bytes of 0.1's).
   full = bs.random_layout(Nq, T, T, 64, 1.0, seed=0)
   rows.append(("block_sparse density1.0 plan", 1.0, lambda: (
       planned, (q, k, v, full, jattn.plan_block_sparse(full, T, T)), 1.0)))
