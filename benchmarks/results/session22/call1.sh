@@ -1,5 +1,6 @@
 # Session 22, device call 1: the decode tests compiled (with the whole-rows cases), then
 # whole_rows_probe.py (whole 256-byte rows against the plain tiles and cuDNN).
+# Runs at commit d6c97af only (the whole-rows path and its probe were removed after it).
 set -u
 export PYTHONPATH=. PYTHONUNBUFFERED=1 JATTN_CACHE_DIR=$PWD/.jattn-cache
 nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader
